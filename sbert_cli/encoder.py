@@ -1,0 +1,274 @@
+"""The encoder: tokenizer + transformer + pooling + normalization, ours rather than a wrapper.
+
+Work is split so the model never waits for Python: a background thread reads, tokenizes and
+pads the next window (the Rust tokenizer releases the GIL) while the main thread runs the model
+on the current one. Batches are cut by token budget from length-sorted windows; results come
+back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sbert_cli.batcher import plan_batches, windows
+from sbert_cli.errors import InputError, SbertError
+from sbert_cli.model import ModelSpec, load_spec
+from sbert_cli.pooling import pool
+
+log = logging.getLogger("sbert")
+
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+# Padded tokens per batch. On CPU small batches win (measured on 500 paragraphs, 2 cores:
+# 8192 -> 5.9 s, 4096 -> 4.5 s, 2048 -> 4.0 s, 1024 -> 3.9 s): the GEMMs are already
+# big enough for two cores and attention grows with length. On a GPU big batches keep it busy.
+DEFAULT_CPU_BATCH_TOKENS = 2048
+DEFAULT_GPU_BATCH_TOKENS = 65536
+DEFAULT_WINDOW = 2048
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU does bf16 matrix math in hardware (AVX512-BF16 or AMX).
+
+    Without it torch emulates bf16 and runs slower than fp32, so `--dtype auto` stays fp32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA GPU is available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto`: bf16 where the hardware computes it natively, fp16 on older GPUs, else fp32."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype}: choose from {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def torch_dtype(dtype: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+
+
+@dataclass
+class Batch:
+    positions: np.ndarray  # positions within the window, in batch order
+    input_ids: Any  # torch.LongTensor (rows, longest)
+    attention_mask: Any
+
+
+@dataclass
+class PreparedWindow:
+    payload: Any
+    size: int
+    batches: list[Batch]
+    tokens: int
+    truncated: int
+
+
+@dataclass
+class EncodedWindow:
+    """One window's embeddings in input order, with what the summary counts."""
+
+    payload: Any
+    embeddings: np.ndarray
+    tokens: int
+    truncated: int
+
+
+class Encoder:
+    """Turn texts into sentence embeddings, as the model's sentence-transformers config asks.
+
+    >>> Encoder().encode(["A man is eating food."]).shape
+    (1, 384)
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_seq_length: int | None = None,
+        batch_tokens: int | None = None,
+        max_batch_size: int = 512,
+        threads: int | None = None,
+        spec: ModelSpec | None = None,
+    ) -> None:
+        import torch
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        self.spec = spec or load_spec(model, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if self.device == "cpu" and self.dtype == "fp16":
+            log.warning("fp16 on CPU is slow and imprecise; bf16 or fp32 are better choices")
+        if threads:
+            torch.set_num_threads(threads)
+        self.batch_tokens = batch_tokens or (
+            DEFAULT_GPU_BATCH_TOKENS if self.device.startswith("cuda") else DEFAULT_CPU_BATCH_TOKENS
+        )
+        self.max_batch_size = max_batch_size
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.spec.path)
+            model_obj = AutoModel.from_pretrained(self.spec.path, dtype=torch_dtype(self.dtype))
+        except (OSError, ValueError) as exc:
+            raise SbertError(f"{self.spec.name}: could not load the model ({exc})") from exc
+        self.model = model_obj.to(self.device).eval()
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self._backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if self._backend is not None:
+            self._backend.enable_truncation(max_length=self.spec.max_seq_length)
+            self._backend.no_padding()
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def describe(self) -> dict:
+        """What a store records about how its vectors were made."""
+        return {**self.spec.describe(), "dtype": self.dtype}
+
+    # -- tokenization ---------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Token ids per text (truncated to max_seq_length) and how many texts were truncated."""
+        # sentence-transformers strips surrounding whitespace and lower-cases when configured.
+        cleaned = [t.strip() for t in texts]
+        if self.spec.do_lower_case:
+            cleaned = [t.lower() for t in cleaned]
+        if self._backend is not None:
+            encodings = self._backend.encode_batch(cleaned)
+            return [e.ids for e in encodings], sum(1 for e in encodings if e.overflowing)
+        enc = self.tokenizer(cleaned, truncation=True, max_length=self.spec.max_seq_length)
+        ids = enc["input_ids"]
+        full = self.tokenizer(cleaned, truncation=False)["input_ids"]
+        return ids, sum(1 for a, b in zip(ids, full) if len(b) > len(a))
+
+    def prepare(self, texts: Sequence[str], payload: Any = None) -> PreparedWindow:
+        """Tokenize a window, sort it by length and pad each token-budget batch (CPU side only)."""
+        import torch
+
+        ids, truncated = self.tokenize(texts)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        pin = self.device.startswith("cuda")
+        batches = []
+        for positions in plan_batches(lengths, self.batch_tokens, self.max_batch_size):
+            longest = int(lengths[positions].max()) if len(positions) else 0
+            input_ids = np.full((len(positions), longest), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(positions), longest), dtype=np.int64)
+            for row, pos in enumerate(positions):
+                n = lengths[pos]
+                input_ids[row, :n] = ids[pos]
+                mask[row, :n] = 1
+            t_ids, t_mask = torch.from_numpy(input_ids), torch.from_numpy(mask)
+            if pin:
+                t_ids, t_mask = t_ids.pin_memory(), t_mask.pin_memory()
+            batches.append(Batch(positions, t_ids, t_mask))
+        return PreparedWindow(payload, len(texts), batches, int(lengths.sum()), truncated)
+
+    # -- model ------------------------------------------------------------------------------------
+    def run(self, window: PreparedWindow) -> EncodedWindow:
+        """Run the model over a prepared window; embeddings come back in input order."""
+        import torch
+
+        out = np.empty((window.size, self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for batch in window.batches:
+                input_ids = batch.input_ids.to(self.device, non_blocking=True)
+                mask = batch.attention_mask.to(self.device, non_blocking=True)
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                vectors = pool(hidden, mask, self.spec.pooling)
+                if self.spec.normalize:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+                out[batch.positions] = vectors.cpu().numpy()
+        return EncodedWindow(window.payload, out, window.tokens, window.truncated)
+
+    def encode_windows(self, items: Iterable[tuple[Any, Sequence[str]]], prefetch: int = 2) -> Iterator[EncodedWindow]:
+        """Encode (payload, texts) windows, preparing the next ones in a background thread.
+
+        Whatever the source raises (a bad input line, say) is re-raised here, in the caller's
+        thread, after the windows before it were yielded.
+        """
+        ready: queue.Queue = queue.Queue(maxsize=prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for payload, texts in items:
+                    if stop.is_set():
+                        return
+                    ready.put(self.prepare(texts, payload))
+                ready.put(done)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                ready.put(exc)
+
+        worker = threading.Thread(target=produce, name="sbert-tokenize", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield self.run(item)
+        finally:
+            stop.set()
+            # Drain so a producer blocked on put() sees the stop flag and exits.
+            while worker.is_alive():
+                try:
+                    ready.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+
+    def encode(self, texts: Sequence[str], window: int = DEFAULT_WINDOW) -> np.ndarray:
+        """Embeddings (len(texts), dim) as float32, in the order of `texts`."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        parts = [w.embeddings for w in self.encode_windows((None, chunk) for chunk in windows(texts, window))]
+        return np.concatenate(parts)
+
+
+def default_threads() -> int | None:
+    """SBERT_THREADS overrides torch's thread count (handy beside other jobs on one machine)."""
+    value = os.environ.get("SBERT_THREADS")
+    return int(value) if value else None

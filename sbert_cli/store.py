@@ -1,0 +1,291 @@
+"""The embedding store: a directory of Parquet shards and a manifest that says what is in them.
+
+    STORE/manifest.json        format, model, dim, pooling, normalize, dtype, shards, inputs
+    STORE/shards/part-IIIII-SSSSS.parquet   rows of input I, shard S of that input
+    STORE/.lock                held (flock) by the one process writing the store
+
+Only what the manifest lists exists: a shard is written to a temp name, fsynced and renamed
+before the manifest (itself replaced atomically) records it, so a crash at any moment leaves the
+store as of its last commit. Ids come from input position, not from a counter:
+id = input_index << 40 | line, so parallel writers can never collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sbert_cli.errors import InputError, SbertError
+
+FORMAT_NAME = "sbert-store"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_DIR = "shards"
+LOCK_FILE = ".lock"
+LINE_BITS = 40  # up to 1.1e12 records per input, 8.4e6 inputs per store
+STORAGE_DTYPES = ("float32", "float16")
+# What must match for two sets of vectors to be comparable; `dtype` is how they were computed.
+COMPAT_KEYS = ("fingerprint", "dim", "pooling", "normalize", "max_seq_length", "dtype")
+
+
+def make_id(input_index: int, line: int) -> int:
+    return (input_index << LINE_BITS) | line
+
+
+def split_id(row_id: int) -> tuple[int, int]:
+    return row_id >> LINE_BITS, row_id & ((1 << LINE_BITS) - 1)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync, rename over `path`, fsync the directory: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    file: str
+    input: int
+    seq: int
+    rows: int
+    id_min: int
+    id_max: int
+    sha256: str
+    bytes: int
+
+    @classmethod
+    def from_json(cls, d: dict) -> ShardInfo:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+class Store:
+    """Read access to a store; `StoreWriter` (writer.py) adds to it under the lock."""
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not path.exists():
+            raise InputError(f"{path}: no such store (make one with: sbert encode INPUT -o {path})")
+        if not manifest_path.is_file():
+            raise InputError(f"{path}: not an sbert store (no {MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+        if manifest.get("format") != FORMAT_NAME:
+            raise InputError(f"{manifest_path}: not an sbert store manifest")
+        if manifest.get("version", 0) > FORMAT_VERSION:
+            raise InputError(
+                f"{path}: store format {manifest['version']} is newer than this sbert reads; upgrade sbert"
+            )
+        return cls(path, manifest)
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    # -- what it holds ------------------------------------------------------------------------
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.model["dim"])
+
+    @property
+    def normalized(self) -> bool:
+        return bool(self.model["normalize"])
+
+    @property
+    def storage_dtype(self) -> str:
+        return self.manifest.get("storage_dtype", "float32")
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self.manifest.get("has_text", True))
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        return [ShardInfo.from_json(s) for s in self.manifest["shards"]]
+
+    @property
+    def rows(self) -> int:
+        return sum(s["rows"] for s in self.manifest["shards"])
+
+    def check_compatible(self, model: dict, what: str = "this encoder") -> None:
+        """Refuse to mix vectors from different models, poolings, dimensions or dtypes."""
+        mine = self.model
+        diffs = [k for k in COMPAT_KEYS if mine.get(k) != model.get(k)]
+        if diffs:
+            detail = "; ".join(f"{k}: store {mine.get(k)!r} vs {model.get(k)!r}" for k in diffs)
+            raise InputError(
+                f"{self.path}: store was made by model {mine.get('name')!r} and {what} differs ({detail}); "
+                "use the store's settings or another store"
+            )
+
+    # -- reading shards -------------------------------------------------------------------------
+    def shard_path(self, shard: ShardInfo) -> Path:
+        return self.path / shard.file
+
+    def read_shard(self, shard: ShardInfo, columns: list[str] | None = None):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.shard_path(shard)
+        try:
+            return pq.read_table(path, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
+
+    def iter_embeddings(self, with_ids: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 embeddings) shard by shard: memory is one shard, whatever the store size."""
+        for shard in self.shards:
+            table = self.read_shard(shard, ["id", "embedding"])
+            yield table.column("id").to_numpy(), embeddings_to_numpy(table.column("embedding"), self.dim)
+
+    def load_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """All ids and embeddings in memory (for small stores and clustering)."""
+        ids, vecs = [], []
+        for i, v in self.iter_embeddings():
+            ids.append(i)
+            vecs.append(v)
+        if not ids:
+            return np.empty(0, dtype=np.int64), np.empty((0, self.dim), dtype=np.float32)
+        return np.concatenate(ids), np.concatenate(vecs)
+
+    def shard_for_id(self, row_id: int) -> ShardInfo | None:
+        for shard in self.shards:
+            if shard.id_min <= row_id <= shard.id_max:
+                return shard
+        return None
+
+    def fetch(
+        self, ids: list[int] | np.ndarray, columns: tuple[str, ...] = ("text", "source", "line")
+    ) -> dict[int, dict]:
+        """Rows by id without scanning the store: the manifest's id ranges pick the shards, and
+        Parquet row-group statistics skip the rest of each shard."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        wanted = sorted({int(i) for i in ids})
+        shards = self.shards
+        starts = np.array([s.id_min for s in shards], dtype=np.int64)
+        by_shard: dict[int, list[int]] = {}
+        for row_id in wanted:
+            pos = int(np.searchsorted(starts, row_id, side="right")) - 1
+            if pos >= 0 and row_id <= shards[pos].id_max:
+                by_shard.setdefault(pos, []).append(row_id)
+        present = [c for c in columns if c in self.columns()]
+        out: dict[int, dict] = {}
+        for pos, row_ids in by_shard.items():
+            table = pq.read_table(
+                self.shard_path(shards[pos]), columns=["id", *present], filters=[("id", "in", row_ids)]
+            )
+            table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(row_ids, type=pa.int64())))
+            for row in table.to_pylist():
+                out[row["id"]] = row
+        return out
+
+    def columns(self) -> list[str]:
+        cols = ["id", "source", "line", "embedding"]
+        if self.has_text:
+            cols.insert(1, "text")
+        if self.manifest.get("has_key"):
+            cols.append("key")
+        return cols
+
+    def input_name(self, index: int) -> str:
+        return self.manifest["inputs"][index]["source"]
+
+
+def embeddings_to_numpy(column, dim: int) -> np.ndarray:
+    """A fixed-size-list column (chunked or not) -> (rows, dim) float32, without a Python loop."""
+    import pyarrow as pa
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [np.asarray(c.values.to_numpy(zero_copy_only=False)).reshape(-1, dim) for c in chunks if len(c)]
+    if not parts:
+        return np.empty((0, dim), dtype=np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+@contextlib.contextmanager
+def store_lock(path: Path) -> Iterator[None]:
+    """Exclusive writer lock: flock dies with its process, so kill -9 never leaves a stale lock."""
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / LOCK_FILE
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise SbertError(
+                f"{path}: store is being written by another sbert process (pid {holder}); "
+                "wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def new_manifest(model: dict, storage_dtype: str, has_text: bool, shard_size: int) -> dict:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "created": now,
+        "updated": now,
+        "model": model,
+        "storage_dtype": storage_dtype,
+        "has_text": has_text,
+        "has_key": False,
+        "shard_size": shard_size,
+        "inputs": [],
+        "shards": [],
+    }
+
+
+def save_manifest(path: Path, manifest: dict) -> None:
+    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_atomic(path / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())

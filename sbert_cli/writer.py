@@ -1,0 +1,126 @@
+"""Write stage: embedded records -> Parquet shards, committed to the store one at a time.
+
+A commit is: shard to a temp name, fsync, rename, then the manifest (atomically replaced) lists
+it together with how far its input is done. A crash before the manifest write leaves at most an
+unlisted file, which the next run overwrites or removes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sbert_cli.reader import Record
+from sbert_cli.store import SHARD_DIR, ShardInfo, fsync_dir, make_id, save_manifest, sha256_file
+
+ROW_GROUP_ROWS = 2048  # small row groups let `Store.fetch` read a few KB instead of a whole shard
+
+
+def shard_schema(dim: int, storage_dtype: str, has_text: bool, has_key: bool):
+    import pyarrow as pa
+
+    value = pa.float16() if storage_dtype == "float16" else pa.float32()
+    fields = [pa.field("id", pa.int64(), nullable=False)]
+    if has_text:
+        fields.append(pa.field("text", pa.string()))
+    fields += [pa.field("source", pa.string()), pa.field("line", pa.int64())]
+    if has_key:
+        fields.append(pa.field("key", pa.string()))
+    fields.append(pa.field("embedding", pa.list_(value, dim), nullable=False))
+    return pa.schema(fields)
+
+
+def build_table(
+    input_index: int,
+    source: str,
+    records: Sequence[Record],
+    embeddings: np.ndarray,
+    storage_dtype: str,
+    has_text: bool,
+    has_key: bool,
+):
+    import pyarrow as pa
+
+    dim = embeddings.shape[1]
+    schema = shard_schema(dim, storage_dtype, has_text, has_key)
+    lines = np.fromiter((r.line for r in records), dtype=np.int64, count=len(records))
+    ids = make_id(input_index, 0) | lines
+    flat = np.ascontiguousarray(embeddings, dtype=np.float16 if storage_dtype == "float16" else np.float32).reshape(-1)
+    columns = {"id": pa.array(ids, pa.int64())}
+    if has_text:
+        columns["text"] = pa.array([r.text for r in records], pa.string())
+    columns["source"] = pa.DictionaryArray.from_arrays(np.zeros(len(records), np.int32), [source]).cast(pa.string())
+    columns["line"] = pa.array(lines, pa.int64())
+    if has_key:
+        columns["key"] = pa.array([r.key for r in records], pa.string())
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
+    return pa.Table.from_arrays(list(columns.values()), schema=schema)
+
+
+class ShardCommitter:
+    """Accumulates one input's rows and commits a shard every `shard_size` rows."""
+
+    def __init__(self, store_path: Path, manifest: dict, input_entry: dict, shard_size: int) -> None:
+        self.store_path = store_path
+        self.manifest = manifest
+        self.entry = input_entry
+        self.shard_size = shard_size
+        self.records: list[Record] = []
+        self.vectors: list[np.ndarray] = []
+        self.pending = 0
+        self.shards_written = 0
+
+    def add(self, records: Sequence[Record], embeddings: np.ndarray) -> None:
+        self.records.extend(records)
+        self.vectors.append(embeddings)
+        self.pending += len(records)
+        if self.pending >= self.shard_size:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write what is pending as the input's next shard, then record it in the manifest."""
+        import pyarrow.parquet as pq
+
+        if not self.records:
+            return
+        entry = self.entry
+        seq = entry["shards"]
+        name = f"{SHARD_DIR}/part-{entry['index']:05d}-{seq:05d}.parquet"
+        final = self.store_path / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp")
+        table = build_table(
+            entry["index"],
+            entry["source"],
+            self.records,
+            np.concatenate(self.vectors),
+            self.manifest["storage_dtype"],
+            self.manifest["has_text"],
+            self.manifest["has_key"],
+        )
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(final)
+        fsync_dir(final.parent)
+        ids = table.column("id")
+        shard = ShardInfo(
+            file=name,
+            input=entry["index"],
+            seq=seq,
+            rows=table.num_rows,
+            id_min=int(ids[0].as_py()),
+            id_max=int(ids[-1].as_py()),
+            sha256=sha256_file(final),
+            bytes=final.stat().st_size,
+        )
+        self.manifest["shards"].append(shard.__dict__.copy())
+        entry["shards"] = seq + 1
+        entry["rows_done"] += table.num_rows
+        entry["last_line"] = self.records[-1].line
+        save_manifest(self.store_path, self.manifest)
+        self.shards_written += 1
+        self.records, self.vectors, self.pending = [], [], 0
