@@ -9,7 +9,6 @@ back in input order.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -178,7 +177,7 @@ class Encoder:
         enc = self.tokenizer(cleaned, truncation=True, max_length=self.spec.max_seq_length)
         ids = enc["input_ids"]
         full = self.tokenizer(cleaned, truncation=False)["input_ids"]
-        return ids, sum(1 for a, b in zip(ids, full) if len(b) > len(a))
+        return ids, sum(1 for a, b in zip(ids, full, strict=True) if len(b) > len(a))
 
     def prepare(self, texts: Sequence[str], payload: Any = None) -> PreparedWindow:
         """Tokenize a window, sort it by length and pad each token-budget batch (CPU side only)."""
@@ -268,7 +267,41 @@ class Encoder:
         return np.concatenate(parts)
 
 
-def default_threads() -> int | None:
-    """SBERT_THREADS overrides torch's thread count (handy beside other jobs on one machine)."""
-    value = os.environ.get("SBERT_THREADS")
-    return int(value) if value else None
+_CACHE: dict[tuple, Encoder] = {}
+
+
+def cached_encoder(
+    model: str | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    max_seq_length: int | None = None,
+) -> Encoder:
+    """One Encoder per model settings per process: commands called from Python (or tests) in one
+    process share the loaded weights instead of loading them again."""
+    key = (model, device, dtype, pooling, normalize, max_seq_length)
+    if key not in _CACHE:
+        _CACHE[key] = Encoder(
+            model, device=device, dtype=dtype, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length
+        )
+    return _CACHE[key]
+
+
+def encoder_for_store(model: dict, device: str = "auto") -> Encoder:
+    """The encoder that made a store (from its manifest's `model`), refusing a changed model."""
+    encoder = cached_encoder(
+        model["name"],
+        device=device,
+        dtype=model["dtype"],
+        pooling=",".join(model["pooling"]),
+        normalize=model["normalize"],
+        max_seq_length=model["max_seq_length"],
+    )
+    if encoder.spec.fingerprint != model["fingerprint"]:
+        raise InputError(
+            f"model {model['name']!r} on this machine (fingerprint {encoder.spec.fingerprint}) is not the one "
+            f"that made the store ({model['fingerprint']}); pass the original model"
+        )
+    return encoder

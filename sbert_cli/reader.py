@@ -315,7 +315,7 @@ def _read_parquet(source: InputSource, options: ReadOptions, stats: ReadStats) -
         for batch in pf.iter_batches(columns=resolved, batch_size=8192):
             texts = batch.column(0).to_pylist()
             keys = batch.column(1).to_pylist() if len(resolved) > 1 else [None] * len(texts)
-            for text, key in zip(texts, keys):
+            for text, key in zip(texts, keys, strict=True):
                 row += 1
                 if text is None or not str(text).strip():
                     stats.blank += 1

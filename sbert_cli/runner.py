@@ -180,7 +180,7 @@ def encode_corpus(
     encoder=None,
 ) -> EncodeSummary:
     """Encode `inputs` into the store at `store_path` (created, appended to, or resumed)."""
-    from sbert_cli.encoder import Encoder, resolve_device, resolve_dtype
+    from sbert_cli.encoder import resolve_device, resolve_dtype
     from sbert_cli.model import load_spec
     from sbert_cli.progress import Progress
     from sbert_cli.writer import ShardCommitter
@@ -248,13 +248,20 @@ def encode_corpus(
                 old = planned_by_path.get(id(item.source))
                 item.records = old.records if old else None
             if encoder is None:
-                encoder = Encoder(
-                    spec=spec,
+                encoder = cached_encoder(
+                    options.model,
                     device=options.device,
                     dtype=options.dtype,
-                    batch_tokens=options.batch_tokens,
-                    threads=options.threads,
+                    pooling=options.pooling,
+                    normalize=options.normalize,
+                    max_seq_length=options.max_seq_length,
                 )
+            if options.batch_tokens:
+                encoder.batch_tokens = options.batch_tokens
+            if options.threads:
+                import torch
+
+                torch.set_num_threads(options.threads)
             return _run(
                 encoder, store_path, manifest, plan, options, total_records, quiet, say, Progress, ShardCommitter
             )
