@@ -180,7 +180,7 @@ def encode_corpus(
     encoder=None,
 ) -> EncodeSummary:
     """Encode `inputs` into the store at `store_path` (created, appended to, or resumed)."""
-    from sbert_cli.encoder import resolve_device, resolve_dtype
+    from sbert_cli.encoder import cached_encoder, resolve_device, resolve_dtype
     from sbert_cli.model import load_spec
     from sbert_cli.progress import Progress
     from sbert_cli.writer import ShardCommitter
