@@ -281,11 +281,14 @@ def cached_encoder(
 ) -> Encoder:
     """One Encoder per model settings per process: commands called from Python (or tests) in one
     process share the loaded weights instead of loading them again."""
-    key = (model, device, dtype, pooling, normalize, max_seq_length)
+    # Keyed by what the settings resolve to, so "the default" and "all-MiniLM-L6-v2, mean, 256"
+    # share one loaded model.
+    spec = load_spec(model, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length)
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    key = (spec.fingerprint, spec.pooling, spec.normalize, spec.max_seq_length, resolved_device, resolved_dtype)
     if key not in _CACHE:
-        _CACHE[key] = Encoder(
-            model, device=device, dtype=dtype, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length
-        )
+        _CACHE[key] = Encoder(spec=spec, device=resolved_device, dtype=resolved_dtype)
     return _CACHE[key]
 
 
