@@ -1,13 +1,68 @@
-"""`sbert search`: not built yet (see the project's open issues)."""
+"""`sbert search`: gather queries, call `Index.search`, print the hits."""
 
 from __future__ import annotations
 
-from sbert_cli.cli._common import error
+from typing import Annotated
+
+import typer
+
+from sbert_cli.cli._common import DeviceOpt, Quiet, Verbose, handle_errors, setup_logging
+
+SEARCH_FORMATS = ("table", "jsonl", "tsv", "csv", "json")
 
 
-def search(store: str = "") -> None:
-    """(coming soon) This command is not available yet."""
-    import typer
+@handle_errors
+def search(
+    store: Annotated[str, typer.Argument(help="Store directory made by `sbert encode`.", show_default=False)],
+    queries: Annotated[
+        list[str] | None, typer.Argument(help="Queries; - reads them from stdin, one a line.", show_default=False)
+    ] = None,
+    queries_file: Annotated[
+        str | None, typer.Option("--queries-file", "-f", help="File of queries, one a line (- for stdin).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="Hits per query.")] = 10,
+    ef: Annotated[
+        int | None, typer.Option(help="HNSW search breadth: higher is better recall, slower [default: 64, >= k].")
+    ] = None,
+    exact: Annotated[
+        bool, typer.Option("--exact", help="Brute-force search over every row (no index needed; the reference).")
+    ] = False,
+    min_score: Annotated[float | None, typer.Option(help="Drop hits scoring below this (cosine similarity).")] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option("--format", help="table | jsonl | tsv | csv | json [default: table on a terminal, else jsonl]."),
+    ] = None,
+    device: DeviceOpt = "auto",
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Semantic search: the stored rows closest in meaning to each query."""
+    from sbert_cli.errors import InputError
+    from sbert_cli.index import HIT_COLUMNS, Index
+    from sbert_cli.output import default_format, write_rows
+    from sbert_cli.reader import STDIN, read_text_lines
 
-    error("sbert search is not available yet")
-    raise typer.Exit(1)
+    setup_logging(verbose, quiet)
+    fmt = output_format or default_format()
+    if fmt not in SEARCH_FORMATS:
+        raise InputError(f"--format {fmt}: choose from {', '.join(SEARCH_FORMATS)}")
+    texts: list[str] = []
+    for query in queries or []:
+        texts += read_text_lines(STDIN) if query == STDIN else [query]
+    if queries_file is not None:
+        from_file = read_text_lines(queries_file)
+        if not from_file:
+            raise InputError(f"{'<stdin>' if queries_file == STDIN else queries_file}: no queries (only blank lines)")
+        texts += from_file
+    if not texts:
+        raise InputError("no query given (pass queries as arguments, --queries-file FILE, or - for stdin)")
+
+    index = Index.open(store, exact=exact, device=device)
+    results = index.search(texts, k=k, ef=ef, min_score=min_score)
+    hits = [hit.as_dict() for per_query in results for hit in per_query]
+    if fmt != "table":
+        write_rows(hits, HIT_COLUMNS, fmt)
+        return
+    # On a terminal: one table per query, titled with it.
+    for query, per_query in zip(texts, results, strict=True):
+        write_rows([h.as_dict() for h in per_query], ("rank", "score", "text", "source", "line", "id"), fmt, query)
