@@ -1,13 +1,224 @@
-"""`sbert similarity`: not built yet (see the project's open issues)."""
+"""`sbert similarity`: parse arguments, call `sbert_cli.similarity`, print the scores."""
 
 from __future__ import annotations
 
-from sbert_cli.cli._common import error
+from typing import Annotated
+
+import typer
+
+from sbert_cli.cli._common import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    NormalizeOpt,
+    PoolingOpt,
+    Quiet,
+    Verbose,
+    handle_errors,
+    setup_logging,
+)
 
 
-def similarity(store: str = "") -> None:
-    """(coming soon) This command is not available yet."""
-    import typer
+@handle_errors
+def similarity(
+    sentences: Annotated[
+        list[str] | None,
+        typer.Argument(help="Sentences: the first is compared with each of the others.", show_default=False),
+    ] = None,
+    matrix: Annotated[bool, typer.Option("--matrix", help="Print the full pairwise matrix of the sentences.")] = False,
+    pairs: Annotated[
+        str | None,
+        typer.Option(
+            "--pairs", help="Pair file (tsv, csv, jsonl; - for stdin) scored pair by pair.", show_default=False
+        ),
+    ] = None,
+    text_columns: Annotated[
+        str | None,
+        typer.Option(
+            help="--pairs: the two sentence columns, by name or 0-based index, e.g. 5,6 "
+            "[default: sentence1,sentence2 when the header has them, else 0,1]."
+        ),
+    ] = None,
+    gold_column: Annotated[
+        str | None,
+        typer.Option(help="--pairs: gold score column (name or index): report Spearman and Pearson against it."),
+    ] = None,
+    header: Annotated[
+        bool | None,
+        typer.Option("--header/--no-header", help="--pairs: first row is a header [default: when a column is a name]."),
+    ] = None,
+    pairs_format: Annotated[
+        str | None,
+        typer.Option(
+            help="--pairs: tsv | csv | jsonl [default: by extension; a .csv/.tsv with a tab in its first line is TSV]."
+        ),
+    ] = None,
+    on_bad_gold: Annotated[
+        str, typer.Option(help="--pairs: a non-numeric gold value: stop (exit 2, with file:line) | skip (counted).")
+    ] = "stop",
+    output_format: Annotated[
+        str | None,
+        typer.Option("--format", help="table | jsonl | tsv | csv | json [default: table on a terminal, else jsonl]."),
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option("--store", help="Use the model (and settings) recorded in this store.")
+    ] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    pooling: PoolingOpt = None,
+    normalize: NormalizeOpt = None,
+    max_seq_length: Annotated[
+        int | None, typer.Option(help="Truncate texts to this many tokens [default: the model's].")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the model [default: all cores].")] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Cosine similarity of sentences, or of every pair in a pair file (with STS correlations)."""
+    import time
 
-    error("sbert similarity is not available yet")
-    raise typer.Exit(1)
+    from sbert_cli.errors import InputError
+    from sbert_cli.output import OUTPUT_FORMATS, default_format, write_rows
+    from sbert_cli.progress import stderr_console
+    from sbert_cli.similarity import PairOptions, parse_columns, read_pairs
+
+    setup_logging(verbose, quiet)
+    sentences = sentences or []
+    fmt = output_format or default_format()
+    if fmt not in OUTPUT_FORMATS:
+        raise InputError(f"--format {fmt}: choose from {', '.join(OUTPUT_FORMATS)}")
+    if pairs is None:
+        for flag, given in (
+            ("--gold-column", gold_column),
+            ("--text-columns", text_columns),
+            ("--pairs-format", pairs_format),
+            ("--header/--no-header", header),
+        ):
+            if given is not None:
+                raise InputError(f"{flag} applies to --pairs FILE only")
+        if len(sentences) < 2:
+            raise InputError(
+                f"need at least two sentences to compare (got {len(sentences)}); or score a pair file with --pairs"
+            )
+    else:
+        if sentences:
+            raise InputError("give sentences or --pairs FILE, not both")
+        if matrix:
+            raise InputError("--matrix compares sentences given on the command line, not --pairs")
+
+    def say(message: str) -> None:
+        if not quiet:
+            stderr_console().print(f"sbert: {message}", markup=False)
+
+    pair_set = None
+    if pairs is not None:
+        # Read (and so validate) the whole file before loading the model: bad input fails fast.
+        pair_set = read_pairs(
+            pairs,
+            PairOptions(
+                text_columns=parse_columns(text_columns),
+                gold_column=gold_column,
+                format=pairs_format,
+                header=header,
+                on_bad_gold=on_bad_gold,
+            ),
+        )
+        if not len(pair_set):
+            raise InputError(f"{pairs}: no pairs to score")
+
+    encoder = _encoder(store, model, device, dtype, pooling, normalize, max_seq_length, threads)
+    if pair_set is None:
+        _print_sentences(encoder, sentences, matrix, fmt, write_rows)
+        return
+
+    from sbert_cli.similarity import correlate, pair_rows, score_pairs
+
+    started = time.perf_counter()
+    scores = score_pairs(encoder, pair_set)
+    elapsed = time.perf_counter() - started
+    skipped = ""
+    if pair_set.skipped_gold:
+        skipped = (
+            f"; skipped {pair_set.skipped_gold:,} pair(s) with a non-numeric gold value "
+            f"(first at {pair_set.source}:{pair_set.first_skipped})"
+        )
+    say(f"scored {len(pair_set):,} pairs from {pair_set.source} in {elapsed:.1f} s{skipped}")
+    if pair_set.gold is None:
+        columns = ["line", "sentence1", "sentence2", "score"]
+        write_rows(pair_rows(pair_set, scores), columns, fmt, title=f"cosine similarity: {pair_set.source}")
+        return
+    result = correlate(scores, pair_set.gold).as_dict()
+    result["skipped"] = pair_set.skipped_gold
+    if fmt == "json":
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps(result) + "\n")
+    elif fmt == "table":
+        write_rows([result], ["spearman", "pearson", "pairs", "skipped"], fmt, title=f"correlation: {pair_set.source}")
+    else:
+        columns = ["line", "sentence1", "sentence2", "score", "gold"]
+        write_rows(pair_rows(pair_set, scores), columns, fmt)
+        say(
+            "spearman {spearman}, pearson {pearson} over {pairs:,} pairs".format(
+                spearman=_x100(result["spearman"]), pearson=_x100(result["pearson"]), pairs=result["pairs"]
+            )
+        )
+
+
+def _x100(value: float | None) -> str:
+    return "undefined (constant scores or gold)" if value is None else f"{value * 100:.2f} x100"
+
+
+def _encoder(store, model, device, dtype, pooling, normalize, max_seq_length, threads):
+    """The store's model with --store (refusing overrides that would change its vectors), else
+    the model options as encode takes them."""
+    from sbert_cli.encoder import cached_encoder, encoder_for_store
+    from sbert_cli.errors import InputError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if store is None:
+        return cached_encoder(
+            model, device=device, dtype=dtype, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length
+        )
+    from sbert_cli.store import Store
+
+    given = [
+        flag
+        for flag, value in (
+            ("--model", model),
+            ("--pooling", pooling),
+            ("--normalize", normalize),
+            ("--max-seq-length", max_seq_length),
+        )
+        if value is not None
+    ]
+    if given or dtype != "auto":
+        raise InputError(f"--store uses the store's model settings; drop {', '.join(given or ['--dtype'])}")
+    return encoder_for_store(Store.open(store).model, device)
+
+
+def _print_sentences(encoder, sentences: list[str], matrix: bool, fmt: str, write_rows) -> None:
+    from sbert_cli.similarity import score_sentences, similarity_matrix
+
+    if not matrix:
+        write_rows(score_sentences(encoder, sentences), ["sentence1", "sentence2", "score"], fmt, "cosine similarity")
+        return
+    scores = similarity_matrix(encoder, sentences)
+    if fmt in ("jsonl", "json"):
+        rows = [
+            {"index": i, "sentence": s, "scores": [round(float(v), 6) for v in scores[i]]}
+            for i, s in enumerate(sentences)
+        ]
+        write_rows(rows, ["index", "sentence", "scores"], fmt)
+        return
+    columns = ["#", "sentence", *(str(j) for j in range(len(sentences)))]
+    rows = [
+        {"#": i, "sentence": s, **{str(j): round(float(v), 6) for j, v in enumerate(scores[i])}}
+        for i, s in enumerate(sentences)
+    ]
+    write_rows(rows, columns, fmt, "cosine similarity matrix")
