@@ -1,13 +1,156 @@
-"""`sbert cluster`: not built yet (see the project's open issues)."""
+"""`sbert cluster`: parse arguments, call `sbert_cli.cluster.run_cluster`, print the summary."""
 
 from __future__ import annotations
 
-from sbert_cli.cli._common import error
+from typing import Annotated
+
+import typer
+
+from sbert_cli.cli._common import Quiet, Verbose, handle_errors, setup_logging
 
 
-def cluster(store: str = "") -> None:
-    """(coming soon) This command is not available yet."""
-    import typer
+@handle_errors
+def cluster(
+    store: Annotated[str, typer.Argument(help="The store to cluster.", show_default=False)],
+    method: Annotated[str, typer.Option(help="kmeans | community | agglomerative.")] = "kmeans",
+    k: Annotated[
+        str,
+        typer.Option("--k", help="kmeans/agglomerative: number of clusters, or auto (best silhouette on a sample)."),
+    ] = "auto",
+    k_max: Annotated[int, typer.Option(help="--k auto tries k = 2 .. this.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed (k-means init, samples): same seed, same clusters.")] = 0,
+    threshold: Annotated[
+        float, typer.Option(help="community: cosine to the group's centre text at or above which a text joins.")
+    ] = 0.75,
+    min_size: Annotated[int, typer.Option(help="community: smallest group kept (centre included).")] = 2,
+    linkage: Annotated[str, typer.Option(help="agglomerative: ward | average | complete | single.")] = "ward",
+    sample: Annotated[int, typer.Option(help="Rows sampled for --k auto.")] = 5_000,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            help="Vectors held in memory at most, e.g. 4G; kmeans on a larger store fits MiniBatchKMeans "
+            "shard by shard [default: a quarter of RAM]."
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(help="Most central texts shown per cluster in the summary.")] = 3,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Assignments to stdout: jsonl | tsv | csv | json; table prints the summary only "
+            "[default: table on a terminal, else jsonl].",
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Write the assignments to a .parquet or .jsonl file instead of stdout."),
+    ] = None,
+    plot: Annotated[
+        str | None,
+        typer.Option("--plot", help="Write a 2-D PCA plot coloured by cluster to this .png (needs matplotlib)."),
+    ] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Cluster a store's texts: assignments (id, cluster, distance, text) and a readable summary."""
+    from sbert_cli.cluster import ASSIGNMENT_COLUMNS, ClusterOptions, check_output_path, parse_size, run_cluster
+    from sbert_cli.errors import InputError
+    from sbert_cli.output import OUTPUT_FORMATS, default_format, write_rows
+    from sbert_cli.progress import stderr_console
 
-    error("sbert cluster is not available yet")
-    raise typer.Exit(1)
+    setup_logging(verbose, quiet)
+    if output is not None and output_format is not None:
+        raise InputError("-o writes the file its extension names; --format is for stdout (use one of them)")
+    fmt = output_format or default_format()
+    if fmt not in OUTPUT_FORMATS:
+        raise InputError(f"--format {fmt}: choose from {', '.join(OUTPUT_FORMATS)}")
+    if k == "auto":
+        k_value = None
+    elif k.isdigit():
+        k_value = int(k)
+    else:
+        raise InputError(f"--k {k}: give a number of clusters or auto")
+    if output is not None:
+        check_output_path(output)
+    options = ClusterOptions(
+        method=method,
+        k=k_value,
+        k_max=k_max,
+        seed=seed,
+        threshold=threshold,
+        min_size=min_size,
+        linkage=linkage,
+        sample=sample,
+        memory_limit=parse_size(memory_limit) if memory_limit else None,
+        top=top,
+    )
+    console = stderr_console()
+
+    def say(message: str) -> None:
+        if not quiet:
+            console.print(f"sbert: {message}", markup=False)
+
+    written = [0]
+    summary_to_stdout = output is None and fmt == "table"
+
+    def sink(rows) -> None:
+        if output is not None:
+            from sbert_cli.cluster import write_assignments
+
+            written[0] = write_assignments(output, rows)
+        elif summary_to_stdout:
+            for _ in rows:  # the summary is the result; the rows only feed it
+                pass
+        else:
+            write_rows(rows, ASSIGNMENT_COLUMNS, fmt)
+
+    summary = run_cluster(store, options, sink, plot=plot, say=say)
+    if summary_to_stdout:
+        from rich.console import Console
+
+        _print_summary(Console(highlight=False, soft_wrap=True), summary, store)
+        say("assignments of every row: --format jsonl|tsv|csv, or -o FILE.parquet|FILE.jsonl")
+    elif not quiet:
+        _print_summary(console, summary, store)
+    if output is not None:
+        say(f"wrote {written[0]:,} assignments to {output}")
+    if plot:
+        say(f"wrote plot to {plot}")
+
+
+def _print_summary(console, summary, store: str) -> None:
+    from rich.table import Table
+
+    from sbert_cli.cluster import NOISE, silhouette_text
+
+    parts = [f"{summary.method}: {summary.clusters:,} clusters over {summary.rows:,} rows"]
+    if summary.noise:
+        parts.append(f"{summary.noise:,} rows in no cluster")
+    if summary.streamed:
+        parts.append("fitted shard by shard (MiniBatchKMeans)")
+    if summary.silhouettes:
+        parts.append(silhouette_text(summary))
+    parts.append(f"{summary.elapsed:.1f} s")
+    table = Table(title=f"{store}: " + "; ".join(parts), title_justify="left", show_lines=True)
+    table.add_column("cluster", justify="right")
+    table.add_column("size", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("most central texts (cosine distance to the centre)", overflow="fold")
+    ordered = sorted(summary.sizes.items(), key=lambda kv: (kv[0] == NOISE, -kv[1], kv[0]))
+    for label, size in ordered:
+        central = summary.central.get(label, [])
+        lines = [f"{row['distance']:.3f}  {_short(row['text'], row['id'])}" for row in central]
+        table.add_row(
+            "none" if label == NOISE else str(label),
+            f"{size:,}",
+            f"{size / max(summary.rows, 1):.1%}",
+            "\n".join(lines),
+        )
+    console.print(table)
+
+
+def _short(text: str | None, row_id: int, width: int = 110) -> str:
+    if text is None:
+        return f"(id {row_id}; store has no text)"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
