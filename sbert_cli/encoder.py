@@ -24,7 +24,8 @@ from sbert_cli.pooling import pool
 
 log = logging.getLogger("sbert")
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")
+DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
+BACKENDS = ("auto", "torch", "onnx")
 # Padded tokens per batch. On CPU small batches win (measured on 500 paragraphs, 2 cores:
 # 8192 -> 5.9 s, 4096 -> 4.5 s, 2048 -> 4.0 s, 1024 -> 3.9 s): the GEMMs are already
 # big enough for two cores and attention grows with length. On a GPU big batches keep it busy.
@@ -72,6 +73,26 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def resolve_backend(backend: str, device: str, dtype: str) -> str:
+    """`auto`: ONNX Runtime for fp32/int8 on CPU when installed (faster there), torch otherwise."""
+    from sbert_cli import onnx_backend
+
+    if backend not in BACKENDS:
+        raise InputError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
+    onnx_ok = device == "cpu" and dtype in ("fp32", "int8")
+    if backend == "onnx" and not onnx_ok:
+        raise InputError(f"--backend onnx runs fp32 or int8 on the CPU, not {dtype} on {device}")
+    if dtype == "int8" and not onnx_ok:
+        raise InputError("--dtype int8 runs on the CPU only (ONNX Runtime)")
+    if backend == "torch" and dtype == "int8":
+        raise InputError("--dtype int8 needs the onnx backend")
+    if backend == "auto":
+        backend = "onnx" if onnx_ok and onnx_backend.available() else "torch"
+    if backend == "onnx" and not onnx_backend.available():
+        raise InputError("--backend onnx needs the packages onnxruntime and onnx (pip install onnxruntime onnx)")
+    return backend
 
 
 def torch_dtype(dtype: str):
@@ -125,6 +146,7 @@ class Encoder:
         batch_tokens: int | None = None,
         max_batch_size: int = 512,
         threads: int | None = None,
+        backend: str = "auto",
         spec: ModelSpec | None = None,
     ) -> None:
         import torch
@@ -144,17 +166,29 @@ class Encoder:
             DEFAULT_GPU_BATCH_TOKENS if self.device.startswith("cuda") else DEFAULT_CPU_BATCH_TOKENS
         )
         self.max_batch_size = max_batch_size
+        self.backend = resolve_backend(backend, self.device, self.dtype)
+        self.model = None
+        self._onnx = None
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.spec.path)
-            model_obj = AutoModel.from_pretrained(self.spec.path, dtype=torch_dtype(self.dtype))
+            if self.backend == "onnx":
+                from sbert_cli import onnx_backend
+
+                def load_fp32():
+                    return AutoModel.from_pretrained(self.spec.path, dtype=torch.float32)
+
+                graph = onnx_backend.ensure_graph(self.spec.fingerprint, self.dtype, load_fp32)
+                self._onnx = onnx_backend.OnnxTransformer(graph, threads or torch.get_num_threads())
+            else:
+                model_obj = AutoModel.from_pretrained(self.spec.path, dtype=torch_dtype(self.dtype))
+                self.model = model_obj.to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise SbertError(f"{self.spec.name}: could not load the model ({exc})") from exc
-        self.model = model_obj.to(self.device).eval()
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self._backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if self._backend is not None:
-            self._backend.enable_truncation(max_length=self.spec.max_seq_length)
-            self._backend.no_padding()
+        self._fast_tokenizer = getattr(self.tokenizer, "backend_tokenizer", None)
+        if self._fast_tokenizer is not None:
+            self._fast_tokenizer.enable_truncation(max_length=self.spec.max_seq_length)
+            self._fast_tokenizer.no_padding()
 
     @property
     def dim(self) -> int:
@@ -162,7 +196,15 @@ class Encoder:
 
     def describe(self) -> dict:
         """What a store records about how its vectors were made."""
-        return {**self.spec.describe(), "dtype": self.dtype}
+        return {**self.spec.describe(), "dtype": self.dtype, "backend": self.backend}
+
+    def hidden_states(self, input_ids, attention_mask):
+        """Token vectors from the transformer (torch tensors in, a torch tensor out)."""
+        import torch
+
+        if self._onnx is not None:
+            return torch.from_numpy(self._onnx(input_ids.numpy(), attention_mask.numpy()))
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     # -- tokenization ---------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
@@ -171,8 +213,8 @@ class Encoder:
         cleaned = [t.strip() for t in texts]
         if self.spec.do_lower_case:
             cleaned = [t.lower() for t in cleaned]
-        if self._backend is not None:
-            encodings = self._backend.encode_batch(cleaned)
+        if self._fast_tokenizer is not None:
+            encodings = self._fast_tokenizer.encode_batch(cleaned)
             return [e.ids for e in encodings], sum(1 for e in encodings if e.overflowing)
         enc = self.tokenizer(cleaned, truncation=True, max_length=self.spec.max_seq_length)
         ids = enc["input_ids"]
@@ -211,7 +253,7 @@ class Encoder:
             for batch in window.batches:
                 input_ids = batch.input_ids.to(self.device, non_blocking=True)
                 mask = batch.attention_mask.to(self.device, non_blocking=True)
-                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                hidden = self.hidden_states(input_ids, mask)
                 vectors = pool(hidden, mask, self.spec.pooling)
                 if self.spec.normalize:
                     vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
@@ -278,6 +320,7 @@ def cached_encoder(
     pooling: str | None = None,
     normalize: bool | None = None,
     max_seq_length: int | None = None,
+    backend: str = "auto",
 ) -> Encoder:
     """One Encoder per model settings per process: commands called from Python (or tests) in one
     process share the loaded weights instead of loading them again."""
@@ -286,9 +329,11 @@ def cached_encoder(
     spec = load_spec(model, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length)
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
-    key = (spec.fingerprint, spec.pooling, spec.normalize, spec.max_seq_length, resolved_device, resolved_dtype)
+    resolved_backend = resolve_backend(backend, resolved_device, resolved_dtype)
+    key = (spec.fingerprint, spec.pooling, spec.normalize, spec.max_seq_length)
+    key += (resolved_device, resolved_dtype, resolved_backend)
     if key not in _CACHE:
-        _CACHE[key] = Encoder(spec=spec, device=resolved_device, dtype=resolved_dtype)
+        _CACHE[key] = Encoder(spec=spec, device=resolved_device, dtype=resolved_dtype, backend=resolved_backend)
     return _CACHE[key]
 
 

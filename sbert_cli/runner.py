@@ -35,6 +35,7 @@ class EncodeOptions:
     max_seq_length: int | None = None
     batch_tokens: int | None = None
     threads: int | None = None
+    backend: str = "auto"
     storage_dtype: str = "float32"
     store_text: bool = True
     shard_size: int = DEFAULT_SHARD_SIZE
@@ -180,7 +181,7 @@ def encode_corpus(
     encoder=None,
 ) -> EncodeSummary:
     """Encode `inputs` into the store at `store_path` (created, appended to, or resumed)."""
-    from sbert_cli.encoder import cached_encoder, resolve_device, resolve_dtype
+    from sbert_cli.encoder import cached_encoder, resolve_backend, resolve_device, resolve_dtype
     from sbert_cli.model import load_spec
     from sbert_cli.progress import Progress
     from sbert_cli.writer import ShardCommitter
@@ -203,7 +204,8 @@ def encode_corpus(
     if encoder is None:
         spec = load_spec(options.model, options.pooling, options.normalize, options.max_seq_length)
         device = resolve_device(options.device)
-        model_desc = {**spec.describe(), "dtype": resolve_dtype(options.dtype, device)}
+        dtype = resolve_dtype(options.dtype, device)
+        model_desc = {**spec.describe(), "dtype": dtype, "backend": resolve_backend(options.backend, device, dtype)}
     else:
         model_desc = encoder.describe()
     if existing is not None:
@@ -255,6 +257,7 @@ def encode_corpus(
                     pooling=options.pooling,
                     normalize=options.normalize,
                     max_seq_length=options.max_seq_length,
+                    backend=options.backend,
                 )
             if options.batch_tokens:
                 encoder.batch_tokens = options.batch_tokens

@@ -10,6 +10,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """A fresh ONNX graph cache per test session (subprocesses inherit it): the export path runs
+    in every session instead of hiding behind a graph some earlier run left in ~/.cache."""
+    path = tmp_path_factory.mktemp("sbert-cache")
+    old = os.environ.get("SBERT_CACHE")
+    os.environ["SBERT_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SBERT_CACHE", None)
+    else:
+        os.environ["SBERT_CACHE"] = old
+
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CORPUS = ROOT / "sample_corpus"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -36,6 +36,28 @@ def test_fp32_parity_with_sentence_transformers(encoder, st_model, sample_texts)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_both_backends_agree_with_sentence_transformers(backend, st_model, sample_texts):
+    from sbert_cli.encoder import cached_encoder
+
+    enc = cached_encoder(None, device="cpu", dtype="fp32", backend=backend)
+    assert enc.backend == backend
+    texts = sample_texts[::5]  # 100 texts, long ones included
+    ours = enc.encode(texts)
+    theirs = st_model.encode(texts, batch_size=32, normalize_embeddings=True)
+    assert ((ours * theirs).sum(1)).min() >= 0.9999
+
+
+def test_int8_keeps_most_of_the_meaning(st_model, sample_texts):
+    from sbert_cli.encoder import cached_encoder
+
+    enc = cached_encoder(None, device="cpu", dtype="int8")
+    assert enc.describe()["dtype"] == "int8" and enc.backend == "onnx"
+    texts = sample_texts[::10]
+    cos = (enc.encode(texts) * st_model.encode(texts, normalize_embeddings=True)).sum(1)
+    assert cos.min() >= 0.95 and cos.mean() >= 0.99
+
+
 def test_output_order_follows_input_order(encoder, sample_texts):
     texts = sample_texts[:40]
     forward = encoder.encode(texts)
@@ -79,7 +101,7 @@ def test_pooling_modes_match_direct_computation(encoder, mode):
     prepared = encoder.prepare(texts)
     batch = prepared.batches[0]
     with torch.inference_mode():
-        hidden = encoder.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        hidden = encoder.hidden_states(batch.input_ids, batch.attention_mask)
     assert batch.attention_mask.sum(1).tolist() == [len(ids[p]) for p in batch.positions]
     assert len(set(batch.attention_mask.sum(1).tolist())) == 3, "the batch must contain padding"
     ours = pool(hidden, batch.attention_mask, (mode,))

@@ -23,7 +23,14 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
 DtypeOpt = Annotated[
     str,
-    typer.Option("--dtype", help="auto | fp32 | bf16 | fp16. auto: bf16 on GPUs and CPUs with native bf16, else fp32."),
+    typer.Option(
+        "--dtype",
+        help="auto | fp32 | bf16 | fp16 | int8. auto: bf16 on GPUs and on CPUs with native bf16, else fp32 (see README).",
+    ),
+]
+BackendOpt = Annotated[
+    str,
+    typer.Option("--backend", help="auto | torch | onnx. auto: ONNX Runtime for fp32/int8 on CPU when installed."),
 ]
 PoolingOpt = Annotated[
     str | None,

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from sbert_cli.cli._common import (
+    BackendOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
@@ -26,6 +27,7 @@ def encode(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    backend: BackendOpt = "auto",
     pooling: PoolingOpt = None,
     normalize: NormalizeOpt = None,
     max_seq_length: Annotated[
@@ -84,6 +86,7 @@ def encode(
         max_seq_length=max_seq_length,
         batch_tokens=batch_tokens,
         threads=threads,
+        backend=backend,
         storage_dtype=storage_dtype,
         store_text=not no_text,
         shard_size=shard_size,

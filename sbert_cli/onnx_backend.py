@@ -1,0 +1,139 @@
+"""ONNX Runtime backend for the transformer on CPU.
+
+The transformer (token ids -> token vectors) is exported once from the same weights with
+torch.onnx, and the graph is cached on disk keyed by the model's fingerprint, so later start-ups
+only load it. Pooling and normalization stay ours, in torch, exactly as for the torch backend.
+ONNX Runtime's CPU kernels beat torch's on small-core machines (see the README's figures).
+`int8` is the same graph with dynamically quantized weights (MatMuls only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from sbert_cli.errors import SbertError
+
+log = logging.getLogger("sbert")
+EXPORT_VERSION = 1  # bump when the export recipe changes: old cache entries are then ignored
+
+
+def available() -> bool:
+    """Both ONNX Runtime (to run) and onnx (which torch.onnx needs to export) are installed."""
+    from importlib.util import find_spec
+
+    return find_spec("onnx") is not None and find_spec("onnxruntime") is not None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SBERT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sbert"
+    )
+    return Path(root) / "onnx"
+
+
+def graph_path(fingerprint: str, variant: str) -> Path:
+    import torch
+
+    tag = f"{fingerprint.split(':')[-1]}-v{EXPORT_VERSION}-torch{torch.__version__.split('+')[0]}-{variant}"
+    return cache_dir() / f"{tag}.onnx"
+
+
+class _HiddenStates:
+    """Wraps a transformers model so the exported graph has plain tensor inputs and one output."""
+
+    def __new__(cls, model):
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, inner) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids, attention_mask):
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+        return Wrapper(model).eval()
+
+
+def export(model, path: Path) -> None:
+    """Export the fp32 transformer to `path` (atomically: a crash never leaves half a graph)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    ids = torch.ones(2, 16, dtype=torch.long)
+    axes = {0: "batch", 1: "tokens"}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _HiddenStates(model),
+            (ids, torch.ones_like(ids)),
+            str(tmp),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["hidden"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
+            opset_version=17,
+            dynamo=False,
+        )
+    os.replace(tmp, path)
+
+
+def quantize(fp32_path: Path, path: Path) -> None:
+    """Dynamic int8 quantization of the MatMul weights (activations stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # The quantizer logs advice about pre-processing on the root logger; it is not for our users.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(
+            str(fp32_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+        )
+    finally:
+        root.setLevel(level)
+    os.replace(tmp, path)
+
+
+def ensure_graph(fingerprint: str, variant: str, load_torch_model) -> Path:
+    """The cached graph for this model and variant, exporting it first if needed."""
+    path = graph_path(fingerprint, variant)
+    if path.is_file():
+        return path
+    fp32 = graph_path(fingerprint, "fp32")
+    try:
+        if not fp32.is_file():
+            log.info("exporting the model to ONNX (once; cached in %s)", fp32.parent)
+            export(load_torch_model(), fp32)
+        if variant == "int8":
+            quantize(fp32, path)
+    except Exception as exc:  # export can fail for exotic architectures: say so, name the fix
+        raise SbertError(f"ONNX export of the model failed ({type(exc).__name__}: {exc}); use --backend torch") from exc
+    return path
+
+
+class OnnxTransformer:
+    """Runs the exported transformer: numpy ids and mask in, float32 token vectors out."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # a damaged cache file: drop it so the next run re-exports
+            path.unlink(missing_ok=True)
+            raise SbertError(f"{path}: unusable ONNX graph, removed ({exc}); run again to re-export") from exc
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
