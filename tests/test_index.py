@@ -1,0 +1,262 @@
+"""The index library: building, incremental updates, staleness, crash safety, exact search, fetch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sbert_cli.errors import InputError
+from sbert_cli.index import (
+    INDEX_MANIFEST,
+    Index,
+    _top_k,
+    build_index,
+    exact_search,
+    fetch_rows,
+    index_dir,
+    read_index_manifest,
+)
+from sbert_cli.runner import EncodeOptions, encode_corpus
+from sbert_cli.store import Store
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OPTS = dict(device="cpu", dtype="fp32")
+
+
+def encode(inputs, store, **kw) -> None:
+    encode_corpus([str(p) for p in inputs], store, EncodeOptions(**OPTS, **kw), quiet=True)
+
+
+@pytest.fixture()
+def store(tmp_path, sample_store) -> Path:
+    """A private copy of the sample store (500 rows in 3 inputs, shards of 200)."""
+    path = tmp_path / "store"
+    shutil.copytree(sample_store, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def books_store(tmp_path_factory, encoder) -> Path:
+    """2,000 book paragraphs (not in the sample corpus), in shards of 500."""
+    path = tmp_path_factory.mktemp("books") / "store"
+    encode([FIXTURES / "books_2k.txt"], path, shard_size=500)
+    build_index(path)
+    return path
+
+
+def brute_force(store: Store, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    ids, vecs = store.load_embeddings()
+    scores = queries @ vecs.T
+    order = np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=1)[:, :k]
+    return ids[order], np.take_along_axis(scores, order, 1)
+
+
+def test_exact_search_in_chunks_equals_brute_force(sample_store, encoder):
+    store = Store.open(sample_store)
+    queries = encoder.encode(["a ship sails to hunt whales", "a young man in debt", "a ball in St Petersburg"])
+    want_ids, want_scores = brute_force(store, queries, 7)
+    for chunk in (7, 64, 100_000):  # chunks smaller than k, than a shard, larger than the store
+        ids, scores = exact_search(store, queries, 7, chunk_rows=chunk)
+        assert (ids == want_ids).all(), chunk
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_top_k_breaks_ties_by_id():
+    ids = np.array([[9, 3, 7, 1, 5]])
+    scores = np.array([[0.5, 0.9, 0.5, 0.5, 0.1]], dtype=np.float32)
+    got_ids, got_scores = _top_k(ids, scores, 3)
+    assert got_ids.tolist() == [[3, 1, 7]]
+    assert got_scores.tolist()[0][0] == pytest.approx(0.9)
+
+
+def test_build_writes_manifest_and_finds_stored_texts(store, sample_texts):
+    summary = build_index(store)
+    assert (summary.added, summary.count, summary.shards_added) == (500, 500, len(Store.open(store).shards))
+    manifest = read_index_manifest(store)
+    files = {s.file: s.sha256 for s in Store.open(store).shards}
+    assert {s["file"]: s["sha256"] for s in manifest["shards"]} == files
+    assert manifest["space"] == "ip" and manifest["M"] == 16 and manifest["ef_construction"] == 200
+    assert manifest["model"]["fingerprint"] == Store.open(store).model["fingerprint"]
+    assert (index_dir(store) / manifest["file"]).stat().st_size == manifest["bytes"]
+
+    index = Index.open(store)
+    unique = [t for t in sample_texts if sample_texts.count(t) == 1][::40]
+    hits = index.search(unique, k=3)
+    for text, per_query in zip(unique, hits, strict=True):
+        assert per_query[0].text == text
+        assert per_query[0].score == pytest.approx(1.0, abs=1e-3)
+        assert [h.rank for h in per_query] == [1, 2, 3]
+        assert per_query[0].source.endswith(".txt") and per_query[0].line >= 1
+    assert build_index(store).added == 0  # up to date: nothing to do
+
+
+def test_hnsw_agrees_with_exact_on_2000_rows(books_store):
+    index = Index.open(books_store)
+    exact = Index.open(books_store, exact=True)
+    lines = (FIXTURES / "books_2k.txt").read_text(encoding="utf-8").splitlines()
+    # Halves of paragraphs: close to a row but not equal to one, like real queries.
+    queries = [" ".join(t.split()[: len(t.split()) // 2]) for t in lines[::20]]
+    vectors = index.encode(queries)
+    found, found_scores = index.search_vectors(vectors, 10)
+    truth, truth_scores = exact.search_vectors(vectors, 10)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+    assert recall >= 0.99
+    assert (found[:, 0] == truth[:, 0]).mean() >= 0.99
+    # Scores are cosine similarities on both paths.
+    np.testing.assert_allclose(found_scores[:, 0], truth_scores[:, 0], atol=1e-4)
+
+
+def test_incremental_index_adds_only_new_rows(store, tmp_path):
+    build_index(store)
+    extra = tmp_path / "extra.txt"
+    extra.write_text("The harpooneer slept in my bed at the inn.\nA cold soup of beetroot and kvass.\n")
+    encode([extra], store)
+
+    # Before re-indexing, the new shard is searched exactly next to the graph: nothing is missed.
+    index = Index.open(store)
+    assert [s.file for s in index.pending] == ["shards/part-00003-00000.parquet"]
+    assert index.search(["A cold soup of beetroot and kvass."], k=1)[0][0].source == str(extra)
+
+    first = read_index_manifest(store)
+    summary = build_index(store)
+    assert (summary.added, summary.shards_added, summary.count, summary.rebuilt) == (2, 1, 502, False)
+    manifest = read_index_manifest(store)
+    assert manifest["generation"] == first["generation"] + 1
+    assert sorted(p.name for p in index_dir(store).iterdir()) == [manifest["file"], INDEX_MANIFEST]
+    index = Index.open(store)
+    assert not index.pending
+    hit = index.search(["The harpooneer slept in my bed at the inn."], k=1)[0][0]
+    assert (hit.source, hit.line, hit.score) == (str(extra), 1, pytest.approx(1.0, abs=1e-3))
+
+
+def test_reencoded_shards_make_the_index_stale(store, tmp_path):
+    extra = tmp_path / "extra.txt"
+    extra.write_text("First version of a line.\n")
+    encode([extra], store)
+    build_index(store)
+    extra.write_text("Second, different version of the line.\n")
+    encode([extra], store, force=True)  # same shard file name, new contents
+
+    with pytest.raises(InputError, match="stale.*re-encoded since.*sbert index"):
+        Index.open(store)
+    # --exact does not need the index and still answers.
+    assert (
+        Index.open(store, exact=True)
+        .search(["Second, different version of the line."], k=1)[0][0]
+        .text.startswith("Second")
+    )
+    summary = build_index(store)
+    assert summary.rebuilt and "re-encoded" in summary.reason and summary.count == 501
+    assert Index.open(store).search(["Second, different version of the line."], k=1)[0][0].text.startswith("Second")
+
+
+def test_index_from_another_model_is_refused_then_rebuilt(store):
+    build_index(store)
+    path = index_dir(store) / INDEX_MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["model"]["fingerprint"] = "sha256:0000"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="another model"):
+        Index.open(store)
+    summary = build_index(store)
+    assert summary.rebuilt and "another model" in summary.reason
+    Index.open(store)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_index_file_is_refused(store, damage):
+    build_index(store)
+    graph = index_dir(store) / read_index_manifest(store)["file"]
+    if damage == "truncate":
+        graph.write_bytes(graph.read_bytes()[:1000])
+    else:
+        graph.unlink()
+    with pytest.raises(InputError, match="--rebuild"):
+        Index.open(store)
+    assert build_index(store).rebuilt
+    assert Index.open(store).search(["whale"], k=1)
+
+
+def test_crash_before_commit_leaves_old_index_usable(store, tmp_path, monkeypatch):
+    build_index(store)
+    before = read_index_manifest(store)
+    extra = tmp_path / "extra.txt"
+    extra.write_text("A line that arrives later.\n")
+    encode([extra], store)
+
+    import sbert_cli.index as index_module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(index_module, "write_atomic", crash)  # die after the new graph file is written
+    with pytest.raises(KeyboardInterrupt):
+        build_index(store)
+    monkeypatch.undo()
+    assert read_index_manifest(store) == before
+    hits = Index.open(store).search(["A line that arrives later."], k=1)  # old graph + exact over the new shard
+    assert hits[0][0].text == "A line that arrives later."
+    summary = build_index(store)  # the leftover generation file is never reused or trusted
+    assert summary.added == 1 and not summary.rebuilt
+    assert len(list(index_dir(store).iterdir())) == 2
+
+
+def test_parameters_and_spaces(store):
+    summary = build_index(store, M=8, ef_construction=50, threads=1)
+    assert (summary.params["M"], summary.params["ef_construction"]) == (8, 50)
+    # Asking for other parameters rebuilds rather than mixing graphs.
+    summary = build_index(store, space="l2")
+    assert summary.rebuilt and "space changes" in summary.reason
+    index = Index.open(store)
+    exact = Index.open(store, exact=True)
+    assert exact.space == "l2"  # exact search ranks like the current index
+    vec = index.encode(["a whale"])
+    ids, scores = index.search_vectors(vec, 5)
+    want_ids, want_scores = exact.search_vectors(vec, 5)
+    assert ids[0, 0] == want_ids[0, 0]
+    assert (scores <= 0).all()  # l2 scores are negative distances: higher is closer
+    np.testing.assert_allclose(scores[0, 0], want_scores[0, 0], atol=1e-3)
+    with pytest.raises(InputError, match="--space"):
+        build_index(store, space="hamming")
+    with pytest.raises(InputError, match="--M"):
+        build_index(store, M=1)
+
+
+def test_fetch_finds_rows_when_shards_are_not_in_id_order(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("alpha one\nalpha two\n")
+    b.write_text("beta one\n")
+    path = tmp_path / "store"
+    encode([a, b], path)
+    a.write_text("alpha uno\nalpha dos\nalpha tres\n")
+    encode([a], path, force=True)  # input 0's shard is now listed after input 1's
+    store = Store.open(path)
+    assert [s.input for s in store.shards] == [1, 0]
+    ids, _ = store.load_embeddings()
+    rows = fetch_rows(store, ids)
+    assert sorted(r["text"] for r in rows.values()) == ["alpha dos", "alpha tres", "alpha uno", "beta one"]
+    build_index(path)
+    assert Index.open(path).search(["alpha tres"], k=1)[0][0].text == "alpha tres"
+
+
+def test_bad_search_arguments(store):
+    build_index(store)
+    index = Index.open(store)
+    with pytest.raises(InputError, match="larger than the store"):
+        index.search(["whale"], k=501)
+    with pytest.raises(InputError, match="empty"):
+        index.search(["   "])
+    with pytest.raises(InputError, match="no query"):
+        index.search([])
+    hits = index.search(["whale"], k=20, ef=5)  # ef below k is raised to k
+    assert len(hits[0]) == 20
+    assert all(h.score >= 0.3 for h in index.search(["whale"], k=20, min_score=0.3)[0])
+    with pytest.raises(InputError, match="no such store"):
+        Index.open(store.parent / "missing")
+    shutil.rmtree(index_dir(store))
+    with pytest.raises(InputError, match="no index yet.*sbert index.*--exact"):
+        Index.open(store)

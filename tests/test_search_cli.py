@@ -1,0 +1,231 @@
+"""`sbert index` and `sbert search` from the shell: real stores in tmp_path, outputs and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sbert_cli.cli import app
+from sbert_cli.index import INDEX_MANIFEST, index_dir, read_index_manifest
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sbert(*args: str, input: str | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.fixture()
+def store(tmp_path, sample_store) -> Path:
+    path = tmp_path / "store"
+    shutil.copytree(sample_store, path)
+    return path
+
+
+@pytest.fixture()
+def indexed(store) -> Path:
+    result = sbert("index", store)
+    assert result.exit_code == 0, result.output
+    return store
+
+
+def jsonl(result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_index_then_search_returns_the_stored_text_first(store, sample_texts):
+    result = sbert("index", store)
+    assert result.exit_code == 0, result.output
+    assert "built the index: added 500 rows" in result.stderr
+    assert "M=16, ef_construction=200" in result.stderr
+    assert result.stdout == ""
+    again = sbert("index", store)
+    assert again.exit_code == 0 and "index is up to date: 500 rows" in again.stderr
+
+    texts = [sample_texts[7], sample_texts[260], sample_texts[480]]
+    result = sbert("search", store, *texts, "-k", "3", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    hits = jsonl(result)
+    assert len(hits) == 9
+    for n, text in enumerate(texts):
+        mine = hits[3 * n : 3 * n + 3]
+        assert [h["rank"] for h in mine] == [1, 2, 3]
+        assert {h["query"] for h in mine} == {text}
+        assert mine[0]["text"] == text and mine[0]["score"] == pytest.approx(1.0, abs=1e-3)
+        assert mine[0]["score"] >= mine[1]["score"] >= mine[2]["score"]
+        assert set(mine[0]) >= {"query", "rank", "id", "score", "text", "source", "line"}
+        assert mine[0]["source"].endswith(".txt") and isinstance(mine[0]["line"], int)
+
+
+def test_hnsw_and_exact_agree_from_the_shell(indexed):
+    queries = ["a whale hunt at sea", "a student commits a murder", "officers at a ball in Moscow"]
+    hnsw = sbert("search", indexed, *queries, "--format", "jsonl")
+    exact = sbert("search", indexed, *queries, "--format", "jsonl", "--exact")
+    assert hnsw.exit_code == exact.exit_code == 0, hnsw.output + exact.output
+    assert [(h["query"], h["id"]) for h in jsonl(hnsw)] == [(h["query"], h["id"]) for h in jsonl(exact)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "tsv", "csv", "table"])
+def test_every_output_format_parses(indexed, fmt):
+    result = sbert("search", indexed, "whaling ship", "a ball", "-k", "4", "--format", fmt)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in out.splitlines()]
+    elif fmt == "json":
+        rows = json.loads(out)
+    elif fmt == "tsv":
+        rows = list(csv.DictReader(io.StringIO(out), delimiter="\t", quoting=csv.QUOTE_NONE))
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(out)))
+    else:
+        assert "whaling ship" in out and "a ball" in out and "rank" in out and "score" in out
+        return
+    assert len(rows) == 8
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4] * 2
+    assert list(rows[0]) == ["query", "rank", "id", "score", "text", "source", "line"]
+    assert all(0 < float(r["score"]) <= 1.0 for r in rows)
+
+
+def test_queries_from_file_and_stdin(indexed, tmp_path):
+    qfile = tmp_path / "queries.txt"
+    qfile.write_text("whaling ship\n\na ball in Moscow\n")
+    result = sbert("search", indexed, "--queries-file", qfile, "-k", "2", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert [h["query"] for h in jsonl(result)] == ["whaling ship"] * 2 + ["a ball in Moscow"] * 2
+
+    result = sbert("search", indexed, "-", "-k", "1", "--format", "jsonl", input="a debt to a pawnbroker\n")
+    assert result.exit_code == 0, result.output
+    assert [h["query"] for h in jsonl(result)] == ["a debt to a pawnbroker"]
+
+
+def test_min_score_filters(indexed):
+    result = sbert("search", indexed, "whaling ship", "-k", "50", "--min-score", "0.4", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    hits = jsonl(result)
+    assert 0 < len(hits) < 50 and all(h["score"] >= 0.4 for h in hits)
+    result = sbert("search", indexed, "whaling ship", "--min-score", "1.01", "--format", "jsonl")
+    assert result.exit_code == 0 and result.stdout == ""
+
+
+def test_incremental_index_after_appending(indexed, tmp_path):
+    extra = tmp_path / "extra.txt"
+    extra.write_text("Borscht is a sour soup common in Eastern Europe.\nThe ship's cat slept on the rope.\n")
+    assert sbert("encode", extra, "-o", indexed, "--device", "cpu", "--dtype", "fp32", "-q").exit_code == 0
+    # Not indexed yet: searched exactly next to the index, with a note saying so.
+    result = sbert("search", indexed, "beetroot soup", "-k", "1", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert jsonl(result)[0]["text"].startswith("Borscht") and "sbert index" in result.stderr
+    result = sbert("index", indexed)
+    assert result.exit_code == 0, result.output
+    assert "updated the index: added 2 rows from 1 shard(s)" in result.stderr and "holds 502 rows" in result.stderr
+    result = sbert("search", indexed, "beetroot soup", "-k", "1", "--format", "jsonl")
+    assert jsonl(result)[0]["text"].startswith("Borscht") and result.stderr == ""
+
+
+def test_rebuild_and_options(indexed):
+    result = sbert("index", indexed, "--rebuild", "--M", "8", "--ef-construction", "40", "--threads", "1", "-q")
+    assert result.exit_code == 0 and result.stderr == ""
+    manifest = read_index_manifest(indexed)
+    assert (manifest["M"], manifest["ef_construction"], manifest["count"]) == (8, 40, 500)
+    result = sbert("search", indexed, "whale", "-k", "30", "--ef", "30", "--format", "csv")
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 31
+
+
+def corrupt(store: Path, how: str) -> None:
+    manifest = read_index_manifest(store)
+    graph = index_dir(store) / manifest["file"]
+    if how == "truncated":
+        graph.write_bytes(graph.read_bytes()[:4096])
+    elif how == "missing":
+        graph.unlink()
+    elif how == "model":
+        manifest["model"]["fingerprint"] = "sha256:feed"
+        (index_dir(store) / INDEX_MANIFEST).write_text(json.dumps(manifest))
+    elif how == "stale":
+        first = manifest["shards"][0]
+        first["sha256"] = "sha256:0"
+        (index_dir(store) / INDEX_MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "case, args, message",
+    [
+        ("no store", ["search", "{tmp}/nowhere", "whale"], "no such store"),
+        ("no store to index", ["index", "{tmp}/nowhere"], "no such store"),
+        ("no index", ["search", "{noindex}", "whale"], "no index yet; build one with: sbert index"),
+        ("truncated", ["search", "{truncated}", "whale"], "index file is damaged"),
+        ("missing file", ["search", "{missing}", "whale"], "index file is missing"),
+        ("other model", ["search", "{model}", "whale"], "built from another model"),
+        ("stale", ["search", "{stale}", "whale"], "the index is stale"),
+        ("k too large", ["search", "{ok}", "whale", "-k", "501"], "larger than the store (500 rows)"),
+        ("k zero", ["search", "{ok}", "whale", "-k", "0"], "must be at least 1"),
+        ("empty query", ["search", "{ok}", ""], "the query is empty"),
+        ("blank query", ["search", "{ok}", "whale", "  "], "query 2 is empty"),
+        ("no query", ["search", "{ok}", "--format", "jsonl"], "no query given"),
+        ("no queries file", ["search", "{ok}", "-f", "{tmp}/none.txt"], "none.txt: no such file"),
+        ("bad format", ["search", "{ok}", "whale", "--format", "xml"], "--format xml"),
+        ("bad space", ["index", "{ok}", "--space", "hamming"], "--space hamming"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, sample_store, case, args, message):
+    stores = {}
+    for name in ("noindex", "truncated", "missing", "model", "stale", "ok"):
+        if "{" + name + "}" in " ".join(args):
+            path = tmp_path / name
+            shutil.copytree(sample_store, path)
+            if name != "noindex":
+                assert sbert("index", path, "-q").exit_code == 0
+            if name in ("truncated", "missing", "model", "stale"):
+                corrupt(path, name)
+            stores[name] = str(path)
+    result = sbert(*(a.format(tmp=tmp_path, **stores) for a in args))
+    assert result.exit_code == 2, (case, result.output)
+    assert message in result.stderr, (case, result.stderr)
+    assert result.stderr.startswith("sbert: error: ") and len(result.stderr.strip().splitlines()) == 1, case
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    if case in ("truncated", "missing"):
+        assert "--rebuild" in result.stderr
+    if case in ("no index", "stale"):
+        assert "--exact" in result.stderr
+
+
+def test_damaged_index_still_allows_exact_and_index_repairs_it(indexed):
+    corrupt(indexed, "truncated")
+    result = sbert("search", indexed, "whale", "--exact", "-k", "1", "--format", "jsonl")
+    assert result.exit_code == 0 and len(jsonl(result)) == 1
+    result = sbert("index", indexed)
+    assert result.exit_code == 0 and "rebuilding the index: " in result.stderr and "damaged" in result.stderr
+    assert sbert("search", indexed, "whale", "-k", "1", "--format", "jsonl").exit_code == 0
+
+
+@pytest.mark.slow
+def test_shell_pipeline_in_subprocesses(indexed, sample_texts):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-m", "sbert_cli"]
+    index = subprocess.run([*run, "index", str(indexed), "--rebuild"], capture_output=True, text=True, env=env)
+    assert index.returncode == 0, index.stderr
+    assert "built the index" in index.stderr
+    queries = f"{sample_texts[3]}\n{sample_texts[300]}\n"
+    search = subprocess.run(
+        [*run, "search", str(indexed), "-", "-k", "2"], input=queries, capture_output=True, text=True, env=env
+    )
+    assert search.returncode == 0, search.stderr
+    hits = [json.loads(line) for line in search.stdout.splitlines()]  # not a terminal: jsonl by default
+    assert [h["text"] for h in hits if h["rank"] == 1] == [sample_texts[3], sample_texts[300]]
+    missing = subprocess.run(
+        [*run, "search", str(indexed.parent / "nope"), "whale"], capture_output=True, text=True, env=env
+    )
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
