@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sbert_cli.batcher import windows
 from sbert_cli.errors import InputError
 from sbert_cli.reader import InputSource, ReadOptions, ReadStats, Record, expand_inputs, read_records, scan
 from sbert_cli.store import STORAGE_DTYPES, Store, new_manifest, save_manifest, store_lock
@@ -157,18 +156,19 @@ def _model_settings(options: EncodeOptions, existing: Store | None) -> EncodeOpt
 def _aligned_windows(records: Iterator[Record], shard_size: int) -> Iterator[list[Record]]:
     """Windows that never straddle a shard boundary: a resumed run (which starts at a boundary)
     then forms exactly the same batches as an uninterrupted one, so its vectors are identical."""
-    shard: list[Record] = []
-
-    def flush() -> Iterator[list[Record]]:
-        yield from windows(shard, WINDOW_TEXTS, WINDOW_CHARS, text=lambda r: r.text)
-
+    window: list[Record] = []
+    chars = 0
+    in_shard = 0
     for record in records:
-        shard.append(record)
-        if len(shard) >= shard_size:
-            yield from flush()
-            shard = []
-    if shard:
-        yield from flush()
+        window.append(record)
+        chars += len(record.text)
+        in_shard += 1
+        if len(window) >= WINDOW_TEXTS or chars >= WINDOW_CHARS or in_shard == shard_size:
+            yield window
+            window, chars = [], 0
+            in_shard %= shard_size
+    if window:
+        yield window
 
 
 def encode_corpus(
