@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sbert_cli.errors import InputError
@@ -38,13 +37,11 @@ class ModelSpec:
     max_seq_length: int
     do_lower_case: bool
     hidden_size: int = 0
-    extra: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
         """The JSON form stored in manifests (path omitted: it differs between machines)."""
         d = asdict(self)
         d.pop("path")
-        d.pop("extra")
         d["pooling"] = list(self.pooling)
         return d
 
@@ -174,8 +171,3 @@ def load_spec(
         do_lower_case=bool(st_config.get("do_lower_case", False)),
         hidden_size=hidden,
     )
-
-
-def offline_env() -> None:
-    """Keep transformers from phoning home for local directories (there is no network in CI)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

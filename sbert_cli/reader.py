@@ -12,7 +12,7 @@ import json
 import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -73,7 +73,6 @@ class ReadStats:
 
     records: int = 0
     blank: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def detect_format(path: str, forced: str | None) -> tuple[str, bool]:

@@ -183,8 +183,6 @@ def encode_corpus(
     """Encode `inputs` into the store at `store_path` (created, appended to, or resumed)."""
     from sbert_cli.encoder import cached_encoder, resolve_backend, resolve_device, resolve_dtype
     from sbert_cli.model import load_spec
-    from sbert_cli.progress import Progress
-    from sbert_cli.writer import ShardCommitter
 
     options = options or EncodeOptions()
     say = say or (lambda msg: log.info(msg))
@@ -244,11 +242,10 @@ def encode_corpus(
                 manifest = Store.open(store_path).manifest
             if options.read.id_field and not manifest["shards"]:
                 manifest["has_key"] = True
-            planned_by_path = {id(p.source): p for p in plan}
-            plan = _plan([p.source for p in plan], manifest, options.force, say)
+            counted = {item.source.name: item.records for item in plan}
+            plan = _plan([item.source for item in plan], manifest, options.force, lambda _: None)
             for item in plan:
-                old = planned_by_path.get(id(item.source))
-                item.records = old.records if old else None
+                item.records = counted.get(item.source.name)
             if encoder is None:
                 encoder = cached_encoder(
                     options.model,
@@ -265,9 +262,10 @@ def encode_corpus(
                 import torch
 
                 torch.set_num_threads(options.threads)
-            return _run(
-                encoder, store_path, manifest, plan, options, total_records, quiet, say, Progress, ShardCommitter
-            )
+            summary = _run(encoder, store_path, manifest, plan, options, total_records, quiet, say)
+            encoded = {item.source.name for item in plan}
+            summary.inputs_skipped = [s.name for s in sources if s.name not in encoded]
+            return summary
     except BaseException:
         if created and not Store.exists(store_path):
             shutil.rmtree(store_path, ignore_errors=True)
@@ -281,8 +279,19 @@ def _copy(manifest: dict) -> dict:
 
 
 def _run(
-    encoder, store_path, manifest, plan, options, total_records, quiet, say, Progress, ShardCommitter
+    encoder,
+    store_path: Path,
+    manifest: dict,
+    plan: list[_Planned],
+    options: EncodeOptions,
+    total_records: int,
+    quiet: bool,
+    say: Callable[[str], None],
 ) -> EncodeSummary:
+    """Encode the planned inputs under the lock, committing shard by shard."""
+    from sbert_cli.progress import Progress
+    from sbert_cli.writer import ShardCommitter
+
     summary = EncodeSummary(str(store_path))
     stale_files: list[str] = []
     for item in plan:

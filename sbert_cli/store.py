@@ -190,12 +190,6 @@ class Store:
             return np.empty(0, dtype=np.int64), np.empty((0, self.dim), dtype=np.float32)
         return np.concatenate(ids), np.concatenate(vecs)
 
-    def shard_for_id(self, row_id: int) -> ShardInfo | None:
-        for shard in self.shards:
-            if shard.id_min <= row_id <= shard.id_max:
-                return shard
-        return None
-
     def fetch(
         self, ids: list[int] | np.ndarray, columns: tuple[str, ...] = ("text", "source", "line")
     ) -> dict[int, dict]:
@@ -231,9 +225,6 @@ class Store:
         if self.manifest.get("has_key"):
             cols.append("key")
         return cols
-
-    def input_name(self, index: int) -> str:
-        return self.manifest["inputs"][index]["source"]
 
 
 def embeddings_to_numpy(column, dim: int) -> np.ndarray:
