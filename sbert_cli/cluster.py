@@ -622,7 +622,7 @@ def plot_clusters(path: str, vectors: np.ndarray, labels: np.ndarray, title: str
     values, counts = np.unique(labels, return_counts=True)
     by_size = [int(v) for v, _ in sorted(zip(values, counts, strict=True), key=lambda vc: -vc[1])]
     cmap = plt.get_cmap("tab20" if len(by_size) > 10 else "tab10")
-    size = max(2.0, min(30.0, 3000.0 / max(len(points), 1)))
+    size = max(3.0, min(30.0, 6000.0 / max(len(points), 1)))  # big dots for few points, small for many
     for i, label in enumerate(by_size):
         mask = labels == label
         noise = label == NOISE
