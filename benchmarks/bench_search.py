@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sbert_cli.index import DEFAULT_EF, Index, build_index, exact_search  # noqa: E402
+from sbert_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, Index, build_index, exact_search  # noqa: E402
 from sbert_cli.runner import EncodeOptions, encode_corpus  # noqa: E402
 from sbert_cli.store import Store  # noqa: E402
 
@@ -84,7 +84,7 @@ def bench_recall(work: Path, paragraphs: list[str], sts_sentences: list[str], ar
     t0 = time.perf_counter()
     build_s = make_store(books_file, store, args.threads)
     print(f"books store: {Store.open(store).rows:,} rows ({time.perf_counter() - t0:.1f} s incl. encode if needed)")
-    print(f"index build (M=16, ef_construction=200): {build_s:.1f} s")
+    print(f"index build (M={DEFAULT_M}, ef_construction={DEFAULT_EF_CONSTRUCTION}): {build_s:.1f} s")
 
     rng = random.Random(0)
     fragments = []

@@ -11,6 +11,8 @@ import pytest
 
 from sbert_cli.errors import InputError
 from sbert_cli.index import (
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_M,
     INDEX_MANIFEST,
     Index,
     _top_k,
@@ -79,7 +81,11 @@ def test_build_writes_manifest_and_finds_stored_texts(store, sample_texts):
     manifest = read_index_manifest(store)
     files = {s.file: s.sha256 for s in Store.open(store).shards}
     assert {s["file"]: s["sha256"] for s in manifest["shards"]} == files
-    assert manifest["space"] == "ip" and manifest["M"] == 16 and manifest["ef_construction"] == 200
+    assert (
+        manifest["space"] == "ip"
+        and manifest["M"] == DEFAULT_M
+        and manifest["ef_construction"] == DEFAULT_EF_CONSTRUCTION
+    )
     assert manifest["model"]["fingerprint"] == Store.open(store).model["fingerprint"]
     assert (index_dir(store) / manifest["file"]).stat().st_size == manifest["bytes"]
 

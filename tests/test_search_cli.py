@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.index import INDEX_MANIFEST, index_dir, read_index_manifest
+from sbert_cli.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, INDEX_MANIFEST, index_dir, read_index_manifest
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def test_index_then_search_returns_the_stored_text_first(store, sample_texts):
     result = sbert("index", store)
     assert result.exit_code == 0, result.output
     assert "built the index: added 500 rows" in result.stderr
-    assert "M=16, ef_construction=200" in result.stderr
+    assert f"M={DEFAULT_M}, ef_construction={DEFAULT_EF_CONSTRUCTION}" in result.stderr
     assert result.stdout == ""
     again = sbert("index", store)
     assert again.exit_code == 0 and "index is up to date: 500 rows" in again.stderr

@@ -17,10 +17,10 @@ def index(
         typer.Option(help="auto | cosine | ip | l2. auto: ip (= cosine) for normalized vectors, else cosine."),
     ] = "auto",
     m: Annotated[
-        int | None, typer.Option("--M", help="Graph links per node: more is better recall, more memory [default: 16].")
+        int | None, typer.Option("--M", help="Graph links per node: more is better recall, more memory [default: 32].")
     ] = None,
     ef_construction: Annotated[
-        int | None, typer.Option(help="Build-time candidate list: more is a better graph, slower build [default: 200].")
+        int | None, typer.Option(help="Build-time candidate list: more is a better graph, slower build [default: 400].")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="Threads adding to the graph [default: all cores].")] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start over instead of adding new shards.")] = False,
