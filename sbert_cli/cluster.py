@@ -45,7 +45,6 @@ MINIBATCH_SIZE = 4096
 MINIBATCH_EPOCHS = 3  # passes over the store; each reads every shard once
 IN_MEMORY_FACTOR = 3  # vectors, their unit copy, and sklearn's working arrays
 COMMUNITY_BLOCK_BYTES = 256 << 20  # one block of the similarity matrix
-COMMUNITY_MAX_MEMBERS = 50_000_000  # candidate members kept at once (int64): 400 MB
 PLOT_MAX_POINTS = 20_000
 SMALL_FIT_ROWS = 50_000
 CENTRAL_TEXTS = 3
@@ -264,45 +263,51 @@ def community_detection(
     x: np.ndarray, threshold: float, min_size: int, block_bytes: int = COMMUNITY_BLOCK_BYTES
 ) -> list[np.ndarray]:
     """Groups of rows whose cosine to a centre row is >= threshold, largest first; each group's
-    first element is its centre. `x` must hold unit rows.
+    first element is its centre, the others follow closest first. `x` must hold unit rows.
 
     The idea is sentence-transformers' `community_detection`: every row with at least
-    `min_size` neighbours at or above the threshold proposes its neighbourhood; proposals are
-    taken largest first, each keeping the rows no earlier group took. Unlike it, a proposal is
-    dropped when its own centre was taken, so every member of a group is within the threshold
-    of the group's centre. The similarity matrix is computed a block of rows at a time, never whole.
+    `min_size` neighbours at or above the threshold (itself included) proposes its
+    neighbourhood; proposals are taken largest first, each keeping the rows no earlier group
+    took. Unlike it, a proposal is dropped when its own centre was taken, so every member of a
+    group is within the threshold of the group's centre. And unlike it, neighbourhoods are not
+    kept between the two steps (for 50,000 near-duplicates of 50 texts they would be 50 million
+    entries): the first pass only counts neighbours, a block of rows at a time; the second
+    recomputes the rows of the centres still free, in order, a block at a time.
     """
     n = len(x)
     block = max(1, min(n, block_bytes // max(1, n * 4)))
-    proposals: list[tuple[int, np.ndarray]] = []
-    held = 0
+    counts = np.empty(n, dtype=np.int64)
     for start in range(0, n, block):
         sims = x[start : start + block] @ x.T
-        counts = (sims >= threshold).sum(axis=1)
-        for i in np.flatnonzero(counts >= min_size):
-            row = sims[i]
-            centre = start + int(i)
-            members = np.flatnonzero(row >= threshold)
-            members = members[members != centre]
-            # Closest first, so the summary's "most central" and the output read naturally.
-            members = members[np.argsort(-row[members], kind="stable")]
-            proposals.append((centre, np.concatenate([[centre], members]).astype(np.int64)))
-            held += len(members) + 1
-        if held > COMMUNITY_MAX_MEMBERS:
-            raise SbertError(
-                f"--threshold {threshold}: too many texts are that similar to each other "
-                f"({held:,} neighbourhood entries after {min(start + block, n):,} of {n:,} rows); raise --threshold"
-            )
-    proposals.sort(key=lambda p: -len(p[1]))  # stable: equal sizes keep row order
+        counts[start : start + len(sims)] = (sims >= threshold).sum(axis=1)
+        # A row is always in its own neighbourhood, even when rounding puts its self-cosine a
+        # hair under a threshold of 1.
+        counts[start : start + len(sims)] += sims[np.arange(len(sims)), np.arange(start, start + len(sims))] < threshold
+    candidates = np.flatnonzero(counts >= min_size)
+    candidates = candidates[np.argsort(-counts[candidates], kind="stable")]  # equal sizes keep row order
     taken = np.zeros(n, dtype=bool)
     groups: list[np.ndarray] = []
-    for centre, members in proposals:
-        if taken[centre]:
-            continue
-        free = members[~taken[members]]
-        if len(free) >= min_size:
-            groups.append(free)
-            taken[free] = True
+    pos = 0
+    while pos < len(candidates):
+        # The next block of centres not taken yet; earlier ones in the block may still take later ones.
+        chunk = []
+        while pos < len(candidates) and len(chunk) < block:
+            if not taken[candidates[pos]]:
+                chunk.append(int(candidates[pos]))
+            pos += 1
+        if not chunk:
+            break
+        sims = x[chunk] @ x.T
+        for row, centre in zip(sims, chunk, strict=True):
+            if taken[centre]:
+                continue
+            row[centre] = 2.0  # the centre first, whatever rounding says
+            members = np.flatnonzero((row >= threshold) & ~taken)
+            if len(members) < min_size:
+                continue
+            members = members[np.argsort(-row[members], kind="stable")]
+            groups.append(members.astype(np.int64))
+            taken[members] = True
     groups.sort(key=lambda g: -len(g))
     return groups
 
