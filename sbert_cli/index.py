@@ -228,7 +228,7 @@ def build_index(
     store_path = Path(store_path)
     store = Store.open(store_path)
     if M is not None and not 2 <= M <= 2048:
-        raise InputError(f"--M {M}: choose a value from 2 to 2048 (16 is a good start)")
+        raise InputError(f"--M {M}: choose a value from 2 to 2048 (the default is {DEFAULT_M})")
     if ef_construction is not None and ef_construction < 1:
         raise InputError(f"--ef-construction {ef_construction}: must be at least 1")
     if threads is not None and threads < 1:
@@ -246,7 +246,7 @@ def build_index(
             say(f"rebuilding the index: {str(exc).split('; rebuild')[0]}")
             old = None
         wanted_space = resolve_space(space, store) if space is not None else None
-        reason = "--rebuild" if rebuild and old else None
+        reason = "asked with --rebuild" if rebuild and old else None
         if old is not None and reason is None:
             reason = staleness(store, old)
             requested = {"space": wanted_space, "M": M, "ef_construction": ef_construction}
@@ -261,14 +261,12 @@ def build_index(
         if old is not None and reason is not None:
             say(f"rebuilding the index: {reason}")
         fresh = old is None or reason is not None
-        params = (
-            IndexParams(
-                space=wanted_space or default_space(store),
-                M=M or DEFAULT_M,
-                ef_construction=ef_construction or DEFAULT_EF_CONSTRUCTION,
-            )
-            if fresh
-            else IndexParams(space=old["space"], M=old["M"], ef_construction=old["ef_construction"])
+        # Parameters not given now are those the index was built with (a rebuild after a
+        # re-encode keeps the user's --space and --M), else the defaults.
+        params = IndexParams(
+            space=wanted_space or (old["space"] if old else default_space(store)),
+            M=M or (old["M"] if old else DEFAULT_M),
+            ef_construction=ef_construction or (old["ef_construction"] if old else DEFAULT_EF_CONSTRUCTION),
         )
         todo = uncovered_shards(store, None if fresh else old)
         summary = BuildSummary(str(index_dir(store_path)), rebuilt=bool(old) and fresh, reason=reason)
@@ -445,10 +443,12 @@ def fetch_rows(store: Store, ids: Sequence[int] | np.ndarray, columns: Sequence[
 
 # -- the searchable index ----------------------------------------------------------------------------
 class Index:
-    """A store opened for search: its HNSW graph if it has one, exact search otherwise or on request.
+    """A store opened for search: its HNSW graph, or exact search on request (`exact=True`).
 
-    >>> hits = Index.open("corpus.store").search(["a whale of a time"], k=5)
-    >>> hits[0][0].text
+    Example::
+
+        for hit in Index.open("corpus.store").search(["a whale of a time"], k=5)[0]:
+            print(hit.rank, f"{hit.score:.3f}", hit.source, hit.line, hit.text)
     """
 
     def __init__(self, store: Store, manifest: dict | None, graph, device: str = "auto") -> None:

@@ -217,6 +217,7 @@ def test_parameters_and_spaces(store):
     # Asking for other parameters rebuilds rather than mixing graphs.
     summary = build_index(store, space="l2")
     assert summary.rebuilt and "space changes" in summary.reason
+    assert (summary.params["M"], summary.params["ef_construction"]) == (8, 50)  # kept unless given
     index = Index.open(store)
     exact = Index.open(store, exact=True)
     assert exact.space == "l2"  # exact search ranks like the current index
