@@ -339,6 +339,8 @@ def cached_encoder(
 
 def encoder_for_store(model: dict, device: str = "auto") -> Encoder:
     """The encoder that made a store (from its manifest's `model`), refusing a changed model."""
+    if model["dtype"] == "int8":
+        device = "cpu"  # int8 vectors come from ONNX Runtime on the CPU, wherever the store is searched
     encoder = cached_encoder(
         model["name"],
         device=device,

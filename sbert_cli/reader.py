@@ -137,7 +137,7 @@ def _open_binary(source: InputSource) -> BinaryIO:
     return raw
 
 
-def _decoded_lines(source: InputSource, options: ReadOptions) -> Iterator[tuple[int, str]]:
+def decoded_lines(source: InputSource, options: ReadOptions) -> Iterator[tuple[int, str]]:
     """(line number, decoded line with its newline) for line-oriented formats."""
     fh = _open_binary(source)
     lineno = 0
@@ -172,7 +172,7 @@ def _strip_newline(line: str) -> str:
 
 
 def _read_txt(source: InputSource, options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
-    for lineno, line in _decoded_lines(source, options):
+    for lineno, line in decoded_lines(source, options):
         text = _strip_newline(line)
         if not text.strip():
             stats.blank += 1
@@ -191,7 +191,7 @@ def _json_value(obj: dict, name: str) -> object:
 
 
 def _read_jsonl(source: InputSource, options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
-    for lineno, line in _decoded_lines(source, options):
+    for lineno, line in decoded_lines(source, options):
         if not line.strip():
             stats.blank += 1
             continue
@@ -238,7 +238,7 @@ def _read_delimited(source: InputSource, options: ReadOptions, stats: ReadStats)
     tsv = source.format == "tsv"
     column = options.text_column or "text"
     has_header = options.header if options.header is not None else not column.isdigit()
-    numbered = _decoded_lines(source, options)
+    numbered = decoded_lines(source, options)
     current = [0]
 
     def lines() -> Iterator[str]:

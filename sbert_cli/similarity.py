@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.errors import InputError, located
-from sbert_cli.reader import STDIN, InputSource, ReadOptions, _decoded_lines
+from sbert_cli.reader import STDIN, InputSource, ReadOptions, decoded_lines
 
 PAIR_FORMATS = ("tsv", "csv", "jsonl")
 BAD_GOLD_POLICIES = ("stop", "skip")
@@ -209,7 +209,7 @@ def _gold_value(raw: object) -> float | None:
 
 def _rows_delimited(source: InputSource, fmt: str, options: PairOptions) -> Iterator[tuple[int, list[str]]]:
     """(line, cells) of a tsv or csv file; the first line decides the delimiter unless forced."""
-    lines = _decoded_lines(source, ReadOptions(encoding=options.encoding))
+    lines = decoded_lines(source, ReadOptions(encoding=options.encoding))
     first = next(lines, None)
     if first is None:
         return
@@ -318,7 +318,7 @@ def _json_field(obj: dict, column: str) -> object:
 
 def _pairs_jsonl(source: InputSource, options: PairOptions, out: PairSet) -> None:
     cols = options.text_columns or DEFAULT_NAMES
-    for lineno, line in _decoded_lines(source, ReadOptions(encoding=options.encoding)):
+    for lineno, line in decoded_lines(source, ReadOptions(encoding=options.encoding)):
         if not line.strip():
             out.blank += 1
             continue

@@ -75,7 +75,7 @@ def handle_errors(func: F) -> F:
             sys.stderr.close()
             raise typer.Exit(0) from None
         except MemoryError:
-            error("out of memory; try a smaller --batch-tokens")
+            error("out of memory; try smaller batches (--batch-tokens) or a smaller input")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

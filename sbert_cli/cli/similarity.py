@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from sbert_cli.cli._common import (
+    BackendOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
@@ -66,6 +67,7 @@ def similarity(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    backend: BackendOpt = "auto",
     pooling: PoolingOpt = None,
     normalize: NormalizeOpt = None,
     max_seq_length: Annotated[
@@ -127,7 +129,7 @@ def similarity(
         if not len(pair_set):
             raise InputError(f"{pairs}: no pairs to score")
 
-    encoder = _encoder(store, model, device, dtype, pooling, normalize, max_seq_length, threads)
+    encoder = _encoder(store, model, device, dtype, backend, pooling, normalize, max_seq_length, threads)
     if pair_set is None:
         _print_sentences(encoder, sentences, matrix, fmt, write_rows)
         return
@@ -171,7 +173,7 @@ def _x100(value: float | None) -> str:
     return "undefined (constant scores or gold)" if value is None else f"{value * 100:.2f} x100"
 
 
-def _encoder(store, model, device, dtype, pooling, normalize, max_seq_length, threads):
+def _encoder(store, model, device, dtype, backend, pooling, normalize, max_seq_length, threads):
     """The store's model with --store (refusing overrides that would change its vectors), else
     the model options as encode takes them."""
     from sbert_cli.encoder import cached_encoder, encoder_for_store
@@ -183,7 +185,13 @@ def _encoder(store, model, device, dtype, pooling, normalize, max_seq_length, th
         torch.set_num_threads(threads)
     if store is None:
         return cached_encoder(
-            model, device=device, dtype=dtype, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length
+            model,
+            device=device,
+            dtype=dtype,
+            pooling=pooling,
+            normalize=normalize,
+            max_seq_length=max_seq_length,
+            backend=backend,
         )
     from sbert_cli.store import Store
 
