@@ -199,20 +199,23 @@ class Store:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        wanted = sorted({int(i) for i in ids})
-        shards = self.shards
+        # The manifest lists shards in commit order, which is not id order once an input was
+        # resumed after another or re-encoded with --force: sort before bisecting.
+        shards = sorted(self.shards, key=lambda s: s.id_min)
         starts = np.array([s.id_min for s in shards], dtype=np.int64)
         by_shard: dict[int, list[int]] = {}
-        for row_id in wanted:
+        for row_id in sorted({int(i) for i in ids}):
             pos = int(np.searchsorted(starts, row_id, side="right")) - 1
             if pos >= 0 and row_id <= shards[pos].id_max:
                 by_shard.setdefault(pos, []).append(row_id)
         present = [c for c in columns if c in self.columns()]
         out: dict[int, dict] = {}
         for pos, row_ids in by_shard.items():
-            table = pq.read_table(
-                self.shard_path(shards[pos]), columns=["id", *present], filters=[("id", "in", row_ids)]
-            )
+            path = self.shard_path(shards[pos])
+            try:
+                table = pq.read_table(path, columns=["id", *present], filters=[("id", "in", row_ids)])
+            except (OSError, pa.ArrowException) as exc:
+                raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
             table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(row_ids, type=pa.int64())))
             for row in table.to_pylist():
                 out[row["id"]] = row

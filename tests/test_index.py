@@ -18,7 +18,6 @@ from sbert_cli.index import (
     _top_k,
     build_index,
     exact_search,
-    fetch_rows,
     index_dir,
     read_index_manifest,
 )
@@ -244,7 +243,7 @@ def test_fetch_finds_rows_when_shards_are_not_in_id_order(tmp_path):
     store = Store.open(path)
     assert [s.input for s in store.shards] == [1, 0]
     ids, _ = store.load_embeddings()
-    rows = fetch_rows(store, ids)
+    rows = store.fetch(ids)
     assert sorted(r["text"] for r in rows.values()) == ["alpha dos", "alpha tres", "alpha uno", "beta one"]
     build_index(path)
     assert Index.open(path).search(["alpha tres"], k=1)[0][0].text == "alpha tres"

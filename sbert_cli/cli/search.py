@@ -22,7 +22,7 @@ def search(
     ] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Hits per query.")] = 10,
     ef: Annotated[
-        int | None, typer.Option(help="HNSW search breadth: higher is better recall, slower [default: 256, >= k].")
+        int | None, typer.Option(help="HNSW search breadth: higher is better recall, slower [default: 400, >= k].")
     ] = None,
     exact: Annotated[
         bool, typer.Option("--exact", help="Brute-force search over every row (no index needed; the reference).")
