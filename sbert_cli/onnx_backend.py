@@ -3,7 +3,7 @@
 The transformer (token ids -> token vectors) is exported once from the same weights with
 torch.onnx, and the graph is cached on disk keyed by the model's fingerprint, so later start-ups
 only load it. Pooling and normalization stay ours, in torch, exactly as for the torch backend.
-ONNX Runtime's CPU kernels beat torch's on small-core machines (see the README's figures).
+It runs `--dtype int8` (and fp32 with `--backend onnx`, for CPUs where its kernels beat torch's).
 `int8` is the same graph with dynamically quantized weights (MatMuls only).
 """
 

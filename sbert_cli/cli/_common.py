@@ -30,7 +30,7 @@ DtypeOpt = Annotated[
 ]
 BackendOpt = Annotated[
     str,
-    typer.Option("--backend", help="auto | torch | onnx. auto: ONNX Runtime for fp32/int8 on CPU when installed."),
+    typer.Option("--backend", help="auto | torch | onnx (CPU: fp32, int8). auto: onnx for int8, torch otherwise."),
 ]
 PoolingOpt = Annotated[
     str | None,
