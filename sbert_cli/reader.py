@@ -221,7 +221,8 @@ def _read_jsonl(source: InputSource, options: ReadOptions, stats: ReadStats) -> 
         yield Record(lineno, text, key)
 
 
-def _column_index(source: InputSource, header: list[str] | None, column: str, what: str) -> int:
+def column_index(source: InputSource, header: list[str] | None, column: str, what: str) -> int:
+    """A column given by 0-based index or by header name; `what` names the option in errors."""
     if column.isdigit():
         return int(column)
     if header is None:
@@ -234,53 +235,62 @@ def _column_index(source: InputSource, header: list[str] | None, column: str, wh
         ) from None
 
 
-def _read_delimited(source: InputSource, options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
-    tsv = source.format == "tsv"
-    column = options.text_column or "text"
-    has_header = options.header if options.header is not None else not column.isdigit()
-    numbered = decoded_lines(source, options)
+def delimited_rows(source: InputSource, lines: Iterator[tuple[int, str]], tsv: bool) -> Iterator[tuple[int, list[str]]]:
+    """(line where the record starts, cells) from decoded lines.
+
+    TSV is split on tabs and nothing else: quotes are text (real STS files contain `"`). CSV
+    follows RFC 4180 quoting, so one record may span several lines.
+    """
+    if tsv:
+        for lineno, line in lines:
+            yield lineno, line.rstrip("\r\n").split("\t")
+        return
     current = [0]
 
-    def lines() -> Iterator[str]:
-        for lineno, line in numbered:
+    def text() -> Iterator[str]:
+        for lineno, line in lines:
             current[0] = lineno
             yield line
 
-    # TSV is read literally: quotes are text (real STS files contain `"`), not quoting.
-    reader = csv.reader(lines(), delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(lines())
+    start = 1
+    try:
+        for row in csv.reader(text()):
+            yield start, row
+            start = current[0] + 1
+    except csv.Error as exc:
+        raise InputError(located(source.name, current[0], f"malformed CSV ({exc})")) from exc
+
+
+def _read_delimited(source: InputSource, options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
+    column = options.text_column or "text"
+    has_header = options.header if options.header is not None else not column.isdigit()
     header: list[str] | None = None
     index: int | None = None
     key_index: int | None = None
-    start = 1
-    try:
-        for row in reader:
-            row_line = start
-            start = current[0] + 1
-            if header is None and has_header:
-                header = [h.strip() for h in row]
-                index = _column_index(source, header, column, "--text-column")
-                continue
-            if index is None:
-                index = _column_index(source, header, column, "--text-column")
-            if options.id_field and key_index is None:
-                key_index = _column_index(source, header, options.id_field, "--id-field")
-            if not row or all(not c.strip() for c in row):
-                stats.blank += 1
-                continue
-            if index >= len(row):
-                raise InputError(located(source.name, row_line, f"row has {len(row)} columns, no column {index}"))
-            text = row[index]
-            if not text.strip():
-                stats.blank += 1
-                continue
-            key = None
-            if key_index is not None:
-                if key_index >= len(row):
-                    raise InputError(located(source.name, row_line, f"row has no id column {key_index}"))
-                key = row[key_index]
-            yield Record(row_line, text, key)
-    except csv.Error as exc:
-        raise InputError(located(source.name, current[0], f"malformed CSV ({exc})")) from exc
+    for row_line, row in delimited_rows(source, decoded_lines(source, options), source.format == "tsv"):
+        if header is None and has_header:
+            header = [h.strip() for h in row]
+            index = column_index(source, header, column, "--text-column")
+            continue
+        if index is None:
+            index = column_index(source, header, column, "--text-column")
+        if options.id_field and key_index is None:
+            key_index = column_index(source, header, options.id_field, "--id-field")
+        if not row or all(not c.strip() for c in row):
+            stats.blank += 1
+            continue
+        if index >= len(row):
+            raise InputError(located(source.name, row_line, f"row has {len(row)} columns, no column {index}"))
+        text = row[index]
+        if not text.strip():
+            stats.blank += 1
+            continue
+        key = None
+        if key_index is not None:
+            if key_index >= len(row):
+                raise InputError(located(source.name, row_line, f"row has no id column {key_index}"))
+            key = row[key_index]
+        yield Record(row_line, text, key)
     if header is None and has_header:
         raise InputError(located(source.name, None, "empty file (expected a header row)"))
 

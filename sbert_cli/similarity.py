@@ -8,7 +8,7 @@ here with numpy (scipy is not a runtime dependency): Spearman is Pearson of aver
 
 from __future__ import annotations
 
-import csv
+import itertools
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.errors import InputError, located
-from sbert_cli.reader import STDIN, InputSource, ReadOptions, decoded_lines
+from sbert_cli.reader import STDIN, InputSource, ReadOptions, column_index, decoded_lines, delimited_rows
 
 PAIR_FORMATS = ("tsv", "csv", "jsonl")
 BAD_GOLD_POLICIES = ("stop", "skip")
@@ -216,41 +216,7 @@ def _rows_delimited(source: InputSource, fmt: str, options: PairOptions) -> Iter
     if not options.format:
         # Files named .csv are often tab-separated (the STS benchmark is): trust the first line.
         fmt = "tsv" if "\t" in first[1] else "csv"
-    if fmt == "tsv":
-        # Literal TSV: split on tabs, nothing else; quotes are part of the text.
-        yield first[0], first[1].rstrip("\r\n").split("\t")
-        for lineno, line in lines:
-            yield lineno, line.rstrip("\r\n").split("\t")
-        return
-
-    current = [first[0]]
-
-    def text_lines() -> Iterator[str]:
-        yield first[1]
-        for lineno, line in lines:
-            current[0] = lineno
-            yield line
-
-    start = first[0]
-    try:
-        for row in csv.reader(text_lines()):
-            yield start, row
-            start = current[0] + 1
-    except csv.Error as exc:
-        raise InputError(located(source.name, current[0], f"malformed CSV ({exc})")) from exc
-
-
-def _resolve(column: str, header: list[str] | None, source: InputSource, what: str) -> int:
-    if column.isdigit():
-        return int(column)
-    if header is None:
-        raise InputError(located(source.name, 1, f"{what} {column!r} given by name, but the file has no header"))
-    try:
-        return header.index(column)
-    except ValueError:
-        raise InputError(
-            located(source.name, 1, f"no column {column!r} in the header ({', '.join(header)}); choose with {what}")
-        ) from None
+    yield from delimited_rows(source, itertools.chain([first], lines), fmt == "tsv")
 
 
 def _is_blank(cells: list[str]) -> bool:
@@ -287,9 +253,9 @@ def _pairs_delimited(source: InputSource, fmt: str, options: PairOptions, out: P
                 header = first_names
             gold = options.gold_column
             idx = (
-                _resolve(cols[0], header, source, "--text-columns"),
-                _resolve(cols[1], header, source, "--text-columns"),
-                _resolve(gold, header, source, "--gold-column") if gold is not None else None,
+                column_index(source, header, cols[0], "--text-columns"),
+                column_index(source, header, cols[1], "--text-columns"),
+                column_index(source, header, gold, "--gold-column") if gold is not None else None,
             )
             if header_flag:
                 continue
