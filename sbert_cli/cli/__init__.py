@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from sbert_cli.cli.encode import encode
+from sbert_cli.cli import cluster, encode, index, search, similarity
 
 app = typer.Typer(
     name="sbert",
@@ -19,20 +19,12 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command(no_args_is_help=True)(encode)
-
-
-def _register_optional() -> None:
-    """Commands built in their own modules; registered in the order `sbert --help` lists them."""
-    from sbert_cli.cli import cluster, index, search, similarity
-
-    app.command(no_args_is_help=True)(index.index)
-    app.command(no_args_is_help=True)(search.search)
-    app.command(no_args_is_help=True)(cluster.cluster)
-    app.command(no_args_is_help=True)(similarity.similarity)
-
-
-_register_optional()
+# In the order `sbert --help` lists them: the data flow, encode -> index -> search, then the rest.
+app.command(no_args_is_help=True)(encode.encode)
+app.command(no_args_is_help=True)(index.index)
+app.command(no_args_is_help=True)(search.search)
+app.command(no_args_is_help=True)(cluster.cluster)
+app.command(no_args_is_help=True)(similarity.similarity)
 
 
 def main() -> None:
