@@ -238,7 +238,9 @@ def embeddings_to_numpy(column, dim: int) -> np.ndarray:
     parts = [np.asarray(c.values.to_numpy(zero_copy_only=False)).reshape(-1, dim) for c in chunks if len(c)]
     if not parts:
         return np.empty((0, dim), dtype=np.float32)
-    return np.concatenate(parts).astype(np.float32, copy=False)
+    # One chunk (the usual case for a shard) is returned without a copy when it is float32.
+    merged = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return merged.astype(np.float32, copy=False)
 
 
 @contextlib.contextmanager
