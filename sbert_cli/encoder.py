@@ -116,10 +116,11 @@ class Batch:
 @dataclass
 class PreparedWindow:
     payload: Any
-    size: int
+    size: int  # distinct texts, the rows the model computes
     batches: list[Batch]
-    tokens: int
+    tokens: int  # over all texts of the window, duplicates included (what throughput counts)
     truncated: int
+    inverse: np.ndarray | None = None  # text position -> distinct row, when the window had duplicates
 
 
 @dataclass
@@ -214,23 +215,35 @@ class Encoder:
     # -- tokenization ---------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
         """Token ids per text (truncated to max_seq_length) and how many texts were truncated."""
+        ids, truncated = self._tokenize(texts)
+        return ids, int(truncated.sum())
+
+    def _tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         # sentence-transformers strips surrounding whitespace and lower-cases when configured.
         cleaned = [t.strip() for t in texts]
         if self.spec.do_lower_case:
             cleaned = [t.lower() for t in cleaned]
         if self._fast_tokenizer is not None:
             encodings = self._fast_tokenizer.encode_batch(cleaned)
-            return [e.ids for e in encodings], sum(1 for e in encodings if e.overflowing)
-        enc = self.tokenizer(cleaned, truncation=True, max_length=self.spec.max_seq_length)
-        ids = enc["input_ids"]
+            return [e.ids for e in encodings], np.array([bool(e.overflowing) for e in encodings], dtype=bool)
+        ids = self.tokenizer(cleaned, truncation=True, max_length=self.spec.max_seq_length)["input_ids"]
         full = self.tokenizer(cleaned, truncation=False)["input_ids"]
-        return ids, sum(1 for a, b in zip(ids, full, strict=True) if len(b) > len(a))
+        return ids, np.array([len(b) > len(a) for a, b in zip(ids, full, strict=True)], dtype=bool)
 
     def prepare(self, texts: Sequence[str], payload: Any = None) -> PreparedWindow:
-        """Tokenize a window, sort it by length and pad each token-budget batch (CPU side only)."""
+        """Tokenize a window, sort it by length and pad each token-budget batch (CPU side only).
+
+        Identical texts in a window are encoded once (corpora repeat headings, boilerplate,
+        retweets): `inverse` maps every text back to its distinct row.
+        """
         import torch
 
-        ids, truncated = self.tokenize(texts)
+        first_seen: dict[str, int] = {}
+        inverse = np.fromiter(
+            (first_seen.setdefault(t, len(first_seen)) for t in texts), dtype=np.int64, count=len(texts)
+        )
+        distinct = list(first_seen)
+        ids, truncated = self._tokenize(distinct)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         pin = self.device.startswith("cuda")
         batches = []
@@ -246,7 +259,14 @@ class Encoder:
             if pin:
                 t_ids, t_mask = t_ids.pin_memory(), t_mask.pin_memory()
             batches.append(Batch(positions, t_ids, t_mask))
-        return PreparedWindow(payload, len(texts), batches, int(lengths.sum()), truncated)
+        return PreparedWindow(
+            payload,
+            len(distinct),
+            batches,
+            tokens=int(lengths[inverse].sum()),
+            truncated=int(truncated[inverse].sum()),
+            inverse=inverse if len(distinct) < len(texts) else None,
+        )
 
     # -- model ------------------------------------------------------------------------------------
     def run(self, window: PreparedWindow) -> EncodedWindow:
@@ -263,6 +283,8 @@ class Encoder:
                 if self.spec.normalize:
                     vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
                 out[batch.positions] = vectors.cpu().numpy()
+        if window.inverse is not None:
+            out = out[window.inverse]
         return EncodedWindow(window.payload, out, window.tokens, window.truncated)
 
     def encode_windows(self, items: Iterable[tuple[Any, Sequence[str]]], prefetch: int = 2) -> Iterator[EncodedWindow]:

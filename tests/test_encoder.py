@@ -67,6 +67,22 @@ def test_output_order_follows_input_order(encoder, sample_texts):
     np.testing.assert_allclose(single[0], forward[7], atol=1e-5)
 
 
+def test_duplicates_are_encoded_once_and_returned_everywhere(encoder, sample_texts):
+    texts = [sample_texts[0], sample_texts[1], sample_texts[0], sample_texts[2], sample_texts[1]]
+    prepared = encoder.prepare(texts)
+    assert prepared.size == 3
+    assert sum(len(b.positions) for b in prepared.batches) == 3
+    vectors = encoder.run(prepared).embeddings
+    assert vectors.shape == (5, 384)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    np.testing.assert_array_equal(vectors[1], vectors[4])
+    np.testing.assert_allclose(vectors[:2], encoder.encode(texts[:2]), atol=1e-5)
+    t0, t1, t2 = (encoder.prepare([t]).tokens for t in sample_texts[:3])
+    assert prepared.tokens == 2 * t0 + 2 * t1 + t2  # throughput counts every text
+    long_text = sample_texts[max(range(len(sample_texts)), key=lambda i: len(sample_texts[i]))]
+    assert encoder.prepare([long_text, long_text]).truncated == 2
+
+
 def test_encode_empty_and_single_string(encoder):
     assert encoder.encode([]).shape == (0, 384)
     assert encoder.encode("A man is eating food.").shape == (1, 384)
