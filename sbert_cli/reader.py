@@ -190,10 +190,11 @@ def _json_value(obj: dict, name: str) -> object:
     return value
 
 
-def _read_jsonl(source: InputSource, options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
+def json_objects(source: InputSource, options: ReadOptions) -> Iterator[tuple[int, dict | None]]:
+    """(line, object) per line of a JSON-lines input; None for a blank line (callers count them)."""
     for lineno, line in decoded_lines(source, options):
         if not line.strip():
-            stats.blank += 1
+            yield lineno, None
             continue
         try:
             obj = json.loads(line)
@@ -201,6 +202,14 @@ def _read_jsonl(source: InputSource, options: ReadOptions, stats: ReadStats) -> 
             raise InputError(located(source.name, lineno, f"invalid JSON ({exc.msg})")) from exc
         if not isinstance(obj, dict):
             raise InputError(located(source.name, lineno, "expected a JSON object per line"))
+        yield lineno, obj
+
+
+def _read_jsonl(source: InputSource, options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
+    for lineno, obj in json_objects(source, options):
+        if obj is None:
+            stats.blank += 1
+            continue
         try:
             text = _json_value(obj, options.text_field)
         except KeyError:

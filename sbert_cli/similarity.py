@@ -9,7 +9,6 @@ here with numpy (scipy is not a runtime dependency): Spearman is Pearson of aver
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.errors import InputError, located
-from sbert_cli.reader import STDIN, InputSource, ReadOptions, column_index, decoded_lines, delimited_rows
+from sbert_cli.reader import (
+    STDIN,
+    InputSource,
+    ReadOptions,
+    column_index,
+    decoded_lines,
+    delimited_rows,
+    json_objects,
+)
 
 PAIR_FORMATS = ("tsv", "csv", "jsonl")
 BAD_GOLD_POLICIES = ("stop", "skip")
@@ -284,16 +291,10 @@ def _json_field(obj: dict, column: str) -> object:
 
 def _pairs_jsonl(source: InputSource, options: PairOptions, out: PairSet) -> None:
     cols = options.text_columns or DEFAULT_NAMES
-    for lineno, line in decoded_lines(source, ReadOptions(encoding=options.encoding)):
-        if not line.strip():
+    for lineno, obj in json_objects(source, ReadOptions(encoding=options.encoding)):
+        if obj is None:
             out.blank += 1
             continue
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise InputError(located(source.name, lineno, f"invalid JSON ({exc.msg})")) from exc
-        if not isinstance(obj, dict):
-            raise InputError(located(source.name, lineno, "expected a JSON object per line"))
         values = []
         for column, what in ((cols[0], "--text-columns"), (cols[1], "--text-columns"), (options.gold_column, None)):
             if column is None:
