@@ -51,6 +51,19 @@ def error(message: str) -> None:
     print(f"sbert: error: {message}", file=sys.stderr)
 
 
+def messenger(quiet: bool) -> Callable[[str], None]:
+    """`say(message)`: one `sbert: ...` line on stderr, silent under --quiet (errors are not)."""
+    from sbert_cli.progress import stderr_console
+
+    console = stderr_console()
+
+    def say(message: str) -> None:
+        if not quiet:
+            console.print(f"sbert: {message}", markup=False)
+
+    return say
+
+
 def setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     logging.basicConfig(level=level, format="sbert: %(message)s", stream=sys.stderr, force=True)

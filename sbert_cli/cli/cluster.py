@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sbert_cli.cli._common import Quiet, Verbose, handle_errors, setup_logging
+from sbert_cli.cli._common import Quiet, Verbose, handle_errors, messenger, setup_logging
 
 
 @handle_errors
@@ -56,7 +56,6 @@ def cluster(
     from sbert_cli.cluster import ASSIGNMENT_COLUMNS, ClusterOptions, check_output_path, parse_size, run_cluster
     from sbert_cli.errors import InputError
     from sbert_cli.output import OUTPUT_FORMATS, default_format, write_rows
-    from sbert_cli.progress import stderr_console
 
     setup_logging(verbose, quiet)
     if output is not None and output_format is not None:
@@ -84,11 +83,7 @@ def cluster(
         memory_limit=parse_size(memory_limit) if memory_limit else None,
         top=top,
     )
-    console = stderr_console()
-
-    def say(message: str) -> None:
-        if not quiet:
-            console.print(f"sbert: {message}", markup=False)
+    say = messenger(quiet)
 
     written = [0]
     summary_to_stdout = output is None and fmt == "table"
@@ -111,7 +106,9 @@ def cluster(
         _print_summary(Console(highlight=False, soft_wrap=True), summary, store)
         say("assignments of every row: --format jsonl|tsv|csv, or -o FILE.parquet|FILE.jsonl")
     elif not quiet:
-        _print_summary(console, summary, store)
+        from sbert_cli.progress import stderr_console
+
+        _print_summary(stderr_console(), summary, store)
     if output is not None:
         say(f"wrote {written[0]:,} assignments to {output}")
     if plot:

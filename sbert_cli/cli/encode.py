@@ -16,6 +16,7 @@ from sbert_cli.cli._common import (
     Quiet,
     Verbose,
     handle_errors,
+    messenger,
     setup_logging,
 )
 
@@ -70,7 +71,6 @@ def encode(
 ) -> None:
     """Encode text into a Parquet embedding store. Safe to kill: run it again to continue."""
     from sbert_cli.errors import InputError
-    from sbert_cli.progress import stderr_console
     from sbert_cli.reader import ReadOptions
     from sbert_cli.runner import EncodeOptions, encode_corpus
 
@@ -102,11 +102,7 @@ def encode(
             errors=errors,
         ),
     )
-    console = stderr_console()
-
-    def say(message: str) -> None:
-        if not quiet:
-            console.print(f"sbert: {message}", markup=False)
+    say = messenger(quiet)
 
     summary = encode_corpus(inputs, output, options, quiet=quiet, say=say)
     if quiet:

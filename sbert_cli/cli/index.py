@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sbert_cli.cli._common import Quiet, Verbose, handle_errors, setup_logging
+from sbert_cli.cli._common import Quiet, Verbose, handle_errors, messenger, setup_logging
 
 
 @handle_errors
@@ -29,14 +29,9 @@ def index(
 ) -> None:
     """Build or update the HNSW index inside a store; run again after encoding more to add the new rows."""
     from sbert_cli.index import build_index
-    from sbert_cli.progress import stderr_console
 
     setup_logging(verbose, quiet)
-    console = stderr_console()
-
-    def say(message: str) -> None:
-        if not quiet:
-            console.print(f"sbert: {message}", markup=False)
+    say = messenger(quiet)
 
     summary = build_index(
         store,

@@ -16,6 +16,7 @@ from sbert_cli.cli._common import (
     Quiet,
     Verbose,
     handle_errors,
+    messenger,
     setup_logging,
 )
 
@@ -82,7 +83,6 @@ def similarity(
 
     from sbert_cli.errors import InputError
     from sbert_cli.output import OUTPUT_FORMATS, default_format, write_rows
-    from sbert_cli.progress import stderr_console
     from sbert_cli.similarity import PairOptions, parse_columns, read_pairs
 
     setup_logging(verbose, quiet)
@@ -109,9 +109,7 @@ def similarity(
         if matrix:
             raise InputError("--matrix compares sentences given on the command line, not --pairs")
 
-    def say(message: str) -> None:
-        if not quiet:
-            stderr_console().print(f"sbert: {message}", markup=False)
+    say = messenger(quiet)
 
     pair_set = None
     if pairs is not None:
