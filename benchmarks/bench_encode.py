@@ -57,7 +57,7 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 def store_vectors(store: Path) -> np.ndarray:
     sys.path.insert(0, str(ROOT))
-    from sbert_cli.store import Store
+    from sbert_cli.store.store import Store
 
     return Store.open(store).load_embeddings()[1]
 
@@ -65,7 +65,7 @@ def store_vectors(store: Path) -> np.ndarray:
 def sts_spearman(dtype: str) -> float:
     from scipy.stats import spearmanr
 
-    from sbert_cli.encoder import cached_encoder
+    from sbert_cli.encoding.loader import cached_encoder
 
     rows = [line.rstrip("\n").split("\t") for line in open(SHARED / "stsb" / "sts-dev.csv", encoding="utf-8")]
     gold = np.array([float(r[4]) for r in rows])
@@ -91,7 +91,7 @@ def main() -> None:
     corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
 
     sys.path.insert(0, str(ROOT))
-    from sbert_cli.encoder import cached_encoder
+    from sbert_cli.encoding.loader import cached_encoder
 
     tokens = sum(len(ids) for ids in cached_encoder(None, device="cpu", dtype="fp32").tokenize(texts)[0])
     print(f"corpus: {len(texts)} paragraphs of {args.corpus.name}, {tokens} tokens ({tokens / len(texts):.1f}/text)")
@@ -147,7 +147,7 @@ def platform_line() -> str:
         model = next(line for line in open("/proc/cpuinfo") if line.startswith("model name")).split(":", 1)[1].strip()
     except (OSError, StopIteration):
         model = "unknown CPU"
-    from sbert_cli.encoder import cpu_has_native_bf16
+    from sbert_cli.encoding.devices import cpu_has_native_bf16
 
     return f"{model}, native bf16: {cpu_has_native_bf16()}"
 

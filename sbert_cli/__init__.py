@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from sbert_cli.encoder import Encoder
-    from sbert_cli.runner import EncodeOptions, encode_corpus
-    from sbert_cli.store import Store
+    from sbert_cli.encoding.encoder import Encoder
+    from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
+    from sbert_cli.store.store import Store
 
 _LAZY = {
-    "Encoder": "sbert_cli.encoder",
-    "Store": "sbert_cli.store",
-    "EncodeOptions": "sbert_cli.runner",
-    "encode_corpus": "sbert_cli.runner",
+    "Encoder": "sbert_cli.encoding.encoder",
+    "Store": "sbert_cli.store.store",
+    "EncodeOptions": "sbert_cli.encoding.runner",
+    "encode_corpus": "sbert_cli.encoding.runner",
 }
 
 

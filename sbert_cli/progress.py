@@ -1,74 +1,94 @@
-"""Progress on stderr: a rich bar on a terminal (texts/s, tokens/s, ETA), nothing otherwise.
+"""How the library reports progress: one small interface, rendered by the CLI (or by nobody).
 
-Results go to stdout and logs to stderr; a cron job's log gets the final summary only.
+Library code never prints and never imports rich: long-running functions take a `Reporter` and
+call `message` for one-line notes and `progress` with a `ProgressUpdate` (counts, rates, stage
+times). `cli/progress.py` renders them as a bar on a terminal or as plain lines in a log;
+`NullReporter` drops them, which is what a Python caller gets by default.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
-from types import TracebackType
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("sbert")
 
 
-def stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class Progress:
-    """Counts texts and tokens; draws a bar when stderr is a terminal and not `quiet`."""
-
-    def __init__(self, description: str, total: int | None, quiet: bool = False) -> None:
-        self.description = description
-        self.total = total
-        self.texts = 0
-        self.tokens = 0
-        self.started = time.perf_counter()
-        self._bar = None
-        self._task = None
-        if not quiet and sys.stderr.isatty():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
-
-            self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=stderr_console(),
-                transient=False,
-            )
-
-    def __enter__(self) -> Progress:
-        if self._bar is not None:
-            self._bar.start()
-            self._task = self._bar.add_task(self.description, total=self.total, rate="")
-        return self
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+@dataclass
+class ProgressUpdate:
+    task: str  # "encoding", "indexing", ...
+    done: int  # items finished (texts, rows, steps)
+    total: int | None  # None when unknown (stdin)
+    elapsed: float
+    tokens: int = 0
+    current: str | None = None  # the input or phase being worked on
+    stages: dict[str, float] = field(default_factory=dict)  # seconds spent per stage so far
+    final: bool = False  # the last update of the task
+    unit: str = "texts"
 
     @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
 
-    def advance(self, texts: int, tokens: int = 0) -> None:
-        self.texts += texts
-        self.tokens += tokens
-        if self._bar is not None and self._task is not None:
-            secs = max(self.elapsed, 1e-9)
-            rate = f"{self.texts / secs:,.0f} texts/s"
-            if self.tokens:
-                rate += f" {self.tokens / secs:,.0f} tok/s"
-            self._bar.update(self._task, advance=texts, rate=rate)
+    @property
+    def eta(self) -> float | None:
+        if self.total is None or not self.done or self.done >= self.total:
+            return None
+        return (self.total - self.done) / self.rate
+
+    @property
+    def bound_by(self) -> str | None:
+        """The stage that took the most time: what limited the run."""
+        return max(self.stages, key=self.stages.__getitem__) if self.stages else None
+
+
+class Reporter(Protocol):
+    def message(self, text: str) -> None: ...
+
+    def progress(self, update: ProgressUpdate) -> None: ...
+
+
+class NullReporter:
+    """Drops progress; messages go to the `sbert` logger (silent unless the caller configures it)."""
+
+    def message(self, text: str) -> None:
+        log.info(text)
+
+    def progress(self, update: ProgressUpdate) -> None:
+        pass
+
+
+class StageClock:
+    """Seconds spent per stage (read, tokenize, model, write). Each stage is timed by one thread,
+    so plain float additions are safe; stages on different threads overlap, so their sum can
+    exceed the wall time, and the largest is what bounded the run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def timed(self, name: str, items: Iterable[T]) -> Iterator[T]:
+        """Iterate `items`, counting the time spent producing each one as stage `name`."""
+        iterator = iter(items)
+        while True:
+            with self.stage(name):
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+            yield item
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.seconds)

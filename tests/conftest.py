@@ -34,7 +34,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 def encoder():
     """The default model in fp32 on CPU, shared by every test (and by CLI calls made in-process,
     through `cached_encoder`)."""
-    from sbert_cli.encoder import cached_encoder
+    from sbert_cli.encoding.loader import cached_encoder
 
     return cached_encoder(None, device="cpu", dtype="fp32")
 
@@ -50,7 +50,7 @@ def sample_texts() -> list[str]:
 @pytest.fixture(scope="session")
 def sample_store(tmp_path_factory, encoder) -> Path:
     """A store of the whole sample corpus (500 paragraphs), built once. Treat it as read-only."""
-    from sbert_cli.runner import EncodeOptions, encode_corpus
+    from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
 
     path = tmp_path_factory.mktemp("stores") / "sample"
     encode_corpus([str(SAMPLE_CORPUS)], path, EncodeOptions(device="cpu", dtype="fp32", shard_size=200), quiet=True)

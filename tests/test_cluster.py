@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.cluster import _minibatches, community_detection
-from sbert_cli.store import Store
+from sbert_cli.analysis.cluster import _minibatches, community_detection
+from sbert_cli.store.store import Store
 
 PLANTED = [
     [
@@ -48,7 +48,7 @@ def jsonl(output: str) -> list[dict]:
 def planted_store(tmp_path_factory, sample_texts) -> tuple[str, list[str], list[list[int]]]:
     """A store of 3 planted near-duplicate groups among 40 unrelated paragraphs (read-only).
     Returns (store path, the texts in line order, the line numbers of each group)."""
-    from sbert_cli.runner import EncodeOptions, encode_corpus
+    from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
 
     unrelated = [t for t in sample_texts if len(t) > 200][:40]
     texts = list(unrelated)
@@ -181,9 +181,9 @@ def test_agglomerative_and_its_size_limit(planted_store, monkeypatch):
     rows = jsonl(result.stdout)
     assert len(rows) == len(texts) and {r["cluster"] for r in rows} == set(range(4))
 
-    import sbert_cli.cluster
+    import sbert_cli.analysis.cluster
 
-    monkeypatch.setattr(sbert_cli.cluster, "AGGLOMERATIVE_MAX_ROWS", 10)
+    monkeypatch.setattr(sbert_cli.analysis.cluster, "AGGLOMERATIVE_MAX_ROWS", 10)
     too_big = run("cluster", store, "--method", "agglomerative", "--k", "4")
     assert too_big.exit_code == 2
     assert "agglomerative clustering is for stores of up to 10 rows" in too_big.stderr

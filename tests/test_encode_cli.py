@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.store import Store, store_lock
+from sbert_cli.store.store import Store, store_lock
 
 runner = CliRunner()
 FAST = ["--device", "cpu", "--dtype", "fp32"]  # the session fixture's settings: the model is shared

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from sbert_cli.batcher import plan_batches, windows
+from sbert_cli.encoding.batching import plan_batches, windows
 from sbert_cli.errors import InputError
-from sbert_cli.model import load_spec
-from sbert_cli.pooling import pool
+from sbert_cli.encoding.model import load_spec
+from sbert_cli.encoding.pooling import pool
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def test_fp32_parity_with_sentence_transformers(encoder, st_model, sample_texts)
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_both_backends_agree_with_sentence_transformers(backend, st_model, sample_texts):
-    from sbert_cli.encoder import cached_encoder
+    from sbert_cli.encoding.loader import cached_encoder
 
     enc = cached_encoder(None, device="cpu", dtype="fp32", backend=backend)
     assert enc.backend == backend
@@ -49,7 +49,7 @@ def test_both_backends_agree_with_sentence_transformers(backend, st_model, sampl
 
 
 def test_int8_keeps_most_of_the_meaning(st_model, sample_texts):
-    from sbert_cli.encoder import cached_encoder
+    from sbert_cli.encoding.loader import cached_encoder
 
     enc = cached_encoder(None, device="cpu", dtype="int8")
     assert enc.describe()["dtype"] == "int8" and enc.backend == "onnx"

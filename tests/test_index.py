@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sbert_cli.errors import InputError
-from sbert_cli.index import (
+from sbert_cli.retrieval.index import (
     DEFAULT_EF_CONSTRUCTION,
     DEFAULT_M,
     INDEX_MANIFEST,
@@ -21,8 +21,8 @@ from sbert_cli.index import (
     index_dir,
     read_index_manifest,
 )
-from sbert_cli.runner import EncodeOptions, encode_corpus
-from sbert_cli.store import Store
+from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
+from sbert_cli.store.store import Store
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OPTS = dict(device="cpu", dtype="fp32")
@@ -193,7 +193,7 @@ def test_crash_before_commit_leaves_old_index_usable(store, tmp_path, monkeypatc
     extra.write_text("A line that arrives later.\n")
     encode([extra], store)
 
-    import sbert_cli.index as index_module
+    import sbert_cli.retrieval.index as index_module
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt

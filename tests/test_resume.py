@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sbert_cli.runner import EncodeOptions, encode_corpus
-from sbert_cli.store import Store, sha256_file
+from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
+from sbert_cli.store.store import Store, sha256_file
 
 pytestmark = pytest.mark.slow
 SBERT = [sys.executable, "-m", "sbert_cli"]

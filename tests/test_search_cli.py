@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, INDEX_MANIFEST, index_dir, read_index_manifest
+from sbert_cli.retrieval.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, INDEX_MANIFEST, index_dir, read_index_manifest
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from sbert_cli.cli import app
 from sbert_cli.errors import InputError
-from sbert_cli.similarity import PairOptions, pearson, rank_average, read_pairs, spearman
+from sbert_cli.analysis.similarity import PairOptions, pearson, rank_average, read_pairs, spearman
 
 STS_SAMPLE = Path(__file__).resolve().parent / "fixtures" / "sts-sample.tsv"
 CPU = ["--device", "cpu", "--dtype", "fp32"]  # the settings of the session's cached encoder
@@ -225,7 +225,7 @@ def test_pair_file_errors(tmp_path):
 
 
 def test_store_model_is_used(tmp_path, encoder):
-    from sbert_cli.runner import EncodeOptions, encode_corpus
+    from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
 
     corpus = tmp_path / "few.txt"
     corpus.write_text("one text\nanother text\n", "utf-8")
@@ -259,6 +259,6 @@ def test_correlation_edge_cases():
     assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))  # undefined for constant input, as in scipy
     assert math.isnan(pearson([1], [2]))
     with pytest.raises(InputError, match="at least two"):
-        from sbert_cli.similarity import correlate
+        from sbert_cli.analysis.similarity import correlate
 
         correlate([0.5], [1.0])

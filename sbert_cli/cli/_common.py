@@ -53,15 +53,9 @@ def error(message: str) -> None:
 
 def messenger(quiet: bool) -> Callable[[str], None]:
     """`say(message)`: one `sbert: ...` line on stderr, silent under --quiet (errors are not)."""
-    from sbert_cli.progress import stderr_console
+    from sbert_cli.cli.progress import CliReporter
 
-    console = stderr_console()
-
-    def say(message: str) -> None:
-        if not quiet:
-            console.print(f"sbert: {message}", markup=False)
-
-    return say
+    return CliReporter(quiet=quiet).message
 
 
 def setup_logging(verbose: bool, quiet: bool) -> None:

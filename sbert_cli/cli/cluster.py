@@ -1,4 +1,4 @@
-"""`sbert cluster`: parse arguments, call `sbert_cli.cluster.run_cluster`, print the summary."""
+"""`sbert cluster`: parse arguments, call `sbert_cli.analysis.cluster.run_cluster`, print the summary."""
 
 from __future__ import annotations
 
@@ -53,9 +53,15 @@ def cluster(
     verbose: Verbose = False,
 ) -> None:
     """Cluster a store's texts: assignments (id, cluster, distance, text) and a readable summary."""
-    from sbert_cli.cluster import ASSIGNMENT_COLUMNS, ClusterOptions, check_output_path, parse_size, run_cluster
+    from sbert_cli.analysis.cluster import (
+        ASSIGNMENT_COLUMNS,
+        ClusterOptions,
+        check_output_path,
+        parse_size,
+        run_cluster,
+    )
+    from sbert_cli.cli.output import OUTPUT_FORMATS, default_format, write_rows
     from sbert_cli.errors import InputError
-    from sbert_cli.output import OUTPUT_FORMATS, default_format, write_rows
 
     setup_logging(verbose, quiet)
     if output is not None and output_format is not None:
@@ -90,7 +96,7 @@ def cluster(
 
     def sink(rows) -> None:
         if output is not None:
-            from sbert_cli.cluster import write_assignments
+            from sbert_cli.analysis.cluster import write_assignments
 
             written[0] = write_assignments(output, rows)
         elif summary_to_stdout:
@@ -106,7 +112,7 @@ def cluster(
         _print_summary(Console(highlight=False, soft_wrap=True), summary, store)
         say("assignments of every row: --format jsonl|tsv|csv, or -o FILE.parquet|FILE.jsonl")
     elif not quiet:
-        from sbert_cli.progress import stderr_console
+        from sbert_cli.cli.progress import stderr_console
 
         _print_summary(stderr_console(), summary, store)
     if output is not None:
@@ -118,7 +124,7 @@ def cluster(
 def _print_summary(console, summary, store: str) -> None:
     from rich.table import Table
 
-    from sbert_cli.cluster import NOISE, silhouette_text
+    from sbert_cli.analysis.cluster import NOISE, silhouette_text
 
     parts = [f"{summary.method}: {summary.clusters:,} clusters over {summary.rows:,} rows"]
     if summary.noise:

@@ -16,7 +16,6 @@ from sbert_cli.cli._common import (
     Quiet,
     Verbose,
     handle_errors,
-    messenger,
     setup_logging,
 )
 
@@ -70,9 +69,10 @@ def encode(
     verbose: Verbose = False,
 ) -> None:
     """Encode text into a Parquet embedding store. Safe to kill: run it again to continue."""
+    from sbert_cli.cli.progress import CliReporter, stage_text
+    from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
     from sbert_cli.errors import InputError
-    from sbert_cli.reader import ReadOptions
-    from sbert_cli.runner import EncodeOptions, encode_corpus
+    from sbert_cli.inputs.reader import ReadOptions
 
     setup_logging(verbose, quiet)
     if errors not in ("strict", "replace", "ignore"):
@@ -102,11 +102,9 @@ def encode(
             errors=errors,
         ),
     )
-    say = messenger(quiet)
-
-    summary = encode_corpus(inputs, output, options, quiet=quiet, say=say)
-    if quiet:
-        return
+    with CliReporter(quiet=quiet, verbose=verbose) as reporter:
+        summary = encode_corpus(inputs, output, options, reporter=reporter)
+    say = reporter.message
     if not summary.rows and not summary.inputs_encoded:
         say(f"nothing to do; {summary.store} has {summary.store_rows:,} rows")
         return
@@ -116,3 +114,4 @@ def encode(
         f"in {summary.elapsed:.1f} s ({rate}); skipped blank: {summary.blank:,}; "
         f"truncated: {summary.truncated:,}; store {summary.store} now has {summary.store_rows:,} rows"
     )
+    say(f"stages: {stage_text(summary.stages)}")

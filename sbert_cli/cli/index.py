@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sbert_cli.cli._common import Quiet, Verbose, handle_errors, messenger, setup_logging
+from sbert_cli.cli._common import Quiet, Verbose, handle_errors, setup_logging
 
 
 @handle_errors
@@ -28,21 +28,21 @@ def index(
     verbose: Verbose = False,
 ) -> None:
     """Build or update the HNSW index inside a store; run again after encoding more to add the new rows."""
-    from sbert_cli.index import build_index
+    from sbert_cli.cli.progress import CliReporter
+    from sbert_cli.retrieval.build import build_index
 
     setup_logging(verbose, quiet)
-    say = messenger(quiet)
-
-    summary = build_index(
-        store,
-        space=None if space == "auto" else space,
-        M=m,
-        ef_construction=ef_construction,
-        threads=threads,
-        rebuild=rebuild,
-        quiet=quiet,
-        say=say,
-    )
+    with CliReporter(quiet=quiet, verbose=verbose) as reporter:
+        summary = build_index(
+            store,
+            space=None if space == "auto" else space,
+            M=m,
+            ef_construction=ef_construction,
+            threads=threads,
+            rebuild=rebuild,
+            reporter=reporter,
+        )
+    say = reporter.message
     p = summary.params
     settings = f"space {p['space']}, M={p['M']}, ef_construction={p['ef_construction']}"
     if not summary.added:

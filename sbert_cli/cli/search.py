@@ -37,10 +37,10 @@ def search(
     verbose: Verbose = False,
 ) -> None:
     """Semantic search: the stored rows closest in meaning to each query."""
+    from sbert_cli.cli.output import default_format, write_rows
     from sbert_cli.errors import InputError
-    from sbert_cli.index import HIT_COLUMNS, Index
-    from sbert_cli.output import default_format, write_rows
-    from sbert_cli.reader import STDIN, read_text_lines
+    from sbert_cli.inputs.reader import STDIN, read_text_lines
+    from sbert_cli.retrieval import HIT_COLUMNS, Index
 
     setup_logging(verbose, quiet)
     fmt = output_format or default_format()

@@ -1,4 +1,4 @@
-"""`sbert similarity`: parse arguments, call `sbert_cli.similarity`, print the scores."""
+"""`sbert similarity`: parse arguments, call `sbert_cli.analysis.similarity`, print the scores."""
 
 from __future__ import annotations
 
@@ -81,9 +81,9 @@ def similarity(
     """Cosine similarity of sentences, or of every pair in a pair file (with STS correlations)."""
     import time
 
+    from sbert_cli.analysis.similarity import PairOptions, parse_columns, read_pairs
+    from sbert_cli.cli.output import OUTPUT_FORMATS, default_format, write_rows
     from sbert_cli.errors import InputError
-    from sbert_cli.output import OUTPUT_FORMATS, default_format, write_rows
-    from sbert_cli.similarity import PairOptions, parse_columns, read_pairs
 
     setup_logging(verbose, quiet)
     sentences = sentences or []
@@ -132,7 +132,7 @@ def similarity(
         _print_sentences(encoder, sentences, matrix, fmt, write_rows)
         return
 
-    from sbert_cli.similarity import correlate, pair_rows, score_pairs
+    from sbert_cli.analysis.similarity import correlate, pair_rows, score_pairs
 
     started = time.perf_counter()
     scores = score_pairs(encoder, pair_set)
@@ -174,7 +174,7 @@ def _x100(value: float | None) -> str:
 def _encoder(store, model, device, dtype, backend, pooling, normalize, max_seq_length, threads):
     """The store's model with --store (refusing overrides that would change its vectors), else
     the model options as encode takes them."""
-    from sbert_cli.encoder import cached_encoder, encoder_for_store
+    from sbert_cli.encoding.loader import cached_encoder, encoder_for_store
     from sbert_cli.errors import InputError
 
     if threads:
@@ -191,7 +191,7 @@ def _encoder(store, model, device, dtype, backend, pooling, normalize, max_seq_l
             max_seq_length=max_seq_length,
             backend=backend,
         )
-    from sbert_cli.store import Store
+    from sbert_cli.store.store import Store
 
     given = [
         flag
@@ -209,7 +209,7 @@ def _encoder(store, model, device, dtype, backend, pooling, normalize, max_seq_l
 
 
 def _print_sentences(encoder, sentences: list[str], matrix: bool, fmt: str, write_rows) -> None:
-    from sbert_cli.similarity import score_sentences, similarity_matrix
+    from sbert_cli.analysis.similarity import score_sentences, similarity_matrix
 
     if not matrix:
         write_rows(score_sentences(encoder, sentences), ["sentence1", "sentence2", "score"], fmt, "cosine similarity")

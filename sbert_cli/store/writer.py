@@ -7,14 +7,15 @@ unlisted file, which the next run overwrites or removes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from sbert_cli.reader import Record
-from sbert_cli.store import SHARD_DIR, ShardInfo, fsync_dir, make_id, save_manifest, sha256_file
+from sbert_cli.inputs.reader import Record
+from sbert_cli.store.atomic import atomic_path, sha256_file
+from sbert_cli.store.manifest import InputEntry, ShardInfo, StoreManifest
+from sbert_cli.store.store import SHARD_DIR, make_id
 
 ROW_GROUP_ROWS = 2048  # small row groups let `Store.fetch` read a few KB instead of a whole shard
 
@@ -63,7 +64,7 @@ def build_table(
 class ShardCommitter:
     """Accumulates one input's rows and commits a shard every `shard_size` rows."""
 
-    def __init__(self, store_path: Path, manifest: dict, input_entry: dict, shard_size: int) -> None:
+    def __init__(self, store_path: Path, manifest: StoreManifest, input_entry: InputEntry, shard_size: int) -> None:
         self.store_path = store_path
         self.manifest = manifest
         self.entry = input_entry
@@ -87,29 +88,25 @@ class ShardCommitter:
         if not self.records:
             return
         entry = self.entry
-        seq = entry["shards"]
-        name = f"{SHARD_DIR}/part-{entry['index']:05d}-{seq:05d}.parquet"
+        seq = entry.shards
+        name = f"{SHARD_DIR}/part-{entry.index:05d}-{seq:05d}.parquet"
         final = self.store_path / name
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp")
         table = build_table(
-            entry["index"],
-            entry["source"],
+            entry.index,
+            entry.source,
             self.records,
             np.concatenate(self.vectors),
-            self.manifest["storage_dtype"],
-            self.manifest["has_text"],
-            self.manifest["has_key"],
+            self.manifest.storage_dtype,
+            self.manifest.has_text,
+            self.manifest.has_key,
         )
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(final)
-        fsync_dir(final.parent)
+        with atomic_path(final) as tmp:
+            pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
         ids = table.column("id")
         shard = ShardInfo(
             file=name,
-            input=entry["index"],
+            input=entry.index,
             seq=seq,
             rows=table.num_rows,
             id_min=int(ids[0].as_py()),
@@ -117,10 +114,10 @@ class ShardCommitter:
             sha256=sha256_file(final),
             bytes=final.stat().st_size,
         )
-        self.manifest["shards"].append(shard.__dict__.copy())
-        entry["shards"] = seq + 1
-        entry["rows_done"] += table.num_rows
-        entry["last_line"] = self.records[-1].line
-        save_manifest(self.store_path, self.manifest)
+        self.manifest.shards.append(shard)
+        entry.shards = seq + 1
+        entry.rows_done += table.num_rows
+        entry.last_line = self.records[-1].line
+        self.manifest.save(self.store_path)
         self.shards_written += 1
         self.records, self.vectors, self.pending = [], [], 0

@@ -14,27 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sbert_cli.errors import InputError, SbertError
+from sbert_cli.store.manifest import MANIFEST, ModelRecord, ShardInfo, StoreManifest
 
-FORMAT_NAME = "sbert-store"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 LOCK_FILE = ".lock"
 LINE_BITS = 40  # up to 1.1e12 records per input, 8.4e6 inputs per store
 STORAGE_DTYPES = ("float32", "float16")
-# What must match for two sets of vectors to be comparable; `dtype` is how they were computed.
-COMPAT_KEYS = ("fingerprint", "dim", "pooling", "normalize", "max_seq_length", "dtype")
 
 
 def make_id(input_index: int, line: int) -> int:
@@ -45,53 +37,10 @@ def split_id(row_id: int) -> tuple[int, int]:
     return row_id >> LINE_BITS, row_id & ((1 << LINE_BITS) - 1)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename over `path`, fsync the directory: readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    file: str
-    input: int
-    seq: int
-    rows: int
-    id_min: int
-    id_max: int
-    sha256: str
-    bytes: int
-
-    @classmethod
-    def from_json(cls, d: dict) -> ShardInfo:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
-
 class Store:
     """Read access to a store; `StoreWriter` (writer.py) adds to it under the lock."""
 
-    def __init__(self, path: Path, manifest: dict) -> None:
+    def __init__(self, path: Path, manifest: StoreManifest) -> None:
         self.path = path
         self.manifest = manifest
 
@@ -99,22 +48,11 @@ class Store:
     @classmethod
     def open(cls, path: str | Path) -> Store:
         path = Path(path)
-        manifest_path = path / MANIFEST
         if not path.exists():
             raise InputError(f"{path}: no such store (make one with: sbert encode INPUT -o {path})")
-        if not manifest_path.is_file():
+        if not (path / MANIFEST).is_file():
             raise InputError(f"{path}: not an sbert store (no {MANIFEST})")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-        if manifest.get("format") != FORMAT_NAME:
-            raise InputError(f"{manifest_path}: not an sbert store manifest")
-        if manifest.get("version", 0) > FORMAT_VERSION:
-            raise InputError(
-                f"{path}: store format {manifest['version']} is newer than this sbert reads; upgrade sbert"
-            )
-        return cls(path, manifest)
+        return cls(path, StoreManifest.load(path))
 
     @staticmethod
     def exists(path: str | Path) -> bool:
@@ -122,41 +60,41 @@ class Store:
 
     # -- what it holds ------------------------------------------------------------------------
     @property
-    def model(self) -> dict:
-        return self.manifest["model"]
+    def model(self) -> ModelRecord:
+        return self.manifest.model
 
     @property
     def dim(self) -> int:
-        return int(self.model["dim"])
+        return self.model.dim
 
     @property
     def normalized(self) -> bool:
-        return bool(self.model["normalize"])
+        return self.model.normalize
 
     @property
     def storage_dtype(self) -> str:
-        return self.manifest.get("storage_dtype", "float32")
+        return self.manifest.storage_dtype
 
     @property
     def has_text(self) -> bool:
-        return bool(self.manifest.get("has_text", True))
+        return self.manifest.has_text
 
     @property
     def shards(self) -> list[ShardInfo]:
-        return [ShardInfo.from_json(s) for s in self.manifest["shards"]]
+        return list(self.manifest.shards)
 
     @property
     def rows(self) -> int:
-        return sum(s["rows"] for s in self.manifest["shards"])
+        return self.manifest.rows
 
-    def check_compatible(self, model: dict, what: str = "this encoder") -> None:
-        """Refuse to mix vectors from different models, poolings, dimensions or dtypes."""
+    def check_compatible(self, model: ModelRecord, what: str = "this encoder") -> None:
+        """Refuse to mix vectors from different models, poolings, dimensions, dtypes or prompts."""
         mine = self.model
-        diffs = [k for k in COMPAT_KEYS if mine.get(k) != model.get(k)]
+        diffs = mine.differences(model)
         if diffs:
-            detail = "; ".join(f"{k}: store {mine.get(k)!r} vs {model.get(k)!r}" for k in diffs)
+            detail = "; ".join(f"{k}: store {getattr(mine, k)!r} vs {getattr(model, k)!r}" for k in diffs)
             raise InputError(
-                f"{self.path}: store was made by model {mine.get('name')!r} and {what} differs ({detail}); "
+                f"{self.path}: store was made by model {mine.name!r} and {what} differs ({detail}); "
                 "use the store's settings or another store"
             )
 
@@ -225,7 +163,7 @@ class Store:
         cols = ["id", "source", "line", "embedding"]
         if self.has_text:
             cols.insert(1, "text")
-        if self.manifest.get("has_key"):
+        if self.manifest.has_key:
             cols.append("key")
         return cols
 
@@ -263,25 +201,3 @@ def store_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def new_manifest(model: dict, storage_dtype: str, has_text: bool, shard_size: int) -> dict:
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "created": now,
-        "updated": now,
-        "model": model,
-        "storage_dtype": storage_dtype,
-        "has_text": has_text,
-        "has_key": False,
-        "shard_size": shard_size,
-        "inputs": [],
-        "shards": [],
-    }
-
-
-def save_manifest(path: Path, manifest: dict) -> None:
-    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    write_atomic(path / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())

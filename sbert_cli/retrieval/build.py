@@ -1,0 +1,192 @@
+"""Building and extending a store's HNSW index (see retrieval/graph.py for the layout).
+
+A build writes a new generation file, then replaces index.json (atomically) to point at it, and
+only then deletes the old generation: a crash at any moment leaves the previous index usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sbert_cli.errors import InputError, SbertError
+from sbert_cli.progress import NullReporter, ProgressUpdate, Reporter
+from sbert_cli.retrieval.graph import (
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_M,
+    IndexParams,
+    check_graph_file,
+    default_space,
+    index_dir,
+    iter_shard_vectors,
+    load_graph,
+    resolve_space,
+    staleness,
+    uncovered_shards,
+)
+from sbert_cli.store.atomic import atomic_path, sha256_file
+from sbert_cli.store.manifest import INDEX_MANIFEST, CoveredShard, IndexManifest
+from sbert_cli.store.store import Store, store_lock
+
+log = logging.getLogger("sbert")
+
+
+@dataclass
+class BuildSummary:
+    path: str
+    added: int = 0
+    shards_added: int = 0
+    count: int = 0
+    rebuilt: bool = False
+    reason: str | None = None
+    elapsed: float = 0.0
+    params: dict = field(default_factory=dict)
+
+
+def _check_params(M: int | None, ef_construction: int | None, threads: int | None) -> None:
+    if M is not None and not 2 <= M <= 2048:
+        raise InputError(f"--M {M}: choose a value from 2 to 2048 (the default is {DEFAULT_M})")
+    if ef_construction is not None and ef_construction < 1:
+        raise InputError(f"--ef-construction {ef_construction}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1")
+
+
+def _rebuild_reason(store: Store, old: IndexManifest, requested: dict, rebuild: bool) -> str | None:
+    """Why `old` cannot simply be extended (None when it can)."""
+    if rebuild:
+        return "asked with --rebuild"
+    reason = staleness(store, old)
+    for key, value in requested.items():
+        if reason is None and value is not None and value != getattr(old, key):
+            reason = f"{key} changes from {getattr(old, key)} to {value}"
+    if reason is None:
+        try:
+            check_graph_file(store.path, old, verify_checksum=True)
+        except InputError as exc:
+            reason = str(exc).split("; rebuild")[0]
+    return reason
+
+
+def _read_old(store_path: Path, reporter: Reporter) -> IndexManifest | None:
+    try:
+        return IndexManifest.load(store_path)
+    except InputError as exc:
+        reporter.message(f"rebuilding the index: {str(exc).split('; rebuild')[0]}")
+        return None
+
+
+def build_index(
+    store_path: str | Path,
+    *,
+    space: str | None = None,
+    M: int | None = None,
+    ef_construction: int | None = None,
+    threads: int | None = None,
+    rebuild: bool = False,
+    reporter: Reporter | None = None,
+) -> BuildSummary:
+    """Create or bring up to date the HNSW index of a store; returns what was done.
+
+    An index that cannot be extended (stale shards, another model, other parameters, a damaged
+    file) is rebuilt from scratch, with a note to the reporter: the result is always an index of
+    exactly the store's current shards.
+    """
+    reporter = reporter or NullReporter()
+    store_path = Path(store_path)
+    store = Store.open(store_path)
+    _check_params(M, ef_construction, threads)
+    if store.rows == 0:
+        raise InputError(f"{store_path}: the store has no rows to index")
+    started = time.perf_counter()
+    with store_lock(store_path):
+        store = Store.open(store_path)  # re-read under the lock: an encode may have committed since
+        old = _read_old(store_path, reporter)
+        wanted_space = resolve_space(space, store) if space is not None else None
+        requested = {"space": wanted_space, "M": M, "ef_construction": ef_construction}
+        reason = _rebuild_reason(store, old, requested, rebuild) if old is not None else None
+        if reason is not None:
+            reporter.message(f"rebuilding the index: {reason}")
+        base = None if reason is not None else old
+        # Parameters not given now are those the index was built with (a rebuild after a
+        # re-encode keeps the user's --space and --M), else the defaults.
+        params = IndexParams(
+            space=wanted_space or (old.space if old else default_space(store)),
+            M=M or (old.M if old else DEFAULT_M),
+            ef_construction=ef_construction or (old.ef_construction if old else DEFAULT_EF_CONSTRUCTION),
+        )
+        summary = BuildSummary(str(index_dir(store_path)), rebuilt=old is not None and base is None, reason=reason)
+        summary.params = asdict(params)
+        summary.count = _extend(store, base, old, params, threads or os.cpu_count() or 1, summary, reporter)
+    summary.elapsed = time.perf_counter() - started
+    return summary
+
+
+def _extend(store, base, old, params: IndexParams, threads: int, summary: BuildSummary, reporter: Reporter) -> int:
+    """Add the shards `base` (None: start afresh) lacks, commit, and return the graph's size."""
+    import hnswlib
+
+    todo = uncovered_shards(store, base)
+    if not todo:
+        return base.count
+    new_rows = sum(s.rows for s in todo)
+    count = new_rows + (base.count if base else 0)
+    if base is None:
+        graph = hnswlib.Index(space=params.space, dim=store.dim)
+        graph.init_index(max_elements=count, ef_construction=params.ef_construction, M=params.M)
+    else:
+        graph = load_graph(index_dir(store.path) / base.file, params.space, store.dim, count)
+    covered = list(base.shards) if base else []
+    started = time.perf_counter()
+    for shard, ids, vectors in iter_shard_vectors(store, todo):
+        graph.add_items(vectors, ids.astype(np.uint64), num_threads=threads)
+        covered.append(CoveredShard(shard.file, shard.sha256, shard.rows))
+        summary.added += len(ids)
+        summary.shards_added += 1
+        elapsed = time.perf_counter() - started
+        reporter.progress(ProgressUpdate("indexing", summary.added, new_rows, elapsed, unit="rows"))
+    if graph.get_current_count() != count:
+        raise SbertError(
+            f"{store.path}: the index holds {graph.get_current_count():,} rows but the shards list {count:,}; "
+            "are ids repeated across shards? (rebuild with: sbert index --rebuild)"
+        )
+    _commit(store, graph, params, covered, count, old)
+    reporter.progress(
+        ProgressUpdate("indexing", summary.added, new_rows, time.perf_counter() - started, final=True, unit="rows")
+    )
+    return count
+
+
+def _commit(store: Store, graph, params: IndexParams, covered: list[CoveredShard], count: int, old) -> None:
+    """Write the graph as a new generation, then point index.json at it, then drop the old one."""
+    directory = index_dir(store.path)
+    directory.mkdir(exist_ok=True)
+    generation = (old.generation + 1) if old else 1
+    while (directory / f"hnsw-{generation:06d}.bin").exists():
+        generation += 1  # left by a crashed build: never overwrite a file something may point at
+    name = f"hnsw-{generation:06d}.bin"
+    with atomic_path(directory / name) as tmp:
+        graph.save_index(str(tmp))
+    manifest = IndexManifest(
+        generation=generation,
+        file=name,
+        bytes=(directory / name).stat().st_size,
+        sha256=sha256_file(directory / name),
+        space=params.space,
+        M=params.M,
+        ef_construction=params.ef_construction,
+        dim=store.dim,
+        count=count,
+        model=store.model,
+        shards=covered,
+    )
+    manifest.save(store.path)
+    # Everything else in index/ is an old generation or a crashed build's leftover.
+    for path in directory.iterdir():
+        if path.name not in (name, INDEX_MANIFEST):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,250 @@
+"""The one place that reads and writes `manifest.json` (a store) and `index/index.json` (its index).
+
+Both are typed dataclasses, validated field by field on read: a damaged or foreign file is a
+one-line `InputError` naming it (exit 2), never a KeyError deep inside a command. Each carries a
+format version; `_MIGRATIONS` lifts older versions to the current one on read, so stores written
+by earlier releases keep opening, and the next save writes the current version.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sbert_cli.errors import InputError
+from sbert_cli.store.atomic import write_atomic
+
+STORE_FORMAT = "sbert-store"
+STORE_VERSION = 2  # 2: records the sbert version that wrote the store
+INDEX_FORMAT = "sbert-hnsw-index"
+INDEX_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX_DIR = "index"
+INDEX_MANIFEST = "index.json"
+# What must match for two sets of vectors to be comparable; `dtype` is how they were computed.
+COMPAT_KEYS = ("fingerprint", "dim", "pooling", "normalize", "max_seq_length", "dtype", "prompt")
+
+T = TypeVar("T")
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def sbert_version() -> str:
+    from sbert_cli import __version__
+
+    return __version__
+
+
+@dataclass
+class ModelRecord:
+    """How a store's vectors were made: everything that changes them, and nothing machine-local."""
+
+    name: str
+    fingerprint: str
+    dim: int
+    pooling: list[str]
+    normalize: bool
+    max_seq_length: int
+    dtype: str
+    backend: str = "torch"
+    do_lower_case: bool = False
+    hidden_size: int = 0
+    prompt: str | None = None
+    modules: list[str] = field(default_factory=list)  # extra sentence-transformers modules run
+
+    def differences(self, other: ModelRecord) -> list[str]:
+        return [k for k in COMPAT_KEYS if getattr(self, k) != getattr(other, k)]
+
+
+@dataclass
+class InputEntry:
+    """One input of a store and how far it is encoded (the resume point)."""
+
+    index: int
+    source: str
+    path: str | None
+    size: int | None
+    mtime_ns: int | None
+    format: str
+    rows_done: int = 0
+    last_line: int = 0
+    shards: int = 0
+    complete: bool = False
+    blank: int | None = None
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    file: str
+    input: int
+    seq: int
+    rows: int
+    id_min: int
+    id_max: int
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class StoreManifest:
+    model: ModelRecord
+    storage_dtype: str = "float32"
+    has_text: bool = True
+    has_key: bool = False
+    shard_size: int = 20_000
+    inputs: list[InputEntry] = field(default_factory=list)
+    shards: list[ShardInfo] = field(default_factory=list)
+    format: str = STORE_FORMAT
+    version: int = STORE_VERSION
+    created: str = field(default_factory=utc_now)
+    updated: str = field(default_factory=utc_now)
+    sbert_version: str | None = field(default_factory=sbert_version)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    def copy(self) -> StoreManifest:
+        return copy.deepcopy(self)
+
+    @classmethod
+    def load(cls, store_path: str | Path) -> StoreManifest:
+        path = Path(store_path) / MANIFEST
+        data = _read_json(path, "manifest")
+        return _parse(cls, data, path, STORE_FORMAT, STORE_VERSION, "sbert store manifest")
+
+    def save(self, store_path: str | Path) -> None:
+        self.updated = utc_now()
+        self.version = STORE_VERSION
+        self.sbert_version = sbert_version()
+        _write(Path(store_path) / MANIFEST, self)
+
+
+@dataclass(frozen=True)
+class CoveredShard:
+    file: str
+    sha256: str
+    rows: int
+
+
+@dataclass
+class IndexManifest:
+    """What an HNSW graph in `STORE/index/` covers and how it was built; its commit point."""
+
+    generation: int
+    file: str
+    bytes: int
+    sha256: str
+    space: str
+    M: int
+    ef_construction: int
+    dim: int
+    count: int
+    model: ModelRecord
+    shards: list[CoveredShard] = field(default_factory=list)
+    library: str = "hnswlib"
+    format: str = INDEX_FORMAT
+    version: int = INDEX_VERSION
+    updated: str = field(default_factory=utc_now)
+    sbert_version: str | None = field(default_factory=sbert_version)
+
+    @staticmethod
+    def path_in(store_path: str | Path) -> Path:
+        return Path(store_path) / INDEX_DIR / INDEX_MANIFEST
+
+    @classmethod
+    def load(cls, store_path: str | Path) -> IndexManifest | None:
+        """The index manifest, or None when the store has no index."""
+        path = cls.path_in(store_path)
+        if not path.is_file():
+            return None
+        hint = f"; rebuild with: sbert index {store_path} --rebuild"
+        try:
+            return _parse(cls, _read_json(path, "index manifest"), path, INDEX_FORMAT, INDEX_VERSION, "sbert index")
+        except InputError as exc:
+            raise InputError(f"{exc}{hint}") from exc
+
+    def save(self, store_path: str | Path) -> None:
+        self.updated = utc_now()
+        self.sbert_version = sbert_version()
+        _write(self.path_in(store_path), self)
+
+
+# -- reading and writing ---------------------------------------------------------------------------
+def _migrate_store_v1(data: dict) -> dict:
+    # Version 1 did not record which sbert wrote it.
+    return {**data, "version": 2, "sbert_version": data.get("sbert_version")}
+
+
+_MIGRATIONS: dict[tuple[str, int], typing.Callable[[dict], dict]] = {(STORE_FORMAT, 1): _migrate_store_v1}
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable {what} ({exc})") from exc
+
+
+def _parse(cls: type[T], data: Any, path: Path, fmt: str, version: int, what: str) -> T:
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise InputError(f"{path}: not an {what} (format is not {fmt!r})")
+    found = data.get("version")
+    if not isinstance(found, int) or isinstance(found, bool):
+        raise InputError(f"{path}: damaged {what} (no version)")
+    if found > version:
+        raise InputError(f"{path}: format version {found} is newer than this sbert reads ({version}); upgrade sbert")
+    while found < version:
+        data = _MIGRATIONS[(fmt, found)](data)
+        found = data["version"]
+    try:
+        return from_json(cls, data)
+    except ValueError as exc:
+        raise InputError(f"{path}: damaged {what} ({exc})") from exc
+
+
+def _write(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (json.dumps(dataclasses.asdict(obj), indent=1) + "\n").encode())
+
+
+def from_json(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass `cls` from parsed JSON, checking every field's presence and type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'top level'}: expected an object")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{where}{f.name}: missing")
+            continue
+        kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}{f.name}")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list")
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_json(tp, value, f"{where}.")
+    expected = {int: int, str: str, bool: bool, float: (int, float), dict: dict}[tp]
+    if not isinstance(value, expected) or (tp is not bool and isinstance(value, bool)):
+        raise ValueError(f"{where.rstrip('.')}: expected {tp.__name__}, found {type(value).__name__}")
+    return float(value) if tp is float else value
