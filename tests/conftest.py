@@ -25,6 +25,19 @@ def onnx_cache(tmp_path_factory):
         os.environ["SBERT_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hash_model():
+    """Model names `hash:DIM` give the deterministic HashEncoder (tests/fakes.py): plumbing tests
+    run on it, without loading a model."""
+    from fakes import hash_factory
+
+    from sbert_cli.encoding.loader import ENCODER_FACTORIES
+
+    ENCODER_FACTORIES["hash"] = hash_factory
+    yield
+    ENCODER_FACTORIES.pop("hash", None)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CORPUS = ROOT / "sample_corpus"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
