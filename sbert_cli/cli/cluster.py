@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sbert_cli.cli._common import Quiet, Verbose, handle_errors, messenger, setup_logging
+from sbert_cli.cli._common import Quiet, Verbose, handle_errors, setup_logging
 
 
 @handle_errors
@@ -60,26 +60,16 @@ def cluster(
         parse_size,
         run_cluster,
     )
-    from sbert_cli.cli.output import OUTPUT_FORMATS, default_format, write_rows
-    from sbert_cli.errors import InputError
+    from sbert_cli.cli.output import write_rows
+    from sbert_cli.cli.progress import CliReporter
 
     setup_logging(verbose, quiet)
-    if output is not None and output_format is not None:
-        raise InputError("-o writes the file its extension names; --format is for stdout (use one of them)")
-    fmt = output_format or default_format()
-    if fmt not in OUTPUT_FORMATS:
-        raise InputError(f"--format {fmt}: choose from {', '.join(OUTPUT_FORMATS)}")
-    if k == "auto":
-        k_value = None
-    elif k.isdigit():
-        k_value = int(k)
-    else:
-        raise InputError(f"--k {k}: give a number of clusters or auto")
+    fmt = _output_format(output, output_format)
     if output is not None:
         check_output_path(output)
     options = ClusterOptions(
         method=method,
-        k=k_value,
+        k=_parse_k(k),
         k_max=k_max,
         seed=seed,
         threshold=threshold,
@@ -89,8 +79,8 @@ def cluster(
         memory_limit=parse_size(memory_limit) if memory_limit else None,
         top=top,
     )
-    say = messenger(quiet)
-
+    reporter = CliReporter(quiet=quiet, verbose=verbose)
+    say = reporter.message
     written = [0]
     summary_to_stdout = output is None and fmt == "table"
 
@@ -105,7 +95,7 @@ def cluster(
         else:
             write_rows(rows, ASSIGNMENT_COLUMNS, fmt)
 
-    summary = run_cluster(store, options, sink, plot=plot, say=say)
+    summary = run_cluster(store, options, sink, plot=plot, reporter=reporter)
     if summary_to_stdout:
         from rich.console import Console
 
@@ -119,6 +109,28 @@ def cluster(
         say(f"wrote {written[0]:,} assignments to {output}")
     if plot:
         say(f"wrote plot to {plot}")
+
+
+def _output_format(output: str | None, output_format: str | None) -> str:
+    from sbert_cli.cli.output import OUTPUT_FORMATS, default_format
+    from sbert_cli.errors import InputError
+
+    if output is not None and output_format is not None:
+        raise InputError("-o writes the file its extension names; --format is for stdout (use one of them)")
+    fmt = output_format or default_format()
+    if fmt not in OUTPUT_FORMATS:
+        raise InputError(f"--format {fmt}: choose from {', '.join(OUTPUT_FORMATS)}")
+    return fmt
+
+
+def _parse_k(k: str) -> int | None:
+    from sbert_cli.errors import InputError
+
+    if k == "auto":
+        return None
+    if k.isdigit():
+        return int(k)
+    raise InputError(f"--k {k}: give a number of clusters or auto")
 
 
 def _print_summary(console, summary, store: str) -> None:

@@ -1,0 +1,66 @@
+"""`--plot`: a 2-D PCA projection of the clustered vectors (matplotlib, an optional extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sbert_cli.analysis.cluster.methods import NOISE
+from sbert_cli.errors import InputError, SbertError
+
+
+# -- plot ---------------------------------------------------------------------------------------------
+def check_plot_available(path: str) -> None:
+    """Fail before clustering, not after, when --plot cannot be honoured."""
+    if Path(path).suffix.lower() != ".png":
+        raise InputError(f"--plot {path}: name a .png file")
+    if not Path(path).parent.exists():
+        raise InputError(f"--plot {path}: directory {Path(path).parent} does not exist")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SbertError(
+            "--plot needs matplotlib, an optional extra: pip install 'sbert-cli[plot]' (or pip install matplotlib)"
+        ) from None
+
+
+def plot_clusters(path: str, vectors: np.ndarray, labels: np.ndarray, title: str, max_legend: int = 20) -> None:
+    """A 2-D PCA projection of the (sampled) vectors, coloured by cluster, with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; we only write a file
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    if len(vectors) >= 2 and vectors.shape[1] >= 2:
+        points = PCA(n_components=2, random_state=0).fit_transform(vectors)
+    else:
+        points = np.zeros((len(vectors), 2))
+    fig, ax = plt.subplots(figsize=(9, 6.5), dpi=110)
+    values, counts = np.unique(labels, return_counts=True)
+    by_size = [int(v) for v, _ in sorted(zip(values, counts, strict=True), key=lambda vc: -vc[1])]
+    cmap = plt.get_cmap("tab20" if len(by_size) > 10 else "tab10")
+    size = max(3.0, min(30.0, 6000.0 / max(len(points), 1)))  # big dots for few points, small for many
+    for i, label in enumerate(by_size):
+        mask = labels == label
+        noise = label == NOISE
+        ax.scatter(
+            points[mask, 0],
+            points[mask, 1],
+            s=size,
+            alpha=0.35 if noise else 0.75,
+            color="lightgrey" if noise else cmap(i % cmap.N),
+            label=(f"no cluster ({mask.sum():,})" if noise else f"cluster {label} ({mask.sum():,})")
+            if i < max_legend
+            else None,
+            linewidths=0,
+        )
+    ax.set_title(title)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    legend_title = "largest clusters" if len(by_size) > max_legend else None
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", markerscale=2, title=legend_title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
