@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.errors import SbertError
+from sbert_cli.store.atomic import atomic_path
 
 log = logging.getLogger("sbert")
 EXPORT_VERSION = 2  # bump when the export recipe changes: old cache entries are then ignored
@@ -66,10 +67,9 @@ def export(model, path: Path) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     ids = torch.ones(2, 16, dtype=torch.long)
     axes = {0: "batch", 1: "tokens"}
-    with warnings.catch_warnings(), torch.inference_mode():
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             _HiddenStates(model),
@@ -81,7 +81,6 @@ def export(model, path: Path) -> None:
             opset_version=17,
             dynamo=False,
         )
-    os.replace(tmp, path)
 
 
 _FIRST_LAYER = re.compile(r"[./](layer|layers|block|h)\.0/")
@@ -111,24 +110,23 @@ def quantize(fp32_path: Path, path: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     exclude = sensitive_matmuls(onnx.load(str(fp32_path), load_external_data=False))
     # The quantizer logs advice about pre-processing on the root logger; it is not for our users.
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(
-            str(fp32_path),
-            str(tmp),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_exclude=exclude,
-        )
+        with atomic_path(path) as tmp:
+            quantize_dynamic(
+                str(fp32_path),
+                str(tmp),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_exclude=exclude,
+            )
     finally:
         root.setLevel(level)
-    os.replace(tmp, path)
 
 
 def ensure_graph(fingerprint: str, variant: str, load_torch_model) -> Path:

@@ -32,7 +32,9 @@ _EXTENSIONS = {
     ".pq": "parquet",
 }
 STDIN = "-"
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # paragraphs can exceed csv's 128 KiB default
+# Paragraphs can exceed csv's 128 KiB field limit; raised while a CSV is read, then put back
+# (csv keeps it process-wide).
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -262,12 +264,15 @@ def delimited_rows(source: InputSource, lines: Iterator[tuple[int, str]], tsv: b
             yield line
 
     start = 1
+    previous_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
     try:
         for row in csv.reader(text()):
             yield start, row
             start = current[0] + 1
     except csv.Error as exc:
         raise InputError(located(source.name, current[0], f"malformed CSV ({exc})")) from exc
+    finally:
+        csv.field_size_limit(previous_limit)
 
 
 def _read_delimited(source: InputSource, options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
