@@ -16,7 +16,7 @@ from sbert_cli.errors import InputError
 from sbert_cli.store.manifest import ModelRecord
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelSettings:
     """What the user asked for; None and "auto" are resolved from the model and the machine."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from sbert_cli.encoding.loader import ModelSettings
@@ -31,16 +31,11 @@ PROGRESS_EVERY_S = 0.5  # how often the runner hands the reporter an update (it 
 
 
 @dataclass
-class EncodeOptions:
-    model: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    pooling: str | None = None
-    normalize: bool | None = None
-    max_seq_length: int | None = None
+class EncodeOptions(ModelSettings):
+    """What `sbert encode` takes: the model settings, then how to batch, store and read."""
+
     batch_tokens: int | None = None
     threads: int | None = None
-    backend: str = "auto"
     storage_dtype: str = "float32"
     store_text: bool = True
     shard_size: int = DEFAULT_SHARD_SIZE
@@ -49,9 +44,7 @@ class EncodeOptions:
     read: ReadOptions = field(default_factory=ReadOptions)
 
     def model_settings(self) -> ModelSettings:
-        return ModelSettings(
-            self.model, self.device, self.dtype, self.pooling, self.normalize, self.max_seq_length, self.backend
-        )
+        return ModelSettings(**{f.name: getattr(self, f.name) for f in fields(ModelSettings)})
 
 
 @dataclass
