@@ -1,13 +1,18 @@
 """A deterministic stand-in encoder for plumbing tests: no torch, no model load, instant.
 
-Registered for model names `hash:DIM` (see conftest.py). A text's vector is drawn from a
-generator seeded by the sha256 of its words, summed per word and normalized, so texts sharing
-words have a positive cosine, identical texts are identical, and every run gives the same bits.
+Registered for model names `hash:DIM` (see conftest.py). A text's tokens are its lower-cased
+words (`\\w+`, at most `max_seq_length` of them); each distinct word gets a vector drawn from a
+generator seeded by the word's sha256, and the text's vector pools them (mean by default) and
+normalizes, so texts sharing most words are close, identical texts are identical, and every run
+gives the same bits. It honours --pooling (mean, max, cls; several concatenate), --normalize and
+--max-seq-length like a real model, so a store's settings checks work on it too.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,45 +24,78 @@ from sbert_cli.encoding.windows import Batch, EncodedWindow, PreparedWindow, Win
 from sbert_cli.errors import InputError
 from sbert_cli.store.manifest import ModelRecord
 
+HASH_MODEL = "hash:64"  # the model plumbing tests use: 64 dimensions keep unrelated texts apart
 MAX_TOKENS = 128
+HASH_POOLING = ("mean", "max", "cls")
+_WORD = re.compile(r"\w+")
 
 
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@functools.cache
 def word_vector(word: str, dim: int) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(word.encode("utf-8")).digest()[:8], "little")
-    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    vector = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    vector.setflags(write=False)
+    return vector
 
 
-def hash_embed(text: str, dim: int) -> np.ndarray:
-    words = text.strip().lower().split()[:MAX_TOKENS] or [""]
-    vector = np.sum([word_vector(w, dim) for w in words], axis=0)
-    return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
+def hash_embed(
+    text: str,
+    dim: int = 16,
+    pooling: Sequence[str] = ("mean",),
+    normalize: bool = True,
+    max_tokens: int = MAX_TOKENS,
+) -> np.ndarray:
+    """The vector HashEncoder gives `text`, computed directly: the reference tests compare with."""
+    distinct = list(dict.fromkeys(words(text)[:max_tokens])) or [""]
+    matrix = np.stack([word_vector(w, dim) for w in distinct])
+    parts = {"mean": matrix.mean(0), "max": matrix.max(0), "cls": matrix[0]}
+    vector = np.concatenate([parts[mode] for mode in pooling])
+    if normalize:
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return vector.astype(np.float32)
 
 
 class HashEncoder(WindowEncoder):
-    """Tokens are whitespace words (truncated at MAX_TOKENS); vectors as `hash_embed`."""
+    """Tokens are words (truncated at `max_tokens`); vectors as `hash_embed`."""
 
-    def __init__(self, dim: int = 16) -> None:
-        self.dim = dim
+    def __init__(
+        self, dim: int = 16, pooling: tuple[str, ...] = ("mean",), normalize: bool = True, max_tokens: int = MAX_TOKENS
+    ) -> None:
+        self.word_dim = dim
+        self.dim = dim * len(pooling)
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_tokens = max_tokens
         self.batch_tokens = 256
-        self.threads = None
+        self.threads: int | None = None
         self.calls = 0  # windows run, so tests can see that work was (or was not) done
 
     def describe(self) -> ModelRecord:
         return ModelRecord(
-            name=f"hash:{self.dim}",
-            fingerprint=f"hash-v1:{self.dim}",
+            name=f"hash:{self.word_dim}",
+            fingerprint=f"hash-v2:{self.word_dim}",
             dim=self.dim,
-            pooling=["mean"],
-            normalize=True,
-            max_seq_length=MAX_TOKENS,
+            pooling=list(self.pooling),
+            normalize=self.normalize,
+            max_seq_length=self.max_tokens,
             dtype="fp32",
             backend="hash",
         )
 
+    def embed(self, text: str) -> np.ndarray:
+        return hash_embed(text, self.word_dim, self.pooling, self.normalize, self.max_tokens)
+
     def prepare(self, texts: Sequence[str], payload: Any = None) -> PreparedWindow:
-        lengths = np.array([min(len(t.split()), MAX_TOKENS) or 1 for t in texts], dtype=np.int64)
-        truncated = sum(len(t.split()) > MAX_TOKENS for t in texts)
-        batches = [Batch(positions, list(positions), None) for positions in plan_batches(lengths, self.batch_tokens, 64)]
+        counts = [len(words(t)) for t in texts]
+        lengths = np.array([min(n, self.max_tokens) or 1 for n in counts], dtype=np.int64)
+        truncated = sum(n > self.max_tokens for n in counts)
+        batches = [
+            Batch(positions, list(positions), None) for positions in plan_batches(lengths, self.batch_tokens, 64)
+        ]
         window = PreparedWindow(payload, len(texts), batches, tokens=int(lengths.sum()), truncated=truncated)
         window.texts = list(texts)  # type: ignore[attr-defined]
         return window
@@ -68,17 +106,28 @@ class HashEncoder(WindowEncoder):
         out = np.empty((window.size, self.dim), dtype=np.float32)
         for batch in window.batches:
             for pos in batch.positions:
-                out[pos] = hash_embed(texts[pos], self.dim)
+                out[pos] = self.embed(texts[pos])
         return EncodedWindow(window.payload, out, window.tokens, window.truncated)
 
 
-_ENCODERS: dict[int, HashEncoder] = {}
+_ENCODERS: dict[tuple, HashEncoder] = {}
 
 
 def hash_factory(settings: ModelSettings) -> HashEncoder:
-    """`hash:DIM` -> one HashEncoder per dimension (like the real loader's per-process cache)."""
+    """`hash:DIM` -> one HashEncoder per dimension and settings (like the real loader's cache)."""
     try:
         dim = int(str(settings.model).split(":", 1)[1])
     except ValueError:
         raise InputError(f"{settings.model}: write hash:DIM, e.g. hash:16") from None
-    return _ENCODERS.setdefault(dim, HashEncoder(dim))
+    if dim < 1:
+        raise InputError(f"{settings.model}: DIM must be at least 1")
+    pooling = tuple(m.strip() for m in settings.pooling.split(",")) if settings.pooling else ("mean",)
+    for mode in pooling:
+        if mode not in HASH_POOLING:
+            raise InputError(f"--pooling {mode}: unknown mode for the hash model (choose from {HASH_POOLING})")
+    normalize = True if settings.normalize is None else settings.normalize
+    max_tokens = settings.max_seq_length or MAX_TOKENS
+    key = (dim, pooling, normalize, max_tokens)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = HashEncoder(dim, pooling, normalize, max_tokens)
+    return _ENCODERS[key]

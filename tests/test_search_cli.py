@@ -1,4 +1,5 @@
-"""`sbert index` and `sbert search` from the shell: real stores in tmp_path, outputs and exit codes."""
+"""`sbert index` and `sbert search` from the shell: real stores in tmp_path (hash model; the
+subprocess test uses the real one), outputs and exit codes."""
 
 from __future__ import annotations
 
@@ -15,14 +16,19 @@ import pytest
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.retrieval.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, INDEX_MANIFEST, index_dir, read_index_manifest
+from sbert_cli.retrieval.graph import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, index_dir
+from sbert_cli.store.manifest import INDEX_MANIFEST
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sbert(*args: str, input: str | None = None):
+def sbert(*args: str | Path, input: str | None = None):
     return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def read_index_manifest(store: Path) -> dict:
+    return json.loads((index_dir(store) / INDEX_MANIFEST).read_text())
 
 
 @pytest.fixture()
@@ -34,7 +40,7 @@ def store(tmp_path, sample_store) -> Path:
 
 @pytest.fixture()
 def indexed(store) -> Path:
-    result = sbert("index", store)
+    result = sbert("index", store, "--no-bm25")
     assert result.exit_code == 0, result.output
     return store
 
@@ -44,12 +50,12 @@ def jsonl(result) -> list[dict]:
 
 
 def test_index_then_search_returns_the_stored_text_first(store, sample_texts):
-    result = sbert("index", store)
+    result = sbert("index", store, "--no-bm25")
     assert result.exit_code == 0, result.output
     assert "built the index: added 500 rows" in result.stderr
     assert f"M={DEFAULT_M}, ef_construction={DEFAULT_EF_CONSTRUCTION}" in result.stderr
     assert result.stdout == ""
-    again = sbert("index", store)
+    again = sbert("index", store, "--no-bm25")
     assert again.exit_code == 0 and "index is up to date: 500 rows" in again.stderr
 
     texts = [sample_texts[7], sample_texts[260], sample_texts[480]]
@@ -121,20 +127,27 @@ def test_min_score_filters(indexed):
 def test_incremental_index_after_appending(indexed, tmp_path):
     extra = tmp_path / "extra.txt"
     extra.write_text("Borscht is a sour soup common in Eastern Europe.\nThe ship's cat slept on the rope.\n")
-    assert sbert("encode", extra, "-o", indexed, "--device", "cpu", "--dtype", "fp32", "-q").exit_code == 0
+    encoded = sbert("encode", extra, "-o", indexed, "-q")  # the store's (hash) model, inherited
+    assert encoded.exit_code == 0 and encoded.stderr == "", encoded.output
     # Not indexed yet: searched exactly next to the index, with a note saying so.
-    result = sbert("search", indexed, "beetroot soup", "-k", "1", "--format", "jsonl")
+    result = sbert("search", indexed, "sour soup in Eastern Europe", "-k", "1", "--format", "jsonl")
     assert result.exit_code == 0, result.output
-    assert jsonl(result)[0]["text"].startswith("Borscht") and "sbert index" in result.stderr
-    result = sbert("index", indexed)
+    assert jsonl(result)[0]["text"].startswith("Borscht")
+    assert result.stderr == (
+        f"sbert: {indexed}: 1 shard(s) (2 rows) were encoded after the index was built; searching them exactly "
+        f"(run `sbert index {indexed}` to add them)\n"
+    )
+    result = sbert("index", indexed, "--no-bm25")
     assert result.exit_code == 0, result.output
     assert "updated the index: added 2 rows from 1 shard(s)" in result.stderr and "holds 502 rows" in result.stderr
-    result = sbert("search", indexed, "beetroot soup", "-k", "1", "--format", "jsonl")
+    result = sbert("search", indexed, "sour soup in Eastern Europe", "-k", "1", "--format", "jsonl")
     assert jsonl(result)[0]["text"].startswith("Borscht") and result.stderr == ""
 
 
 def test_rebuild_and_options(indexed):
-    result = sbert("index", indexed, "--rebuild", "--M", "8", "--ef-construction", "40", "--threads", "1", "-q")
+    result = sbert(
+        "index", indexed, "--no-bm25", "--rebuild", "--M", "8", "--ef-construction", "40", "--threads", "1", "-q"
+    )
     assert result.exit_code == 0 and result.stderr == ""
     manifest = read_index_manifest(indexed)
     assert (manifest["M"], manifest["ef_construction"], manifest["count"]) == (8, 40, 500)
@@ -174,8 +187,8 @@ def corrupt(store: Path, how: str) -> None:
         ("blank query", ["search", "{ok}", "whale", "  "], "query 2 is empty"),
         ("no query", ["search", "{ok}", "--format", "jsonl"], "no query given"),
         ("no queries file", ["search", "{ok}", "-f", "{tmp}/none.txt"], "none.txt: no such file"),
-        ("bad format", ["search", "{ok}", "whale", "--format", "xml"], "--format xml"),
-        ("bad space", ["index", "{ok}", "--space", "hamming"], "--space hamming"),
+        ("bad ef", ["search", "{ok}", "whale", "--ef", "0"], "--ef 0: must be at least 1"),
+        ("bad M", ["index", "{ok}", "--M", "1"], "--M 1: choose a value from 2 to 2048"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, sample_store, case, args, message):
@@ -185,7 +198,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, sample_store, case, args, me
             path = tmp_path / name
             shutil.copytree(sample_store, path)
             if name != "noindex":
-                assert sbert("index", path, "-q").exit_code == 0
+                assert sbert("index", path, "-q", "--no-bm25").exit_code == 0
             if name in ("truncated", "missing", "model", "stale"):
                 corrupt(path, name)
             stores[name] = str(path)
@@ -201,17 +214,43 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, sample_store, case, args, me
         assert "--exact" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (
+            ["search", "{store}", "whale", "--format", "xml"],
+            "Invalid value for '--format': 'xml' is not one of 'table', 'jsonl', 'tsv', 'csv', 'json'.",
+        ),
+        (
+            ["index", "{store}", "--space", "hamming"],
+            "Invalid value for '--space': 'hamming' is not one of 'auto', 'cosine', 'ip', 'l2'.",
+        ),
+    ],
+)
+def test_bad_choice_is_a_usage_error(store, args, error):
+    command = args[0]
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    result = sbert(*(a.format(store=store) for a in args))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    usage = "[OPTIONS] STORE [QUERY...]" if command == "search" else "[OPTIONS] STORE"
+    assert result.stderr == f"Usage: sbert {command} {usage}\nTry 'sbert {command} -h' for help.\n\nError: {error}\n"
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+
+
 def test_damaged_index_still_allows_exact_and_index_repairs_it(indexed):
     corrupt(indexed, "truncated")
     result = sbert("search", indexed, "whale", "--exact", "-k", "1", "--format", "jsonl")
     assert result.exit_code == 0 and len(jsonl(result)) == 1
-    result = sbert("index", indexed)
+    result = sbert("index", indexed, "--no-bm25")
     assert result.exit_code == 0 and "rebuilding the index: " in result.stderr and "damaged" in result.stderr
     assert sbert("search", indexed, "whale", "-k", "1", "--format", "jsonl").exit_code == 0
 
 
 @pytest.mark.slow
-def test_shell_pipeline_in_subprocesses(indexed, sample_texts):
+def test_shell_pipeline_in_subprocesses(real_sample_store, tmp_path, sample_texts):
+    indexed = tmp_path / "store"  # the real model's store: a subprocess cannot use the hash model
+    shutil.copytree(real_sample_store, indexed)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = [sys.executable, "-m", "sbert_cli"]
     index = subprocess.run([*run, "index", str(indexed), "--rebuild"], capture_output=True, text=True, env=env)
@@ -229,3 +268,28 @@ def test_shell_pipeline_in_subprocesses(indexed, sample_texts):
     )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
+
+
+def test_exact_output_of_a_small_store(tmp_path):
+    from fakes import HASH_MODEL, hash_embed
+
+    corpus = tmp_path / "fruit.txt"
+    corpus.write_text("red apples and green pears\n\na red car on the road\ngreen fields in spring\n")
+    store = tmp_path / "store"
+    assert sbert("encode", corpus, "-o", store, "--model", HASH_MODEL, "-q").exit_code == 0
+    texts = {1: "red apples and green pears", 3: "a red car on the road", 4: "green fields in spring"}
+    query = hash_embed("red apples", 64)
+    scores = {line: float(query @ hash_embed(text, 64)) for line, text in texts.items()}
+    ranked = sorted(scores, key=lambda line: -scores[line])
+    assert ranked[0] == 1  # the text with both words
+    expected = "query\trank\tid\tscore\ttext\tsource\tline\n" + "".join(
+        f"red apples\t{rank}\t{line}\t{scores[line]:.4f}\t{texts[line]}\t{corpus}\t{line}\n"
+        for rank, line in enumerate(ranked, start=1)
+    )
+    for extra in (["--exact"], ["--mode", "dense"]):
+        if extra != ["--exact"]:
+            assert sbert("index", store, "-q", "--no-bm25").exit_code == 0
+        result = sbert("search", store, "red apples", "-k", "3", "--format", "tsv", *extra)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == expected
+        assert result.stderr == ""

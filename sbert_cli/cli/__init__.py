@@ -6,11 +6,28 @@ the commands that need them.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from sbert_cli.cli import cluster, encode, index, search, similarity
+from sbert_cli.cli import cluster, encode, index, search, similarity, train
+from sbert_cli.cli import eval as eval_cli
+from sbert_cli.cli._common import SbertCommand
 
-app = typer.Typer(
+
+class _Typer(typer.Typer):
+    """Every command, however added, writes its help and usage as Click does (INPUT..., TEXT, [a|b])."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or SbertCommand, **kwargs)
+
+    def add_typer(self, typer_instance: typer.Typer, **kwargs) -> None:
+        for info in typer_instance.registered_commands:
+            info.cls = info.cls or SbertCommand
+        super().add_typer(typer_instance, **kwargs)
+
+
+app = _Typer(
     name="sbert",
     help="Sentence embeddings from the shell: encode corpora, index and search them, cluster, compare.",
     no_args_is_help=True,
@@ -25,6 +42,31 @@ app.command(no_args_is_help=True)(index.index)
 app.command(no_args_is_help=True)(search.search)
 app.command(no_args_is_help=True)(cluster.cluster)
 app.command(no_args_is_help=True)(similarity.similarity)
+app.command(no_args_is_help=True)(train.train)
+app.add_typer(eval_cli.app, name="eval")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from sbert_cli.cli._common import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the sbert version (and its engines') and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Sentence embeddings from the shell: encode corpora, index and search them, cluster, compare."""
 
 
 def main() -> None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from sbert_cli.cli._common import Quiet, Verbose, handle_errors, setup_logging
+from sbert_cli.cli._common import OutputFormat, ProgressInterval, Quiet, Verbose, handle_errors, setup_logging
 
 
 @handle_errors
 def cluster(
-    store: Annotated[str, typer.Argument(help="The store to cluster.", show_default=False)],
-    method: Annotated[str, typer.Option(help="kmeans | community | agglomerative.")] = "kmeans",
+    store: Annotated[str, typer.Argument(metavar="STORE", help="The store to cluster.", show_default=False)],
+    method: Annotated[
+        Literal["kmeans", "community", "agglomerative"], typer.Option(help="How to cluster (see README).")
+    ] = "kmeans",
     k: Annotated[
         str,
-        typer.Option("--k", help="kmeans/agglomerative: number of clusters, or auto (best silhouette on a sample)."),
+        typer.Option(
+            "--k",
+            metavar="K|auto",
+            help="kmeans/agglomerative: number of clusters, or auto (best silhouette on a sample).",
+        ),
     ] = "auto",
     k_max: Annotated[int, typer.Option(help="--k auto tries k = 2 .. this.")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed (k-means init, samples): same seed, same clusters.")] = 0,
@@ -23,32 +29,45 @@ def cluster(
         float, typer.Option(help="community: cosine to the group's centre text at or above which a text joins.")
     ] = 0.75,
     min_size: Annotated[int, typer.Option(help="community: smallest group kept (centre included).")] = 2,
-    linkage: Annotated[str, typer.Option(help="agglomerative: ward | average | complete | single.")] = "ward",
+    linkage: Annotated[
+        Literal["ward", "average", "complete", "single"], typer.Option(help="agglomerative: how clusters merge.")
+    ] = "ward",
     sample: Annotated[int, typer.Option(help="Rows sampled for --k auto.")] = 5_000,
     memory_limit: Annotated[
         str | None,
         typer.Option(
+            metavar="SIZE",
             help="Vectors held in memory at most, e.g. 4G; kmeans on a larger store fits MiniBatchKMeans "
-            "shard by shard [default: a quarter of RAM]."
+            "shard by shard [default: a quarter of RAM].",
         ),
     ] = None,
     top: Annotated[int, typer.Option(help="Most central texts shown per cluster in the summary.")] = 3,
     output_format: Annotated[
-        str | None,
+        OutputFormat | None,
         typer.Option(
             "--format",
-            help="Assignments to stdout: jsonl | tsv | csv | json; table prints the summary only "
+            help="Assignments to stdout in this format; table prints the summary only "
             "[default: table on a terminal, else jsonl].",
         ),
     ] = None,
     output: Annotated[
         str | None,
-        typer.Option("--output", "-o", help="Write the assignments to a .parquet or .jsonl file instead of stdout."),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write the assignments to a .parquet or .jsonl file instead of stdout.",
+        ),
     ] = None,
     plot: Annotated[
         str | None,
-        typer.Option("--plot", help="Write a 2-D PCA plot coloured by cluster to this .png (needs matplotlib)."),
+        typer.Option(
+            "--plot",
+            metavar="FILE.png",
+            help="Write a 2-D PCA plot coloured by cluster to this .png (needs matplotlib).",
+        ),
     ] = None,
+    progress_interval: ProgressInterval = 5.0,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -79,7 +98,7 @@ def cluster(
         memory_limit=parse_size(memory_limit) if memory_limit else None,
         top=top,
     )
-    reporter = CliReporter(quiet=quiet, verbose=verbose)
+    reporter = CliReporter(quiet=quiet, verbose=verbose, interval=progress_interval)
     say = reporter.message
     written = [0]
     summary_to_stdout = output is None and fmt == "table"

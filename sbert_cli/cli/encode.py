@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -13,6 +13,9 @@ from sbert_cli.cli._common import (
     ModelOpt,
     NormalizeOpt,
     PoolingOpt,
+    ProgressInterval,
+    PromptNameOpt,
+    PromptOpt,
     Quiet,
     Verbose,
     handle_errors,
@@ -22,31 +25,53 @@ from sbert_cli.cli._common import (
 
 @handle_errors
 def encode(
-    inputs: Annotated[list[str], typer.Argument(help="Files, directories, or - for stdin.", show_default=False)],
-    output: Annotated[str, typer.Option("--output", "-o", help="Store directory (created, appended to or resumed).")],
+    inputs: Annotated[
+        list[str], typer.Argument(metavar="INPUT", help="Files, directories, or - for stdin.", show_default=False)
+    ],
+    output: Annotated[
+        str,
+        typer.Option("--output", "-o", metavar="STORE", help="Store directory (created, appended to or resumed)."),
+    ],
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     backend: BackendOpt = "auto",
     pooling: PoolingOpt = None,
     normalize: NormalizeOpt = None,
+    prompt_name: PromptNameOpt = None,
+    prompt: PromptOpt = None,
     max_seq_length: Annotated[
-        int | None, typer.Option(help="Truncate texts to this many tokens [default: the model's].")
+        int | None, typer.Option(metavar="TOKENS", help="Truncate texts to this many tokens [default: the model's].")
     ] = None,
     batch_tokens: Annotated[
-        int | None, typer.Option(help="Padded tokens per batch [default: 2048 on CPU, 65536 on GPU].")
+        int | None,
+        typer.Option(metavar="TOKENS", help="Padded tokens per batch [default: 2048 on CPU, 65536 on GPU]."),
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for the model [default: all cores].")] = None,
+    threads: Annotated[
+        int | None, typer.Option(metavar="N", help="CPU threads for the model [default: all cores].")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Tokenizer threads feeding the model (each tokenizer call already uses every core); "
+            "the output is the same for any N [default: 1 on CPU, 2 with a GPU].",
+        ),
+    ] = None,
     input_format: Annotated[
-        str | None,
-        typer.Option("--format", help="Input format: txt | jsonl | csv | tsv | parquet [default: by extension]."),
+        Literal["txt", "jsonl", "csv", "tsv", "parquet"] | None,
+        typer.Option("--format", help="Input format [default: by extension]."),
     ] = None,
     text_field: Annotated[
-        str, typer.Option(help="jsonl: the field holding the text (dots reach into objects).")
+        str, typer.Option(metavar="FIELD", help="jsonl: the field holding the text (dots reach into objects).")
     ] = "text",
-    id_field: Annotated[str | None, typer.Option(help="jsonl/csv/parquet: a field kept as the row's `key`.")] = None,
+    id_field: Annotated[
+        str | None, typer.Option(metavar="FIELD", help="jsonl/csv/parquet: a field kept as the row's `key`.")
+    ] = None,
     text_column: Annotated[
-        str | None, typer.Option(help="csv/tsv/parquet: text column by name or 0-based index [default: text].")
+        str | None,
+        typer.Option(metavar="COLUMN", help="csv/tsv/parquet: text column by name or 0-based index [default: text]."),
     ] = None,
     header: Annotated[
         bool | None,
@@ -55,16 +80,40 @@ def encode(
         ),
     ] = None,
     glob: Annotated[
-        str | None, typer.Option(help="Pattern for files inside directory inputs, e.g. '**/*.jsonl'.")
+        str | None, typer.Option(metavar="PATTERN", help="Files inside directory inputs, e.g. '**/*.jsonl'.")
     ] = None,
-    encoding: Annotated[str, typer.Option(help="Text encoding of the inputs.")] = "utf-8",
+    encoding: Annotated[str, typer.Option(metavar="CODEC", help="Text encoding of the inputs.")] = "utf-8",
     errors: Annotated[
-        str, typer.Option(help="Undecodable bytes: strict (stop with file and line) | replace | ignore.")
+        Literal["strict", "replace", "ignore"],
+        typer.Option(help="Undecodable bytes: strict stops with file and line."),
     ] = "strict",
-    storage_dtype: Annotated[str, typer.Option(help="float32 | float16 (half the disk).")] = "float32",
+    storage_dtype: Annotated[
+        Literal["float32", "float16"], typer.Option(help="How vectors are stored; float16 takes half the disk.")
+    ] = "float32",
     no_text: Annotated[bool, typer.Option("--no-text", help="Do not store the texts, only source and line.")] = False,
-    shard_size: Annotated[int, typer.Option(help="Rows per Parquet shard (the unit of resumption).")] = 20_000,
+    shard_size: Annotated[
+        int, typer.Option(metavar="ROWS", help="Rows per Parquet shard (the unit of resumption).")
+    ] = 20_000,
     force: Annotated[bool, typer.Option("--force", help="Re-encode inputs the store already has.")] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Run the model on Ray workers; the store is the same. Alone: a local Ray runtime; auto, HOST:PORT "
+            "or ray://HOST:PORT: that cluster, whose nodes must all mount the store at the same path. "
+            "Needs: pip install 'sbert-cli[ray]'.",
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="With --ray: workers, each loading the model once [default: one per GPU, else CPU].",
+        ),
+    ] = None,
+    progress_interval: ProgressInterval = 5.0,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -75,8 +124,8 @@ def encode(
     from sbert_cli.inputs.reader import ReadOptions
 
     setup_logging(verbose, quiet)
-    if errors not in ("strict", "replace", "ignore"):
-        raise InputError(f"--errors {errors}: choose strict, replace or ignore")
+    if ray_workers is not None and ray is None:
+        raise InputError("--ray-workers applies to --ray runs; add --ray")
     options = EncodeOptions(
         model=model,
         device=device,
@@ -86,7 +135,10 @@ def encode(
         max_seq_length=max_seq_length,
         batch_tokens=batch_tokens,
         threads=threads,
+        workers=workers,
         backend=backend,
+        prompt=prompt,
+        prompt_name=prompt_name,
         storage_dtype=storage_dtype,
         store_text=not no_text,
         shard_size=shard_size,
@@ -102,8 +154,13 @@ def encode(
             errors=errors,
         ),
     )
-    with CliReporter(quiet=quiet, verbose=verbose) as reporter:
-        summary = encode_corpus(inputs, output, options, reporter=reporter)
+    with CliReporter(quiet=quiet, verbose=verbose, interval=progress_interval) as reporter:
+        if ray is None:
+            summary = encode_corpus(inputs, output, options, reporter=reporter)
+        else:
+            from sbert_cli.distributed import RayOptions, encode_on_ray
+
+            summary = encode_on_ray(inputs, output, options, RayOptions(ray, ray_workers), reporter=reporter)
     say = reporter.message
     if not summary.rows and not summary.inputs_encoded:
         say(f"nothing to do; {summary.store} has {summary.store_rows:,} rows")
@@ -112,6 +169,6 @@ def encode(
     say(
         f"encoded {summary.rows:,} texts from {summary.inputs_encoded} input(s) into {summary.shards} shard(s) "
         f"in {summary.elapsed:.1f} s ({rate}); skipped blank: {summary.blank:,}; "
-        f"truncated: {summary.truncated:,}; store {summary.store} now has {summary.store_rows:,} rows"
+        f"truncated: {summary.truncated:,}; store {summary.store} now has {summary.store_rows:,} rows; "
+        f"stages: {stage_text(summary.stages, summary.tokens)}"
     )
-    say(f"stages: {stage_text(summary.stages)}")

@@ -27,12 +27,26 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def stage_text(stages: dict[str, float]) -> str:
-    """`read 1.2 s, tokenize 3.4 s, model 20.1 s, write 0.8 s; bound by model`."""
+def stage_text(stages: dict[str, float], tokens: int = 0) -> str:
+    """`read 1.2 s (2.1M tok/s), tokenize 3.4 s (...), model 20.1 s (...), write 0.8 s (...); bound by model`.
+
+    A stage's rate is the tokens over its own seconds: how fast the run could go if it were
+    the only stage (stages overlap in threads, so the slowest bounds the run)."""
     if not stages:
         return ""
-    parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in stages.items())
+
+    def rate(secs: float) -> str:
+        return f" ({per_second(tokens / secs)} tok/s)" if tokens and secs > 0 else ""
+
+    parts = ", ".join(f"{name} {secs:.1f} s{rate(secs)}" for name, secs in stages.items())
     return f"{parts}; bound by {max(stages, key=stages.__getitem__)}"
+
+
+def per_second(rate: float) -> str:
+    """480, 12.3k, 2.10M: three significant figures or so, whatever the scale."""
+    if rate >= 1e6:
+        return f"{rate / 1e6:,.2f}M"
+    return f"{rate / 1e3:,.1f}k" if rate >= 1e4 else f"{rate:,.0f}"
 
 
 def plain_line(update: ProgressUpdate) -> str:
@@ -102,7 +116,7 @@ class CliReporter:
             if not update.final or self.verbose:
                 self._write(f"sbert: {plain_line(update)}")
         if self.verbose and update.stages and not update.final and now == self._last_line:
-            self._write(f"sbert: stages so far: {stage_text(update.stages)}")
+            self._write(f"sbert: stages so far: {stage_text(update.stages, update.tokens)}")
 
     def _draw(self, update: ProgressUpdate) -> None:
         from rich.progress import (

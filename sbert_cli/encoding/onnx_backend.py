@@ -39,9 +39,10 @@ def cache_dir() -> Path:
 
 
 def graph_path(fingerprint: str, variant: str) -> Path:
-    import torch
+    # torch's version from its metadata, not `import torch` (2.5 s): fast query start-up looks here.
+    from importlib.metadata import version
 
-    tag = f"{fingerprint.split(':')[-1]}-v{EXPORT_VERSION}-torch{torch.__version__.split('+')[0]}-{variant}"
+    tag = f"{fingerprint.split(':')[-1]}-v{EXPORT_VERSION}-torch{version('torch').split('+')[0]}-{variant}"
     return cache_dir() / f"{tag}.onnx"
 
 

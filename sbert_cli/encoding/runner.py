@@ -8,12 +8,14 @@ each stage for the progress reports and the summary.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from sbert_cli.encoding.devices import window_texts
 from sbert_cli.encoding.loader import ModelSettings
 from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
 from sbert_cli.encoding.windows import WindowEncoder
@@ -36,6 +38,7 @@ class EncodeOptions(ModelSettings):
 
     batch_tokens: int | None = None
     threads: int | None = None
+    workers: int | None = None  # prepare (tokenizer) threads; None: the cores the model does not need
     storage_dtype: str = "float32"
     store_text: bool = True
     shard_size: int = DEFAULT_SHARD_SIZE
@@ -67,6 +70,11 @@ class EncodeSummary:
         return self.rows / self.elapsed if self.elapsed else 0.0
 
 
+# (store_path, manifest, plan, options, total rows, reporter) -> summary: `_run` with its encoder
+# bound, or another executor's loop (distributed/ray_encode.py), called under the store lock.
+EncodeLoop = Callable[[Path, StoreManifest, list[PlannedInput], EncodeOptions, int, Reporter], EncodeSummary]
+
+
 def _check_target(options: EncodeOptions, store_path: Path) -> None:
     if options.storage_dtype not in STORAGE_DTYPES:
         raise InputError(f"--storage-dtype {options.storage_dtype}: choose float32 or float16")
@@ -88,6 +96,8 @@ def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeO
     options.normalize = options.normalize if options.normalize is not None else model.normalize
     options.max_seq_length = options.max_seq_length or model.max_seq_length
     options.dtype = model.dtype if options.dtype == "auto" else options.dtype
+    if options.prompt is None and options.prompt_name is None:
+        options.prompt = model.prompt or ""  # "": no prompt, even if the model has a default one
     return options
 
 
@@ -115,8 +125,13 @@ def encode_corpus(
     *,
     reporter: Reporter | None = None,
     encoder: WindowEncoder | None = None,
+    loop: EncodeLoop | None = None,
 ) -> EncodeSummary:
-    """Encode `inputs` into the store at `store_path` (created, appended to, or resumed)."""
+    """Encode `inputs` into the store at `store_path` (created, appended to, or resumed).
+
+    `loop` replaces the in-process encode loop (`_run`) with another executor's, e.g. Ray workers
+    (sbert_cli/distributed/): checks, planning, the lock and the manifest stay the same.
+    """
     from sbert_cli.encoding.loader import describe_model, load_encoder
 
     options, reporter, store_path = options or EncodeOptions(), reporter or NullReporter(), Path(store_path)
@@ -133,6 +148,11 @@ def encode_corpus(
     if not plan:
         return EncodeSummary(str(store_path), inputs_skipped=[s.name for s in sources], store_rows=manifest.rows)
     total = _count_records(plan, options)
+    if existing is None and encoder is None and loop is None and options.dtype == "auto":
+        from sbert_cli.encoding.calibrate import dtype_for_run  # bf16 or fp32, by measurement
+
+        options.dtype = dtype_for_run(options, plan, total, reporter.message)
+        manifest.model = describe_model(options.model_settings())
     counted = {item.source.name: item.records for item in plan}
     if options.read.id_field and existing is not None and not existing.manifest.has_key:
         raise InputError(f"{store_path}: --id-field given, but this store was made without ids; use a new store")
@@ -146,11 +166,10 @@ def encode_corpus(
             plan = plan_inputs([item.source for item in plan], manifest, options.force, lambda _: None)
             for item in plan:
                 item.records = counted.get(item.source.name)
-            encoder = encoder or load_encoder(options.model_settings())
-            encoder.batch_tokens = options.batch_tokens or encoder.batch_tokens
-            if options.threads:
-                encoder.threads = options.threads
-            summary = _run(encoder, store_path, manifest, plan, options, total, reporter)
+            if loop is None:  # encode in this process (another loop loads the model where it runs)
+                encoder = encoder or load_encoder(options.model_settings())
+                loop = functools.partial(_run_with_settings, encoder)
+            summary = loop(store_path, manifest, plan, options, total, reporter)
             summary.inputs_skipped = [s.name for s in sources if s.name not in {i.source.name for i in plan}]
             return summary
     except BaseException:
@@ -173,17 +192,39 @@ def _prepare_store(store_path: Path, manifest: StoreManifest, plan: list[Planned
         manifest.save(store_path)  # forget first, delete after: a crash between is harmless
         for name in stale_files:
             (store_path / name).unlink(missing_ok=True)
-    # Files a crash left behind: temp names, and shards written but never listed.
+    remove_leftovers(store_path, manifest)
+    return done_before
+
+
+def remove_leftovers(store_path: Path, manifest: StoreManifest) -> None:
+    """Delete files a crash left behind: temp names, and shards written but never listed."""
     listed = {s.file for s in manifest.shards}
     shard_dir = store_path / "shards"
     if shard_dir.is_dir():
         for f in shard_dir.iterdir():
             if f"shards/{f.name}" not in listed or is_temp_name(f.name):
                 f.unlink(missing_ok=True)
-    return done_before
 
 
-def _aligned_windows(records: Iterator[Record], shard_size: int) -> Iterator[list[Record]]:
+def begin_run(
+    store_path: Path,
+    manifest: StoreManifest,
+    plan: list[PlannedInput],
+    options: EncodeOptions,
+    total: int,
+    reporter: Reporter,
+    summary: EncodeSummary,
+) -> int:
+    """What every encode loop does first: note resumed inputs, clean up, return the rows to do."""
+    for item in plan:
+        if item.entry.rows_done and not options.force:
+            reporter.message(
+                f"{item.source.name}: resuming after line {item.entry.last_line} ({item.entry.rows_done} rows done)"
+            )
+    return total - _prepare_store(store_path, manifest, plan, options, summary)
+
+
+def _aligned_windows(records: Iterator[Record], shard_size: int, texts: int = WINDOW_TEXTS) -> Iterator[list[Record]]:
     """Windows that never straddle a shard boundary: a resumed run (which starts at a boundary)
     then forms exactly the same batches as an uninterrupted one, so its vectors are identical."""
     window: list[Record] = []
@@ -193,7 +234,7 @@ def _aligned_windows(records: Iterator[Record], shard_size: int) -> Iterator[lis
         window.append(record)
         chars += len(record.text)
         in_shard += 1
-        if len(window) >= WINDOW_TEXTS or chars >= WINDOW_CHARS or in_shard == shard_size:
+        if len(window) >= texts or chars >= WINDOW_CHARS or in_shard == shard_size:
             yield window
             window, chars = [], 0
             in_shard %= shard_size
@@ -201,15 +242,30 @@ def _aligned_windows(records: Iterator[Record], shard_size: int) -> Iterator[lis
         yield window
 
 
-def _windows(plan: list[PlannedInput], options: EncodeOptions, stats: dict[int, ReadStats]):
-    """(payload, texts) for the encoder: each input's windows, then an end marker per input."""
+def _windows(plan: list[PlannedInput], options: EncodeOptions, stats: dict[int, ReadStats], texts: int = WINDOW_TEXTS):
+    """(payload, texts) for the encoder: each input's windows (of at most `texts` texts), then an
+    end marker per input."""
     for item in plan:
         input_stats = stats.setdefault(item.entry.index, ReadStats())
         skip = item.entry.last_line
         records = (r for r in read_records(item.source, options.read, input_stats) if r.line > skip)
-        for window in _aligned_windows(records, options.shard_size):
+        for window in _aligned_windows(records, options.shard_size, texts):
             yield (item, window), [r.text for r in window]
         yield (item, None), []
+
+
+def _run_with_settings(encoder: WindowEncoder, *args) -> EncodeSummary:
+    """`_run` with this run's --batch-tokens and --threads on the encoder, put back afterwards:
+    `load_encoder` shares encoders across calls, so a setting must not outlive its run."""
+    options: EncodeOptions = args[3]
+    saved = (encoder.batch_tokens, getattr(encoder, "threads", None))
+    encoder.batch_tokens = options.batch_tokens or encoder.batch_tokens
+    if options.threads:
+        encoder.threads = options.threads
+    try:
+        return _run(encoder, *args)
+    finally:
+        encoder.batch_tokens, encoder.threads = saved
 
 
 def _run(
@@ -225,16 +281,12 @@ def _run(
     from sbert_cli.store.writer import ShardCommitter
 
     summary = EncodeSummary(str(store_path))
-    for item in plan:
-        if item.entry.rows_done and not options.force:
-            reporter.message(
-                f"{item.source.name}: resuming after line {item.entry.last_line} ({item.entry.rows_done} rows done)"
-            )
-    total -= _prepare_store(store_path, manifest, plan, options, summary)
+    total = begin_run(store_path, manifest, plan, options, total, reporter, summary)
     clock, stats, started, last_report = StageClock(), {}, time.perf_counter(), 0.0
     committers: dict[int, ShardCommitter] = {}
-    windows = clock.timed("read", _windows(plan, options, stats))
-    for done in encoder.encode_windows(windows, clock=clock):
+    size = window_texts(getattr(encoder, "device", "cpu"))  # larger on a GPU: less padding
+    windows = clock.timed("read", _windows(plan, options, stats, size))
+    for done in encoder.encode_windows(windows, clock=clock, workers=options.workers, say=reporter.message):
         item, records = done.payload
         entry = item.entry
         committer = committers.setdefault(entry.index, ShardCommitter(store_path, manifest, entry, options.shard_size))

@@ -1,25 +1,30 @@
-"""The window pipeline every encoder shares: prepare (tokenize, sort, pad) the next window in a
-background thread while the model runs the current one; results come back in input order.
+"""The window pipeline every encoder shares: windows are read in one thread and prepared
+(tokenize, sort, pad) by worker threads (encoding/feeder.py) while the model runs; results come
+back in input order, identical for any number of workers.
 
 An encoder implements `prepare` (CPU side) and `run` (the model); `encode_windows` and `encode`
-are the same for all of them, the real model and the tests' hash encoder alike.
+are the same for all of them, the real model and the tests' hash encoder alike, and so are the
+out-of-memory retry and the model thread used on GPUs.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from sbert_cli.encoding.batching import windows
+from sbert_cli.encoding.batching import fit_batches, windows
+from sbert_cli.encoding.feeder import BusyTimer, default_workers, ordered_map, threaded
+from sbert_cli.encoding.gpu import is_out_of_memory, release_cached_memory
 from sbert_cli.progress import StageClock
 from sbert_cli.store.manifest import ModelRecord
 
 DEFAULT_WINDOW = 2048
+log = logging.getLogger("sbert")
 
 
 @dataclass
@@ -49,11 +54,24 @@ class EncodedWindow:
     truncated: int
 
 
+class _SayOnce:
+    """Passes the first message on and drops the rest (an out-of-memory is said once per run)."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say, self.said = say, False
+
+    def __call__(self, text: str) -> None:
+        if not self.said:
+            self.said = True
+            self.say(text)
+
+
 class WindowEncoder:
     """Base of every encoder: subclasses set `dim` and implement `describe`, `prepare`, `run`."""
 
     dim: int
     batch_tokens: int
+    model_thread: bool | None = None  # run the model in a thread of its own; None: on a GPU only
 
     def describe(self) -> ModelRecord:
         raise NotImplementedError
@@ -65,52 +83,82 @@ class WindowEncoder:
         raise NotImplementedError
 
     def encode_windows(
-        self, items: Iterable[tuple[Any, Sequence[str]]], prefetch: int = 2, clock: StageClock | None = None
+        self,
+        items: Iterable[tuple[Any, Sequence[str]]],
+        prefetch: int = 2,
+        clock: StageClock | None = None,
+        workers: int | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> Iterator[EncodedWindow]:
-        """Encode (payload, texts) windows, preparing the next ones in a background thread.
+        """Encode (payload, texts) windows in input order, whatever the number of workers.
 
-        `clock` gets the seconds spent tokenizing (the background thread) and in the model.
+        A reader thread iterates `items`, `workers` threads `prepare` windows ahead (default:
+        `feeder.default_workers`, 1 on the CPU, 2 by a GPU), and `run` takes them in order:
+        in the caller's thread on the CPU, in a thread of its own on a GPU, so the caller's writes
+        overlap the device's work. An out-of-memory halves the token budget and runs the window
+        again (see `_run_fitting`); `say` gets one line about it (default: the `sbert` logger).
+        `clock` gets the seconds spent tokenizing (while any worker was) and in the model.
 
         Whatever the source raises (a bad input line, say) is re-raised here, in the caller's
         thread, after the windows before it were yielded.
         """
-        ready: queue.Queue = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
-        done = object()
         clock = clock or StageClock()
+        device = str(getattr(self, "device", "cpu"))
+        workers = workers or default_workers(device, getattr(self, "threads", None))
+        busy = BusyTimer(clock, "tokenize")
 
-        def produce() -> None:
+        def prepare(item: tuple[Any, Sequence[str]]) -> PreparedWindow:
+            with busy:
+                return self.prepare(item[1], item[0])
+
+        prepared = ordered_map(prepare, items, workers, depth=prefetch + workers)
+        encoded = self._model_stage(prepared, clock, _SayOnce(say or log.warning))
+        in_thread = self.model_thread if self.model_thread is not None else device.startswith("cuda")
+        if in_thread:
+            encoded = threaded(encoded, prefetch, "sbert-model")
+        with contextlib.closing(encoded):
+            yield from encoded
+
+    def _model_stage(
+        self, prepared: Iterator[PreparedWindow], clock: StageClock, say: _SayOnce
+    ) -> Iterator[EncodedWindow]:
+        with contextlib.closing(prepared):
+            for window in prepared:
+                yield self._run_fitting(window, clock, say)
+
+    def _run_fitting(self, window: PreparedWindow, clock: StageClock, say: _SayOnce) -> EncodedWindow:
+        """`run`, fitted to the current token budget; on an out-of-memory (CUDA or host) the budget
+        is halved until the window's batches split, and the window runs again. The rows and their
+        order stay the same (smaller batches round differently, ~1e-7); a batch of one text that
+        still fails raises MemoryError."""
+        while True:
+            window.batches = fit_batches(window.batches, self.batch_tokens)
             try:
-                for payload, texts in items:
-                    if stop.is_set():
-                        return
-                    with clock.stage("tokenize"):
-                        prepared = self.prepare(texts, payload)
-                    ready.put(prepared)
-                ready.put(done)
-            except BaseException as exc:  # handed to the consumer, which re-raises it
-                ready.put(exc)
-
-        worker = threading.Thread(target=produce, name="sbert-tokenize", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = ready.get()
-                if item is done:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
                 with clock.stage("model"):
-                    encoded = self.run(item)
-                yield encoded
-        finally:
-            stop.set()
-            # Drain so a producer blocked on put() sees the stop flag and exits.
-            while worker.is_alive():
-                try:
-                    ready.get(timeout=0.05)
-                except queue.Empty:
-                    pass
+                    return self.run(window)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            # Outside the except block: the traceback (and the tensors its frames hold) is gone.
+            release_cached_memory()
+            if not self._halve_budget(window):
+                raise MemoryError(f"out of memory on a single text ({failure})")
+            say(
+                f"out of memory ({failure}); token budget halved to {self.batch_tokens:,} padded tokens "
+                "per batch and the batch retried: the same rows, in the same order"
+            )
+
+    def _halve_budget(self, window: PreparedWindow) -> bool:
+        """Halve `batch_tokens` until the window's batches split; False when every batch is one text.
+        Windows prepared later are planned with the smaller budget (workers read it)."""
+        while any(len(b.positions) > 1 for b in window.batches):
+            self.batch_tokens = max(1, self.batch_tokens // 2)
+            fitted = fit_batches(window.batches, self.batch_tokens)
+            if len(fitted) > len(window.batches):
+                window.batches = fitted
+                return True
+        return False
 
     def encode(self, texts: Sequence[str], window: int = DEFAULT_WINDOW) -> np.ndarray:
         """Embeddings (len(texts), dim) as float32, in the order of `texts`."""

@@ -1,4 +1,5 @@
-"""Building and extending a store's HNSW index (see retrieval/graph.py for the layout).
+"""Building and extending a store's indexes: the dense one (an HNSW graph, retrieval/graph.py, or
+compressed codes, retrieval/quantized.py) and the keyword one (BM25, retrieval/keyword.py).
 
 A build writes a new generation file, then replaces index.json (atomically) to point at it, and
 only then deletes the old generation: a crash at any moment leaves the previous index usable.
@@ -29,6 +30,8 @@ from sbert_cli.retrieval.graph import (
     staleness,
     uncovered_shards,
 )
+from sbert_cli.retrieval.keyword import KeywordSummary, build_keyword_index
+from sbert_cli.retrieval.quantized import check_quantize, extend_quantized, recalibration_reason
 from sbert_cli.store.atomic import atomic_path, sha256_file
 from sbert_cli.store.manifest import INDEX_MANIFEST, CoveredShard, IndexManifest
 from sbert_cli.store.store import Store, store_lock
@@ -46,6 +49,7 @@ class BuildSummary:
     reason: str | None = None
     elapsed: float = 0.0
     params: dict = field(default_factory=dict)
+    keyword: KeywordSummary | None = None  # None: not asked for (--no-bm25)
 
 
 def _check_params(M: int | None, ef_construction: int | None, threads: int | None) -> None:
@@ -62,15 +66,36 @@ def _rebuild_reason(store: Store, old: IndexManifest, requested: dict, rebuild: 
     if rebuild:
         return "asked with --rebuild"
     reason = staleness(store, old)
+    if reason is None and old.partitions:  # retrieval/partitions.py extends those
+        reason = f"it has {len(old.partitions)} partitions; now one graph"
     for key, value in requested.items():
         if reason is None and value is not None and value != getattr(old, key):
             reason = f"{key} changes from {getattr(old, key)} to {value}"
+    reason = reason or recalibration_reason(store, old)
     if reason is None:
         try:
             check_graph_file(store.path, old, verify_checksum=True)
         except InputError as exc:
             reason = str(exc).split("; rebuild")[0]
     return reason
+
+
+def _params(store: Store, old, space: str | None, M: int | None, ef_construction: int | None, quantize: str | None):
+    """Parameters not given now are those the index was built with (a rebuild after a re-encode
+    keeps the user's --space and --M), else the defaults."""
+    quantize = quantize or (old.quantize if old else "none")
+    space = space or (old.space if old else default_space(store))
+    check_quantize(quantize, space)
+    if quantize != "none":
+        if M or ef_construction:
+            raise InputError("--M and --ef-construction shape an HNSW graph: they apply to --quantize none only")
+        return IndexParams(space=space, M=0, ef_construction=0, quantize=quantize)
+    graph = old if old is not None and old.quantize == "none" else None  # a compressed index has no graph
+    return IndexParams(
+        space=space,
+        M=M or (graph.M if graph else DEFAULT_M),
+        ef_construction=ef_construction or (graph.ef_construction if graph else DEFAULT_EF_CONSTRUCTION),
+    )
 
 
 def _read_old(store_path: Path, reporter: Reporter) -> IndexManifest | None:
@@ -89,9 +114,15 @@ def build_index(
     ef_construction: int | None = None,
     threads: int | None = None,
     rebuild: bool = False,
+    quantize: str | None = None,
+    bm25: bool = True,
     reporter: Reporter | None = None,
 ) -> BuildSummary:
-    """Create or bring up to date the HNSW index of a store; returns what was done.
+    """Create or bring up to date the indexes of a store; returns what was done.
+
+    The dense index is an HNSW graph (`quantize` "none") or compressed codes ("int8", "binary");
+    parameters not given keep what the index was built with. `bm25` also builds or updates the
+    keyword index (a store without texts gets none, and the summary says why).
 
     An index that cannot be extended (stale shards, another model, other parameters, a damaged
     file) is rebuilt from scratch, with a note to the reporter: the result is always an index of
@@ -108,21 +139,18 @@ def build_index(
         store = Store.open(store_path)  # re-read under the lock: an encode may have committed since
         old = _read_old(store_path, reporter)
         wanted_space = resolve_space(space, store) if space is not None else None
-        requested = {"space": wanted_space, "M": M, "ef_construction": ef_construction}
+        requested = {"quantize": quantize, "space": wanted_space, "M": M, "ef_construction": ef_construction}
+        params = _params(store, old, wanted_space, M, ef_construction, quantize)
         reason = _rebuild_reason(store, old, requested, rebuild) if old is not None else None
         if reason is not None:
             reporter.message(f"rebuilding the index: {reason}")
         base = None if reason is not None else old
-        # Parameters not given now are those the index was built with (a rebuild after a
-        # re-encode keeps the user's --space and --M), else the defaults.
-        params = IndexParams(
-            space=wanted_space or (old.space if old else default_space(store)),
-            M=M or (old.M if old else DEFAULT_M),
-            ef_construction=ef_construction or (old.ef_construction if old else DEFAULT_EF_CONSTRUCTION),
-        )
         summary = BuildSummary(str(index_dir(store_path)), rebuilt=old is not None and base is None, reason=reason)
         summary.params = asdict(params)
-        summary.count = _extend(store, base, old, params, threads or os.cpu_count() or 1, summary, reporter)
+        extend = _extend if params.quantize == "none" else extend_quantized
+        summary.count = extend(store, base, old, params, threads or os.cpu_count() or 1, summary, reporter)
+        if bm25:
+            summary.keyword = build_keyword_index(store, rebuild=rebuild, reporter=reporter)
     summary.elapsed = time.perf_counter() - started
     return summary
 

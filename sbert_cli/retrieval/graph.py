@@ -27,7 +27,7 @@ import numpy as np
 
 from sbert_cli.errors import InputError, SbertError
 from sbert_cli.store.atomic import sha256_file
-from sbert_cli.store.manifest import INDEX_DIR, IndexManifest, ShardInfo
+from sbert_cli.store.manifest import INDEX_DIR, CoveredShard, IndexManifest, ShardInfo
 from sbert_cli.store.store import Store, embeddings_to_numpy
 
 SPACES = ("auto", "cosine", "ip", "l2")
@@ -50,6 +50,7 @@ class IndexParams:
     space: str
     M: int = DEFAULT_M
     ef_construction: int = DEFAULT_EF_CONSTRUCTION
+    quantize: str = "none"  # none: an hnswlib graph; int8, binary: compressed codes (retrieval/quantized.py)
 
 
 def index_dir(store_path: Path) -> Path:
@@ -76,8 +77,13 @@ def staleness(store: Store, manifest: IndexManifest) -> str | None:
         return f"it was built from another model ({', '.join(diffs)} differ from the store's)"
     if manifest.dim != store.dim:
         return f"its dimension {manifest.dim} is not the store's {store.dim}"
+    return shard_change(store, manifest.shards)
+
+
+def shard_change(store: Store, covered: Sequence[CoveredShard]) -> str | None:
+    """Why shards an index covers no longer match the store's (removed, re-encoded), or None."""
     current = {s.file: s.sha256 for s in store.shards}
-    for shard in manifest.shards:
+    for shard in covered:
         sha = current.get(shard.file)
         if sha is None:
             return f"{shard.file} was removed from the store since"
@@ -93,15 +99,23 @@ def uncovered_shards(store: Store, manifest: IndexManifest | None) -> list[Shard
 
 
 def check_graph_file(store_path: Path, manifest: IndexManifest, verify_checksum: bool) -> Path:
-    """The graph file named by the manifest, refusing a missing, truncated or altered one."""
-    path = index_dir(store_path) / manifest.file
+    """The graph file named by the manifest, refusing a missing, truncated or altered one (and
+    the same for the further files of a compressed index)."""
+    folder = index_dir(store_path)
+    for part in manifest.parts:
+        check_index_file(folder / part.name, part, verify_checksum, store_path)
+    return check_index_file(folder / manifest.file, manifest, verify_checksum, store_path)
+
+
+def check_index_file(path: Path, record, verify_checksum: bool, store_path: Path) -> Path:
+    """Refuse a missing, truncated or altered index file; `record` has its `bytes` and `sha256`."""
     rebuild = f"rebuild it with: sbert index {store_path} --rebuild"
     if not path.is_file():
         raise InputError(f"{path}: index file is missing; {rebuild}")
     size = path.stat().st_size
-    if size != manifest.bytes:
-        raise InputError(f"{path}: index file is damaged ({size:,} bytes, expected {manifest.bytes:,}); {rebuild}")
-    if verify_checksum and sha256_file(path) != manifest.sha256:
+    if size != record.bytes:
+        raise InputError(f"{path}: index file is damaged ({size:,} bytes, expected {record.bytes:,}); {rebuild}")
+    if verify_checksum and sha256_file(path) != record.sha256:
         raise InputError(f"{path}: index file is damaged (checksum differs); {rebuild}")
     return path
 

@@ -24,7 +24,11 @@ from sbert_cli.store.atomic import write_atomic
 STORE_FORMAT = "sbert-store"
 STORE_VERSION = 2  # 2: records the sbert version that wrote the store
 INDEX_FORMAT = "sbert-hnsw-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: records the dense index's quantization (none, int8, binary) and its further files
+KEYWORD_FORMAT = "sbert-bm25-index"
+KEYWORD_VERSION = 1
+KEYWORD_DIR = "keyword"
+KEYWORD_MANIFEST = "keyword.json"
 MANIFEST = "manifest.json"
 INDEX_DIR = "index"
 INDEX_MANIFEST = "index.json"
@@ -136,9 +140,34 @@ class CoveredShard:
     rows: int
 
 
+@dataclass(frozen=True)
+class IndexFile:
+    """One further file of an index, checked like the main one: its name in the index folder."""
+
+    name: str
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class IndexPartition:
+    """One graph of a partitioned HNSW index (retrieval/partitions.py) and the shards it holds;
+    every shard is in exactly one partition."""
+
+    file: str
+    bytes: int
+    sha256: str
+    count: int
+    shards: list[str] = field(default_factory=list)  # shard files, as the store's manifest names them
+
+
 @dataclass
 class IndexManifest:
-    """What an HNSW graph in `STORE/index/` covers and how it was built; its commit point."""
+    """What the dense index in `STORE/index/` covers and how it was built; its commit point.
+
+    `quantize` says what `file` is: "none", an hnswlib graph of the vectors; "int8" or "binary",
+    a faiss flat index of compressed codes whose hits are rescored against full-precision vectors
+    (`parts`: row ids and the vectors, memory-mapped), with M/ef_construction 0 (no graph)."""
 
     generation: int
     file: str
@@ -152,6 +181,12 @@ class IndexManifest:
     model: ModelRecord
     shards: list[CoveredShard] = field(default_factory=list)
     library: str = "hnswlib"
+    quantize: str = "none"
+    parts: list[IndexFile] = field(default_factory=list)
+    calibration_rows: int = 0  # int8: rows the per-dimension ranges were measured on
+    # Empty: one graph. Else the graphs searched together; `file` is the first one's and `parts`
+    # the others', so the checks every index file gets cover them all.
+    partitions: list[IndexPartition] = field(default_factory=list)
     format: str = INDEX_FORMAT
     version: int = INDEX_VERSION
     updated: str = field(default_factory=utc_now)
@@ -164,14 +199,55 @@ class IndexManifest:
     @classmethod
     def load(cls, store_path: str | Path) -> IndexManifest | None:
         """The index manifest, or None when the store has no index."""
+        return _load_index_manifest(cls, store_path, cls.path_in(store_path), INDEX_FORMAT, INDEX_VERSION, "index")
+
+    def save(self, store_path: str | Path) -> None:
+        self.updated = utc_now()
+        self.version = INDEX_VERSION
+        self.sbert_version = sbert_version()
+        _write(self.path_in(store_path), self)
+
+
+@dataclass(frozen=True)
+class TokenizerRecord:
+    """How texts become BM25 terms; queries must be cut the same way."""
+
+    lower: bool
+    pattern: str
+    stopwords: str
+    stemmer: str | None
+
+
+@dataclass
+class KeywordManifest:
+    """What the BM25 index in `STORE/keyword/` covers and how it was built; its commit point."""
+
+    generation: int
+    folder: str  # bm25-NNNNNN, inside STORE/keyword/
+    files: list[IndexFile]
+    docs: int
+    terms: int
+    method: str
+    k1: float
+    b: float
+    tokenizer: TokenizerRecord
+    shards: list[CoveredShard] = field(default_factory=list)
+    library: str = "bm25s"
+    library_version: str = ""
+    format: str = KEYWORD_FORMAT
+    version: int = KEYWORD_VERSION
+    updated: str = field(default_factory=utc_now)
+    sbert_version: str | None = field(default_factory=sbert_version)
+
+    @staticmethod
+    def path_in(store_path: str | Path) -> Path:
+        return Path(store_path) / KEYWORD_DIR / KEYWORD_MANIFEST
+
+    @classmethod
+    def load(cls, store_path: str | Path) -> KeywordManifest | None:
+        """The keyword index manifest, or None when the store has no keyword index."""
         path = cls.path_in(store_path)
-        if not path.is_file():
-            return None
-        hint = f"; rebuild with: sbert index {store_path} --rebuild"
-        try:
-            return _parse(cls, _read_json(path, "index manifest"), path, INDEX_FORMAT, INDEX_VERSION, "sbert index")
-        except InputError as exc:
-            raise InputError(f"{exc}{hint}") from exc
+        return _load_index_manifest(cls, store_path, path, KEYWORD_FORMAT, KEYWORD_VERSION, "keyword index")
 
     def save(self, store_path: str | Path) -> None:
         self.updated = utc_now()
@@ -185,7 +261,27 @@ def _migrate_store_v1(data: dict) -> dict:
     return {**data, "version": 2, "sbert_version": data.get("sbert_version")}
 
 
-_MIGRATIONS: dict[tuple[str, int], typing.Callable[[dict], dict]] = {(STORE_FORMAT, 1): _migrate_store_v1}
+def _migrate_index_v1(data: dict) -> dict:
+    # Version 1 indexes were all hnswlib graphs of the full-precision vectors, one file each.
+    return {**data, "version": 2, "quantize": "none", "parts": [], "calibration_rows": 0}
+
+
+_MIGRATIONS: dict[tuple[str, int], typing.Callable[[dict], dict]] = {
+    (STORE_FORMAT, 1): _migrate_store_v1,
+    (INDEX_FORMAT, 1): _migrate_index_v1,
+}
+
+
+def _load_index_manifest(
+    cls: type[T], store_path: str | Path, path: Path, fmt: str, version: int, what: str
+) -> T | None:
+    """An index's manifest (None when there is none); a bad one says how to rebuild it."""
+    if not path.is_file():
+        return None
+    try:
+        return _parse(cls, _read_json(path, f"{what} manifest"), path, fmt, version, f"sbert {what}")
+    except InputError as exc:
+        raise InputError(f"{exc}; rebuild with: sbert index {store_path} --rebuild") from exc
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -204,7 +300,10 @@ def _parse(cls: type[T], data: Any, path: Path, fmt: str, version: int, what: st
     if found > version:
         raise InputError(f"{path}: format version {found} is newer than this sbert reads ({version}); upgrade sbert")
     while found < version:
-        data = _MIGRATIONS[(fmt, found)](data)
+        migrate = _MIGRATIONS.get((fmt, found))
+        if migrate is None:  # version 0 or negative: no release wrote it
+            raise InputError(f"{path}: damaged {what} (unknown version {found})")
+        data = migrate(data)
         found = data["version"]
     try:
         return from_json(cls, data)

@@ -83,41 +83,66 @@ class ShardCommitter:
 
     def commit(self) -> None:
         """Write what is pending as the input's next shard, then record it in the manifest."""
-        import pyarrow.parquet as pq
-
         if not self.records:
             return
-        entry = self.entry
-        seq = entry.shards
-        name = f"{SHARD_DIR}/part-{entry.index:05d}-{seq:05d}.parquet"
+        entry, manifest = self.entry, self.manifest
+        name = shard_file(entry.index, entry.shards)
         final = self.store_path / name
         final.parent.mkdir(parents=True, exist_ok=True)
-        table = build_table(
-            entry.index,
-            entry.source,
-            self.records,
-            np.concatenate(self.vectors),
-            self.manifest.storage_dtype,
-            self.manifest.has_text,
-            self.manifest.has_key,
-        )
         with atomic_path(final) as tmp:
-            pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
-        ids = table.column("id")
-        shard = ShardInfo(
-            file=name,
-            input=entry.index,
-            seq=seq,
-            rows=table.num_rows,
-            id_min=int(ids[0].as_py()),
-            id_max=int(ids[-1].as_py()),
-            sha256=sha256_file(final),
-            bytes=final.stat().st_size,
-        )
-        self.manifest.shards.append(shard)
-        entry.shards = seq + 1
-        entry.rows_done += table.num_rows
-        entry.last_line = self.records[-1].line
-        self.manifest.save(self.store_path)
+            shard = write_shard(
+                tmp,
+                name,
+                entry,
+                entry.shards,
+                self.records,
+                np.concatenate(self.vectors),
+                (manifest.storage_dtype, manifest.has_text, manifest.has_key),
+            )
+        record_shard(manifest, entry, shard, self.records[-1].line)
+        manifest.save(self.store_path)
         self.shards_written += 1
         self.records, self.vectors, self.pending = [], [], 0
+
+
+def shard_file(input_index: int, seq: int) -> str:
+    """A shard's name in the store: the input and the shard's place in it, never a counter."""
+    return f"{SHARD_DIR}/part-{input_index:05d}-{seq:05d}.parquet"
+
+
+def write_shard(
+    path: Path,
+    name: str,
+    entry: InputEntry,
+    seq: int,
+    records: Sequence[Record],
+    embeddings: np.ndarray,
+    layout: tuple[str, bool, bool],
+) -> ShardInfo:
+    """Write one shard's rows to `path` (a temp name: the caller commits it) and describe it as
+    `name`. `layout` is the store's (storage_dtype, has_text, has_key). Shared by the local
+    writer and Ray workers, so both make the same bytes."""
+    import pyarrow.parquet as pq
+
+    table = build_table(entry.index, entry.source, records, embeddings, *layout)
+    pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    ids = table.column("id")
+    return ShardInfo(
+        file=name,
+        input=entry.index,
+        seq=seq,
+        rows=table.num_rows,
+        id_min=int(ids[0].as_py()),
+        id_max=int(ids[-1].as_py()),
+        sha256=sha256_file(path),
+        bytes=path.stat().st_size,
+    )
+
+
+def record_shard(manifest: StoreManifest, entry: InputEntry, shard: ShardInfo, last_line: int) -> None:
+    """List a written shard and move its input's resume point past it (saving is the caller's:
+    the manifest write is the commit)."""
+    manifest.shards.append(shard)
+    entry.shards = shard.seq + 1
+    entry.rows_done += shard.rows
+    entry.last_line = last_line

@@ -1,0 +1,157 @@
+"""Benchmark `sbert index --quantize none|int8|binary`: index bytes, build time, queries/s and
+recall@10 against exact search, for each representation, with a sweep of --rescore.
+
+    python benchmarks/bench_quantized.py --work /tmp/bench_quantized --real-store /tmp/bench_hybrid/corpus.store
+
+Vectors: encoding 100k texts takes ~20 minutes on this 2-core machine, so the 100k set is built
+from real all-MiniLM-L6-v2 vectors: the --real-store's rows (bench_hybrid.py's store: STS-train
+sentences and book paragraphs, 12,036 rows; made here if missing) plus blends of two of them,
+normalize(a x u + (1 - a) x v), a uniform in [0.5, 1]. With mean pooling, a blend approximates
+the vector of the two texts written as one, so the set keeps a real model's anisotropy and
+neighbourhoods. Queries: 1,000 STS-dev sentences, encoded by the same model, never in the base.
+The same measurement runs on the real rows alone (--rows 0 skips the 100k set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_hybrid import read_paragraphs, read_sts  # noqa: E402
+
+from sbert_cli.encoding.runner import EncodeOptions, encode_corpus  # noqa: E402
+from sbert_cli.inputs.reader import Record  # noqa: E402
+from sbert_cli.retrieval import Index, build_index, exact_search  # noqa: E402
+from sbert_cli.retrieval.quantized import DEFAULT_RESCORE  # noqa: E402
+from sbert_cli.store.manifest import IndexManifest, InputEntry, StoreManifest  # noqa: E402
+from sbert_cli.store.store import Store  # noqa: E402
+from sbert_cli.store.writer import ShardCommitter  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+RESCORES = {"none": (None,), "int8": (1, 2, 4), "binary": (4, 10, 20, 30, 40)}
+
+
+def real_store(path: Path) -> Store:
+    if not Store.exists(path):
+        pairs = read_sts(DATA / "stsb" / "sts-train.csv")
+        texts = list(dict.fromkeys(s for _, s1, s2 in pairs for s in (s1, s2) if s))
+        texts += read_paragraphs(DATA / "books")[:1500]
+        path.mkdir(parents=True, exist_ok=True)
+        (path.parent / "real.txt").write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
+        encode_corpus([str(path.parent / "real.txt")], path, EncodeOptions(device="cpu", dtype="fp32"))
+    return Store.open(path)
+
+
+def blended_store(path: Path, real: Store, rows: int, seed: int = 0) -> Store:
+    """`rows` vectors: the real ones, then blends of two of them, written as a store (no texts)."""
+    if Store.exists(path) and Store.open(path).rows == rows:
+        return Store.open(path)
+    shutil.rmtree(path, ignore_errors=True)
+    _, vectors = real.load_embeddings()
+    rng = np.random.default_rng(seed)
+    manifest = StoreManifest(model=real.model, has_text=False)
+    entry = InputEntry(index=0, source="blends", path=None, size=None, mtime_ns=None, format="synthetic")
+    manifest.inputs.append(entry)
+    committer = ShardCommitter(path, manifest, entry, 20_000)
+    for start in range(0, rows, 10_000):
+        n = min(10_000, rows - start)
+        if start + n <= len(vectors):
+            block = vectors[start : start + n]
+        else:
+            a = rng.uniform(0.5, 1.0, (n, 1)).astype(np.float32)
+            block = (
+                a * vectors[rng.integers(len(vectors), size=n)] + (1 - a) * vectors[rng.integers(len(vectors), size=n)]
+            )
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+        committer.add([Record(start + i + 1, "") for i in range(n)], block)
+    committer.commit()
+    entry.complete = True
+    manifest.save(path)
+    return Store.open(path)
+
+
+def measure(base: Store, work: Path, queries: np.ndarray, label: str, kinds: list[str]) -> None:
+    truth = exact_search(base, queries, 10)[0]
+    raw = base.rows * base.dim * 4  # the float32 vectors themselves
+    print(f"\n## {label}: {base.rows:,} x {base.dim} vectors, {len(queries):,} queries, k=10")
+    print(
+        "| index | in memory (MB) | float32 vectors / this | rescore vectors, disk mmap (MB) | build s | --rescore | queries/s | ms/query (one at a time) | recall@10 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for quantize in kinds:
+        store = work / f"{base.path.name}-{quantize}"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(base.path, store)
+        started = time.perf_counter()
+        build_index(store, quantize=quantize, bm25=False, rebuild=True)
+        build_s = time.perf_counter() - started
+        manifest = IndexManifest.load(store)
+        ids_bytes = sum(p.bytes for p in manifest.parts if p.name.endswith(".ids.npy"))
+        memory = manifest.bytes + ids_bytes
+        disk = sum(p.bytes for p in manifest.parts if p.name.endswith(".vectors.npy"))
+        index = Index.open(store)
+        for rescore in RESCORES[quantize]:
+            qps, latency, recall = _time(index, queries, truth, rescore)
+            shown = (
+                "-"
+                if rescore is None
+                else (f"**{rescore}** (default)" if rescore == DEFAULT_RESCORE[quantize] else rescore)
+            )
+            print(
+                f"| {quantize} | {memory / 1e6:,.1f} | {raw / memory:.2f}x | {disk / 1e6:,.1f} | {build_s:.1f} "
+                f"| {shown} | {qps:,.0f} | {latency:.2f} | {recall:.4f} |"
+            )
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def _time(index: Index, queries: np.ndarray, truth: np.ndarray, rescore: int | None) -> tuple[float, float, float]:
+    index.search_vectors(queries[:8], 10, rescore=rescore)  # warm up: page in what a search touches
+    started = time.perf_counter()
+    found = index.search_vectors(queries, 10, rescore=rescore)[0]
+    qps = len(queries) / (time.perf_counter() - started)
+    times = []
+    for q in queries[:100]:
+        t = time.perf_counter()
+        index.search_vectors(q[None], 10, rescore=rescore)
+        times.append(time.perf_counter() - t)
+    recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+    return qps, 1000 * statistics.median(times), recall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument(
+        "--real-store", type=Path, default=None, help="Store of real vectors [default: WORK/real.store]."
+    )
+    parser.add_argument("--rows", type=int, default=100_000, help="Size of the blended set (0: skip it).")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--only", default="none,int8,binary", help="Indexes to measure (none takes minutes at 100k).")
+    args = parser.parse_args()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    kinds = args.only.split(",")
+    real = real_store(args.real_store or args.work / "real.store")
+    pairs = read_sts(DATA / "stsb" / "sts-dev.csv")
+    texts = list(dict.fromkeys(s for _, s1, _ in pairs for s in (s1,) if s))[: args.queries]
+    started = time.perf_counter()
+    queries = Index.open(real.path, exact=True, device="cpu").encode(texts)
+    print(f"encoded {len(texts):,} STS-dev queries in {time.perf_counter() - started:.1f} s")
+    if args.rows:
+        blended = blended_store(args.work / f"blended-{args.rows}.store", real, args.rows)
+        measure(blended, args.work, queries, f"{args.rows:,} vectors (real + blends of real all-MiniLM-L6-v2)", kinds)
+    measure(real, args.work, queries, f"{real.rows:,} real all-MiniLM-L6-v2 vectors", kinds)
+
+
+if __name__ == "__main__":
+    main()
