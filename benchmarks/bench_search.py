@@ -30,9 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sbert_cli.encoding.runner import EncodeOptions, encode_corpus  # noqa: E402
 from sbert_cli.retrieval import Index, build_index, exact_search  # noqa: E402
 from sbert_cli.retrieval.graph import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M  # noqa: E402
-from sbert_cli.encoding.runner import EncodeOptions, encode_corpus  # noqa: E402
 from sbert_cli.store.store import Store  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

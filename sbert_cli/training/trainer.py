@@ -70,7 +70,8 @@ def _device_and_precision(options: TrainOptions) -> tuple[str, str]:
     if options.precision != "auto":
         return device, options.precision
     # Mixed precision (weights and optimizer stay fp32) where the hardware does bf16 math natively:
-    # about twice the fp32 speed on an AVX512-BF16 CPU. Emulated bf16 would be slower than fp32.
+    # a MiniLM step took 0.4-0.5 s against 0.6-0.7 s in fp32 on this project's AVX512-BF16 CPU.
+    # Emulated bf16 would be slower than fp32.
     if device.startswith("cuda"):
         return device, "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return device, "bf16" if cpu_has_native_bf16() else "fp32"
