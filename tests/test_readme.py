@@ -68,6 +68,14 @@ def make_inputs(work: Path) -> None:
     (work / "big.txt.gz").write_bytes(gzip.compress("\n".join(paragraphs[:6]).encode("utf-8") + b"\n"))
     (work / "queries.txt").write_text("a storm at sea\nwho is the captain?\na ball in Moscow\n", encoding="utf-8")
     shutil.copy(FIXTURES / "sts-sample.tsv", work / "sts-dev.csv")
+    shutil.copy(FIXTURES / "sts-sample.tsv", work / "sts-train.csv")
+    # A BEIR-layout retrieval set: each query's answer is the paragraph it was cut from.
+    corpus = [{"_id": f"p{i}", "title": "", "text": t} for i, t in enumerate(paragraphs[:12])]
+    queries = [{"_id": f"q{i}", "text": " ".join(t.split()[:8])} for i, t in enumerate(paragraphs[:12])]
+    (work / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus), encoding="utf-8")
+    (work / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    qrels = "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\tp{i}\t1\n" for i in range(12))
+    (work / "qrels.tsv").write_text(qrels, encoding="utf-8")
     pairs = [("how do whales breathe?", paragraphs[0]), ("a ball in Moscow", paragraphs[1])]
     (work / "pairs.jsonl").write_text("".join(json.dumps({"query": q, "passage": p}) + "\n" for q, p in pairs), "utf-8")
 
