@@ -6,8 +6,9 @@
 Each contender is a fresh process that reads the corpus file, encodes it and saves the vectors:
 start-up, model load and writing are included. The contenders run in rounds, one after another
 in a rotating order, so load from other processes on a shared machine falls on all of them; the
-table gives each one's best and median round, texts/s and tokens/s of the best, the ratio to the
-peer's best, peak RSS and the minimum cosine against the fp32 peer. With --sts, also the
+table gives each one's best and median wall time, its best CPU time (user + system: on a shared
+machine it moves far less with other processes' load), texts/s, the ratios to the peer's best
+(wall and CPU), peak RSS and the minimum cosine against the fp32 peer. With --sts, also the
 STS-benchmark dev Spearman per dtype (the quality bar for `--dtype auto`).
 
 `auto` runs with a calibration cache of its own (in the scratch folder): its first round
@@ -53,8 +54,8 @@ RUNS = {
 }
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one child process."""
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MiB) of one child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -62,7 +63,7 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, flo
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{stderr}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def store_vectors(store: Path) -> np.ndarray:
@@ -102,9 +103,9 @@ def sbert_cmd(corpus: Path, store: Path, name: str) -> list[str]:
 
 
 def run_rounds(args, work: Path, corpus: Path, env: dict[str, str]) -> tuple[dict[str, list], dict[str, float]]:
-    """Every contender once per round, the order rotating; returns seconds and peak RSS per name."""
+    """Every contender once per round, the order rotating; returns (wall s, CPU s) runs and peak RSS."""
     names = [PEER, *args.runs]
-    seconds: dict[str, list[float]] = {}
+    runs: dict[str, list[tuple[float, float]]] = {}
     rss: dict[str, float] = {}
     for rnd in range(args.rounds):
         shift = rnd % len(names)
@@ -114,23 +115,22 @@ def run_rounds(args, work: Path, corpus: Path, env: dict[str, str]) -> tuple[dic
             else:
                 shutil.rmtree(work / f"store-{name}", ignore_errors=True)  # a new store: auto decides afresh
                 cmd = sbert_cmd(corpus, work / f"store-{name}", name)
-            secs, peak = timed(cmd, env)
+            wall, cpu, peak = timed(cmd, env)
             label = f"{name} (first run)" if name == "auto" and rnd == 0 else name
-            seconds.setdefault(label, []).append(secs)
+            runs.setdefault(label, []).append((wall, cpu))
             rss[name] = max(rss.get(name, 0.0), peak)
-            print(f"round {rnd + 1}: {label:30} {secs:7.1f} s", flush=True)
-    return seconds, rss
+            print(f"round {rnd + 1}: {label:40} {wall:7.1f} s wall {cpu:7.1f} s CPU", flush=True)
+    return runs, rss
 
 
-def print_table(args, texts: int, tokens: int, seconds: dict[str, list], rss: dict[str, float], work: Path) -> None:
+def print_table(texts: int, tokens: int, runs: dict[str, list], rss: dict[str, float], work: Path) -> None:
+    """Best wall and CPU seconds per contender. On a shared machine CPU seconds (user + system)
+    move far less with other processes' load than wall seconds do: both ratios are shown."""
     peer = np.load(work / "peer.npy")
-    peer_best = min(seconds[PEER])
-    print(
-        f"\n{'run':40} {'best s':>7} {'median':>7} {'texts/s':>8} {'tokens/s':>9} {'x peer':>7} {'RSS MiB':>8} {'min cos':>9}"
-    )
-    for name, runs in seconds.items():
-        if not runs:
-            continue
+    peer_wall, peer_cpu = min(w for w, _ in runs[PEER]), min(c for _, c in runs[PEER])
+    head = f"{'run':40} {'wall s':>7} {'median':>7} {'CPU s':>7} {'texts/s':>8} {'x peer':>7} {'x CPU':>6}"
+    print(f"\n{head} {'RSS MiB':>8} {'min cos':>9}")
+    for name, measured in runs.items():
         base = name.split(" ")[0]
         cos, label = "-", name
         if name != PEER:
@@ -138,17 +138,21 @@ def print_table(args, texts: int, tokens: int, seconds: dict[str, list], rss: di
             cos = f"{float((store_vectors(store) * peer).sum(1).min()):.6f}"
             label = f"sbert {' '.join(RUNS[base][1:])}" + (" (1st run)" if base != name else "")
             label += f" -> {store_dtype(store)}" if base == "auto" else ""
-        best = min(runs)
+        wall, cpu = min(w for w, _ in measured), min(c for _, c in measured)
         print(
-            f"{label:40} {best:7.1f} {statistics.median(runs):7.1f} {texts / best:8.1f} {tokens / best:9.0f} "
-            f"{peer_best / best:7.2f} {rss.get(name if name == PEER else base, 0):8.0f} {cos:>9}"
+            f"{label:40} {wall:7.1f} {statistics.median(w for w, _ in measured):7.1f} {cpu:7.1f} "
+            f"{texts / wall:8.1f} {peer_wall / wall:7.2f} {peer_cpu / cpu:6.2f} "
+            f"{rss.get(name if name == PEER else base, 0):8.0f} {cos:>9}"
         )
-    fixed = {n: min(seconds[n]) for n in ("fp32", "bf16", "int8") if seconds.get(n)}
-    if seconds.get("auto") and fixed:
-        fastest = min(fixed, key=fixed.__getitem__)
-        print(
-            f"\nauto (cached) vs the fastest fixed dtype ({fastest}): {min(seconds['auto']) / fixed[fastest] - 1:+.1%}"
-        )
+    fixed = {n: runs[n] for n in ("fp32", "bf16") if runs.get(n)}  # what auto chooses between
+    if runs.get("auto") and fixed:
+        for i, what in ((0, "wall"), (1, "CPU")):
+            best = {n: min(r[i] for r in fixed[n]) for n in fixed}
+            fastest = min(best, key=best.__getitem__)
+            auto = min(r[i] for r in runs["auto"])
+            print(
+                f"auto (cached) vs the fastest fixed dtype ({fastest}), {what} seconds: {auto / best[fastest] - 1:+.1%}"
+            )
 
 
 def main() -> None:
@@ -181,10 +185,10 @@ def main() -> None:
     warm = work / "warm.txt"
     warm.write_text("\n".join(texts[:20]) + "\n", encoding="utf-8")
     for name in args.runs:
-        secs, _ = timed(sbert_cmd(warm, work / f"warm-{name}", name), env)
+        secs, _, _ = timed(sbert_cmd(warm, work / f"warm-{name}", name), env)
         print(f"warm-up {name}: {secs:.1f} s (includes a one-time ONNX export when not cached yet)")
-    seconds, rss = run_rounds(args, work, corpus, env)
-    print_table(args, len(texts), tokens, seconds, rss, work)
+    runs, rss = run_rounds(args, work, corpus, env)
+    print_table(len(texts), tokens, runs, rss, work)
     calibration = work / "cache" / "calibration.json"
     if calibration.is_file():
         for entry in json.loads(calibration.read_text()).values():
@@ -197,7 +201,7 @@ def main() -> None:
         for dtype in dict.fromkeys(["fp32", *[RUNS[n][1] for n in args.runs]]):
             if dtype != "auto":
                 print(f"  --dtype {dtype:5} {sts_spearman(dtype):.2f}")
-    (work / "results.json").write_text(json.dumps({"seconds": seconds, "rss": rss, "tokens": tokens}))
+    (work / "results.json").write_text(json.dumps({"runs": runs, "rss": rss, "tokens": tokens}))
 
 
 if __name__ == "__main__":

@@ -365,6 +365,7 @@ def test_auto_store_records_the_measured_dtype_and_appending_keeps_it(bf16_cpu, 
     dtype it chose, and the second store reuses the cached result."""
     monkeypatch.setattr(calibrate, "SMALL_JOB_TEXTS", 10)
     monkeypatch.setattr(calibrate, "SAMPLE_TEXTS", 8)
+    monkeypatch.setattr("sbert_cli.encoding.loader.unload_encoder", lambda settings: None)  # keep the shared fp32
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(f"Sentence number {i} is about {WORDS[i % len(WORDS)]}." for i in range(30)))
     said = Messages()

@@ -82,7 +82,7 @@ def compare_sts(
         scores = score_pairs(encoder, pairs)
         seconds = time.perf_counter() - started
         result = correlate(scores, pairs.gold).as_dict()
-        row = {**_label(encoder), **result, "texts_per_s": round(distinct / max(seconds, 1e-9), 1)}
+        row = {**_label(encoder), **result, "texts_per_s": round(distinct / max(seconds, 1e-9))}
         reporter.message(f"{row['model']} {row['dtype']}: Spearman {_x100(row['spearman'])}")
         rows.append(row)
     return rows
@@ -115,7 +115,7 @@ def compare_retrieval(
         ]
         metrics = retrieval_metrics(judged.qrels, run_from_hits(judged.query_ids, hits))
         encoded = len(corpus_texts) + len(judged.query_texts)
-        speed = round(encoded / max(corpus_seconds + query_seconds, 1e-9), 1)
+        speed = round(encoded / max(corpus_seconds + query_seconds, 1e-9))
         rows.append(
             {**_label(encoder), "search": "exact", **metrics, "queries": len(judged.query_ids), "texts_per_s": speed}
         )
@@ -144,5 +144,5 @@ def retrieval_on_store(store_path: str, judged: Judged, use_index: bool, device:
         "search": "hnsw" if use_index else "exact",
         **metrics,
         "queries": len(judged.query_ids),
-        "texts_per_s": round(len(judged.query_texts) / max(seconds, 1e-9), 1),
+        "texts_per_s": round(len(judged.query_texts) / max(seconds, 1e-9)),
     }

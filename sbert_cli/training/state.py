@@ -131,6 +131,8 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """One training process per directory; flock is released by the kernel even on kill -9."""
+        if self.output.exists() and not self.output.is_dir():
+            raise InputError(f"{self.output}: exists and is not a directory")
         created = not self.work.exists()
         self.work.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.work / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
