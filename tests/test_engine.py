@@ -87,7 +87,6 @@ def test_workers_option_on_the_command_line(tmp_path):
     assert result.exit_code == 2
 
 
-@pytest.mark.slow
 def test_real_model_windows_are_identical_for_one_and_two_workers(encoder, sample_texts):
     texts = sample_texts[:8]
     windows = [(i, texts[i : i + 3]) for i in range(0, len(texts), 3)]
@@ -259,7 +258,6 @@ def test_out_of_memory_recognized():
     assert is_out_of_memory(OutOfMemoryError("Tried to allocate 2.00 GiB"))
 
 
-@pytest.mark.slow
 def test_real_model_out_of_memory_retry_gives_the_same_vectors(encoder, sample_texts, monkeypatch):
     texts = sample_texts[:16]
     expected = encoder.encode(texts)

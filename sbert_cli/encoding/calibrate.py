@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 CACHE_VERSION = 1
 SMALL_JOB_TEXTS = 2048  # one window: the job is over before a calibration would pay for itself
 SAMPLE_FROM = 512  # the calibration texts are spread over the run's first texts, so that a few
-SAMPLE_TEXTS = 64  # short headings at the top of a file do not stand for the whole corpus
+SAMPLE_TEXTS = 32  # short headings at the top of a file do not stand for the whole corpus
+# 32 book paragraphs (~1,800 tokens, about one CPU batch) take ~1.3 s in fp32 on the 2-core AMD
+# EPYC: with the warm-ups and the second model load the calibration costs ~5 s, once per machine.
 ORDER = ("fp32", "bf16", "bf16", "fp32")  # ABBA: load from other processes drifting over the
 # calibration weighs on both dtypes alike; each is timed twice and its faster time kept
 BF16_MIN_GAIN = 0.97  # bf16 replaces fp32 only when it takes under 97% of fp32's time

@@ -9,13 +9,15 @@ BACKENDS = ("auto", "torch", "onnx")
 # Padded tokens per batch. On CPU small batches win (measured on 500 paragraphs, 2 cores:
 # 8192 -> 5.9 s, 4096 -> 4.5 s, 2048 -> 4.0 s, 1024 -> 3.9 s): the GEMMs are already
 # big enough for two cores and attention grows with length. On a GPU big batches keep it busy.
+# The same holds on the 2-core AMD EPYC with AVX-512 (600 paragraphs, best of 4: fp32 2048 ->
+# 5.9 s, 3072 -> 6.0 s, 4096 -> 6.2 s; bf16 2048 -> 3.7 s, 4096 -> 3.7 s, 8192 -> 4.2 s).
 DEFAULT_CPU_BATCH_TOKENS = 2048
 DEFAULT_GPU_BATCH_TOKENS = 65536
 DEFAULT_WINDOW = 2048
 # Texts per sorted window on a GPU. Windows are sorted by length and cut into 65,536-token
-# batches of at most 512 texts; from 2,048-text windows those batches are 37% padding (the
-# 18,340 book paragraphs), from 8,192-text windows 13%, from shard-sized ones 4%: the GPU would
-# spend a third of its time on padding. (On the CPU's 2,048-token batches 2,048 texts give 2.5%.)
+# batches of at most 512 texts; from 2,048-text windows those batches are 37% padding (the book
+# paragraphs), from 16,384-text windows (cut at 4M characters, ~10,800 paragraphs) 6.5%: the GPU
+# would spend a third of its time on padding. (The CPU's 2,048-token batches: 2.5% from 2,048.)
 # Windows still never straddle a shard and are a fixed function of the input, so resuming holds.
 DEFAULT_GPU_WINDOW = 16384
 
