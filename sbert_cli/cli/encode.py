@@ -95,6 +95,14 @@ def encode(
         int, typer.Option(metavar="ROWS", help="Rows per Parquet shard (the unit of resumption).")
     ] = 20_000,
     force: Annotated[bool, typer.Option("--force", help="Re-encode inputs the store already has.")] = False,
+    sync: Annotated[
+        bool,
+        typer.Option(
+            "--sync",
+            help="Make the store hold exactly the given inputs as they are now: encode new and changed records "
+            "only, remove inputs not given, follow renames (no model load when nothing changed).",
+        ),
+    ] = False,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -126,6 +134,8 @@ def encode(
     setup_logging(verbose, quiet)
     if ray_workers is not None and ray is None:
         raise InputError("--ray-workers applies to --ray runs; add --ray")
+    if sync and (ray is not None or force):
+        raise InputError(f"--sync does not combine with {'--ray' if ray is not None else '--force'}")
     options = EncodeOptions(
         model=model,
         device=device,
@@ -143,6 +153,7 @@ def encode(
         store_text=not no_text,
         shard_size=shard_size,
         force=force,
+        sync=sync,
         glob=glob,
         read=ReadOptions(
             format=input_format,
@@ -162,6 +173,12 @@ def encode(
 
             summary = encode_on_ray(inputs, output, options, RayOptions(ray, ray_workers), reporter=reporter)
     say = reporter.message
+    if summary.sync is not None:
+        say(f"{summary.sync.line()}; store {summary.store} now has {summary.store_rows:,} rows")
+        if not summary.rows:
+            return
+    elif summary.inputs_skipped:
+        say(f"{len(summary.inputs_skipped)} input(s) already encoded, skipped (-v lists them; --sync follows changes)")
     if not summary.rows and not summary.inputs_encoded:
         say(f"nothing to do; {summary.store} has {summary.store_rows:,} rows")
         return

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sbert_cli.encoding.devices import window_texts
 from sbert_cli.encoding.loader import ModelSettings
-from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
+from sbert_cli.encoding.plan import PlannedInput, SyncCounts, plan_inputs, reset_entry
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
 from sbert_cli.inputs.reader import ReadOptions, ReadStats, Record, expand_inputs, read_records, scan
@@ -43,6 +43,7 @@ class EncodeOptions(ModelSettings):
     store_text: bool = True
     shard_size: int = DEFAULT_SHARD_SIZE
     force: bool = False
+    sync: bool = False  # the store follows the inputs: encoding/sync.py
     glob: str | None = None
     read: ReadOptions = field(default_factory=ReadOptions)
 
@@ -64,6 +65,7 @@ class EncodeSummary:
     inputs_resumed: list[str] = field(default_factory=list)
     store_rows: int = 0
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage: read, tokenize, model, write
+    sync: SyncCounts | None = None  # --sync: what changed
 
     @property
     def texts_per_s(self) -> float:
@@ -142,6 +144,12 @@ def encode_corpus(
     record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
     if existing is not None:
         existing.check_compatible(record, "this run's model")
+    if options.sync and existing is not None:
+        from sbert_cli.encoding.sync import sync_corpus
+
+        return sync_corpus(store_path, sources, options, reporter, encoder)
+    if options.sync and any(s.is_stdin for s in sources):
+        raise InputError("-: --sync follows files and folders; standard input has no name to follow")
     manifest = existing.manifest if existing else StoreManifest(record, options.storage_dtype, options.store_text)
     manifest.shard_size = manifest.shard_size if existing else options.shard_size
     plan = plan_inputs(sources, manifest.copy(), options.force, reporter.message)
@@ -171,6 +179,7 @@ def encode_corpus(
                 loop = functools.partial(_run_with_settings, encoder)
             summary = loop(store_path, manifest, plan, options, total, reporter)
             summary.inputs_skipped = [s.name for s in sources if s.name not in {i.source.name for i in plan}]
+            summary.sync = SyncCounts(new=len(plan)) if options.sync else None
             return summary
     except BaseException:
         if created and not Store.exists(store_path):
@@ -247,8 +256,12 @@ def _windows(plan: list[PlannedInput], options: EncodeOptions, stats: dict[int, 
     end marker per input."""
     for item in plan:
         input_stats = stats.setdefault(item.entry.index, ReadStats())
-        skip = item.entry.last_line
-        records = (r for r in read_records(item.source, options.read, input_stats) if r.line > skip)
+        skip, only = item.entry.last_line, item.only_lines  # only: --sync of an edited input
+        records = (
+            r
+            for r in read_records(item.source, options.read, input_stats)
+            if r.line > skip and (only is None or r.line in only)
+        )
         for window in _aligned_windows(records, options.shard_size, texts):
             yield (item, window), [r.text for r in window]
         yield (item, None), []
@@ -289,7 +302,9 @@ def _run(
     for done in encoder.encode_windows(windows, clock=clock, workers=options.workers, say=reporter.message):
         item, records = done.payload
         entry = item.entry
-        committer = committers.setdefault(entry.index, ShardCommitter(store_path, manifest, entry, options.shard_size))
+        if entry.index not in committers:
+            committers[entry.index] = item.committer or ShardCommitter(store_path, manifest, entry, options.shard_size)
+        committer = committers[entry.index]
         with clock.stage("write"):
             if records is not None:
                 committer.add(records, done.embeddings)

@@ -84,6 +84,10 @@ class InputEntry:
     shards: int = 0
     complete: bool = False
     blank: int | None = None
+    # --sync (encoding/sync.py): the file's sha256 when last encoded, and the next free local id
+    # (the low LINE_BITS of a row id) for records an edit adds; 0: above every id its shards hold.
+    content_sha256: str | None = None
+    next_local: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class StoreManifest:
     shard_size: int = 20_000
     inputs: list[InputEntry] = field(default_factory=list)
     shards: list[ShardInfo] = field(default_factory=list)
+    next_input: int = 0  # the next input index: removed inputs' indexes (and so their ids) are never reused
     format: str = STORE_FORMAT
     version: int = STORE_VERSION
     created: str = field(default_factory=utc_now)
@@ -187,6 +192,7 @@ class IndexManifest:
     # Empty: one graph. Else the graphs searched together; `file` is the first one's and `parts`
     # the others', so the checks every index file gets cover them all.
     partitions: list[IndexPartition] = field(default_factory=list)
+    deleted: int = 0  # rows marked deleted in the graph (removed from the store); `count` is the live ones
     format: str = INDEX_FORMAT
     version: int = INDEX_VERSION
     updated: str = field(default_factory=utc_now)

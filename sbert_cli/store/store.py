@@ -29,6 +29,11 @@ LINE_BITS = 40  # up to 1.1e12 records per input, 8.4e6 inputs per store
 STORAGE_DTYPES = ("float32", "float16")
 
 
+class ShardGone(SbertError):
+    """A listed shard vanished: a writer (sync, rm, --force) committed a newer manifest and deleted
+    it. Readers reopen the store and try once more (`Index.search`)."""
+
+
 def make_id(input_index: int, line: int) -> int:
     return (input_index << LINE_BITS) | line
 
@@ -109,6 +114,8 @@ class Store:
         path = self.shard_path(shard)
         try:
             return pq.read_table(path, columns=columns)
+        except FileNotFoundError as exc:
+            raise ShardGone(f"{path}: removed by a writer since this reader opened the store") from exc
         except (OSError, pa.ArrowException) as exc:
             raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
 
@@ -137,21 +144,23 @@ class Store:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        # The manifest lists shards in commit order, which is not id order once an input was
-        # resumed after another or re-encoded with --force: sort before bisecting.
-        shards = sorted(self.shards, key=lambda s: s.id_min)
-        starts = np.array([s.id_min for s in shards], dtype=np.int64)
+        # Id ranges of one input's shards overlap once `--sync` rewrote it (kept rows keep their
+        # ids, new ones get ids above them), so a row is looked for in every shard whose range holds it.
+        shards = self.shards
+        lows = np.array([s.id_min for s in shards], dtype=np.int64)
+        highs = np.array([s.id_max for s in shards], dtype=np.int64)
         by_shard: dict[int, list[int]] = {}
         for row_id in sorted({int(i) for i in ids}):
-            pos = int(np.searchsorted(starts, row_id, side="right")) - 1
-            if pos >= 0 and row_id <= shards[pos].id_max:
-                by_shard.setdefault(pos, []).append(row_id)
+            for pos in np.flatnonzero((lows <= row_id) & (highs >= row_id)):
+                by_shard.setdefault(int(pos), []).append(row_id)
         present = [c for c in columns if c in self.columns()]
         out: dict[int, dict] = {}
         for pos, row_ids in by_shard.items():
             path = self.shard_path(shards[pos])
             try:
                 table = pq.read_table(path, columns=["id", *present], filters=[("id", "in", row_ids)])
+            except FileNotFoundError as exc:
+                raise ShardGone(f"{path}: removed by a writer since this reader opened the store") from exc
             except (OSError, pa.ArrowException) as exc:
                 raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
             table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(row_ids, type=pa.int64())))

@@ -7,6 +7,7 @@ unlisted file, which the next run overwrites or removes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +32,18 @@ def shard_schema(dim: int, storage_dtype: str, has_text: bool, has_key: bool):
     if has_key:
         fields.append(pa.field("key", pa.string()))
     fields.append(pa.field("embedding", pa.list_(value, dim), nullable=False))
+    fields.append(pa.field("record_hash", pa.int64()))  # --sync recognizes unchanged records by it
     return pa.schema(fields)
+
+
+def record_hash(text: str, key: str | None) -> int:
+    """A record's content hash (its text and kept key): 64 bits of BLAKE2b, as a signed int64."""
+    data = text.encode("utf-8") + (b"\x00" + key.encode("utf-8") if key is not None else b"\x01")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def record_hashes(records: Sequence[Record]) -> np.ndarray:
+    return np.fromiter((record_hash(r.text, r.key) for r in records), dtype=np.int64, count=len(records))
 
 
 def build_table(
@@ -58,6 +70,7 @@ def build_table(
     if has_key:
         columns["key"] = pa.array([r.key for r in records], pa.string())
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
+    columns["record_hash"] = pa.array(record_hashes(records), pa.int64())
     return pa.Table.from_arrays(list(columns.values()), schema=schema)
 
 

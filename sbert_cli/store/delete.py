@@ -1,0 +1,155 @@
+"""Removing and rewriting a store's inputs, copy-on-write.
+
+Shards hold one input each, so removing an input drops its shard files, and changing one (an
+edit or a rename under `--sync`) writes all its rows afresh into new shard files (new sequence
+numbers, so never a name something may still read). The order is always: write the new files,
+commit the manifest (the atomic rename is the commit point), then delete the old files. A crash
+before the commit leaves unlisted files, which the next writer removes; a crash after it leaves
+only old files to delete. Readers holding the previous manifest either finish before the delete
+or find a file gone and reopen the store (`store.ShardGone`).
+
+So the shards never hold a removed row: `pandas.read_parquet("STORE/shards")` reads exactly the
+live rows, and there is nothing in the shards to compact.
+
+Ids are never reused: an input's index comes from `StoreManifest.next_input`, and a record an
+edit adds gets a local id from `InputEntry.next_local`, above every id the input ever had. So a
+row id always names the same vector, which is what lets the indexes follow by deleting labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sbert_cli.errors import InputError
+from sbert_cli.store.atomic import atomic_path, sha256_file
+from sbert_cli.store.manifest import InputEntry, ShardInfo, StoreManifest
+from sbert_cli.store.store import LINE_BITS, Store, store_lock
+from sbert_cli.store.writer import ROW_GROUP_ROWS, shard_file
+
+LOCAL_MASK = (1 << LINE_BITS) - 1
+
+
+@dataclass
+class RemoveSummary:
+    store: str
+    inputs: list[str] = field(default_factory=list)
+    rows: int = 0
+    store_rows: int = 0
+
+
+def reserve_indexes(manifest: StoreManifest) -> None:
+    """Make `next_input` cover every index in use (older stores do not record it)."""
+    used = max((e.index for e in manifest.inputs), default=-1) + 1
+    manifest.next_input = max(manifest.next_input, used)
+
+
+def next_local(manifest: StoreManifest, entry: InputEntry) -> int:
+    """The first local id an edit may give a new record of `entry`: above all it ever had."""
+    highest = max((s.id_max & LOCAL_MASK for s in manifest.shards if s.input == entry.index), default=0)
+    return max(entry.next_local, entry.last_line + 1, highest + 1)
+
+
+def drop_inputs(manifest: StoreManifest, entries: Iterable[InputEntry]) -> list[str]:
+    """Forget inputs and their shards; returns the files to delete once the manifest is committed."""
+    reserve_indexes(manifest)
+    gone = {e.index for e in entries}
+    files = [s.file for s in manifest.shards if s.input in gone]
+    manifest.shards = [s for s in manifest.shards if s.input not in gone]
+    manifest.inputs = [e for e in manifest.inputs if e.index not in gone]
+    return files
+
+
+def commit(store_path: Path, manifest: StoreManifest, old_files: Sequence[str]) -> None:
+    """The commit point (the manifest), then the files it no longer lists."""
+    manifest.save(store_path)
+    for name in old_files:
+        (store_path / name).unlink(missing_ok=True)
+
+
+def replace_input_rows(store_path: Path, manifest: StoreManifest, entry: InputEntry, table) -> list[str]:
+    """Write `table` (all of `entry`'s rows, in order, the shard layout) as new shard files and
+    list them instead of the input's old ones; returns the old files (delete after the commit)."""
+    old = [s for s in manifest.shards if s.input == entry.index]
+    seq = max([entry.shards, *(s.seq + 1 for s in old)])
+    new: list[ShardInfo] = []
+    size = max(manifest.shard_size, 1)
+    for start in range(0, table.num_rows, size):
+        new.append(_write(store_path, entry.index, seq, table.slice(start, size)))
+        seq += 1
+    manifest.shards = [s for s in manifest.shards if s.input != entry.index] + new
+    entry.shards = seq
+    entry.rows_done = table.num_rows
+    return [s.file for s in old]
+
+
+def _write(store_path: Path, input_index: int, seq: int, table) -> ShardInfo:
+    import pyarrow.parquet as pq
+
+    name = shard_file(input_index, seq)
+    final = store_path / name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(final) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    ids = table.column("id").to_numpy()
+    return ShardInfo(
+        file=name,
+        input=input_index,
+        seq=seq,
+        rows=table.num_rows,
+        id_min=int(ids.min()),
+        id_max=int(ids.max()),
+        sha256=sha256_file(final),
+        bytes=final.stat().st_size,
+    )
+
+
+def input_table(store: Store, entry: InputEntry):
+    """All rows of one input, in shard order (None when it has none)."""
+    import pyarrow as pa
+
+    tables = [store.read_shard(s) for s in store.manifest.shards if s.input == entry.index]
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def find_inputs(manifest: StoreManifest, names: Sequence[str]) -> list[InputEntry]:
+    """Inputs by the source name the store shows or by path (as given, or resolved); an unknown
+    name is an InputError listing what the store holds."""
+    found: list[InputEntry] = []
+    for name in names:
+        resolved = str(Path(name).resolve())
+        match = [e for e in manifest.inputs if name in (e.source, e.path) or e.path == resolved]
+        if not match:
+            known = ", ".join(e.source for e in manifest.inputs[:5]) or "none"
+            more = f" (and {len(manifest.inputs) - 5} more)" if len(manifest.inputs) > 5 else ""
+            raise InputError(f"{name}: not an input of this store; its inputs: {known}{more}")
+        found += [e for e in match if e not in found]
+    return found
+
+
+def remove_inputs(store_path: str | Path, names: Sequence[str]) -> RemoveSummary:
+    """`sbert rm`: remove inputs and their rows from the store, under the writer lock."""
+    store_path = Path(store_path)
+    Store.open(store_path)  # a clear error for a missing or foreign store, before locking
+    if not names:
+        raise InputError("name at least one input to remove")
+    with store_lock(store_path):
+        store = Store.open(store_path)
+        manifest = store.manifest
+        entries = find_inputs(manifest, names)
+        summary = RemoveSummary(str(store_path), [e.source for e in entries])
+        summary.rows = sum(s.rows for s in manifest.shards if s.input in {e.index for e in entries})
+        commit(store_path, manifest, drop_inputs(manifest, entries))
+        summary.store_rows = manifest.rows
+    return summary
+
+
+def live_ids(store: Store) -> np.ndarray:
+    """Every row id the store holds, sorted (reads the id column only)."""
+    parts = [store.read_shard(s, ["id"]).column("id").to_numpy() for s in store.shards]
+    return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
