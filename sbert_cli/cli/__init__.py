@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-from sbert_cli.cli import cluster, encode, index, search, similarity, train
+from sbert_cli.cli import cluster, encode, index, rm, search, similarity, train
 from sbert_cli.cli import eval as eval_cli
+from sbert_cli.cli import info as info_cli
 from sbert_cli.cli._common import SbertCommand
 
 
@@ -43,6 +44,8 @@ app.command(no_args_is_help=True)(search.search)
 app.command(no_args_is_help=True)(cluster.cluster)
 app.command(no_args_is_help=True)(similarity.similarity)
 app.command(no_args_is_help=True)(train.train)
+app.command(no_args_is_help=True)(rm.rm)
+app.command(no_args_is_help=True)(info_cli.info)
 app.add_typer(eval_cli.app, name="eval")
 
 

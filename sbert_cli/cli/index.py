@@ -29,6 +29,14 @@ def index(
         int | None, typer.Option(metavar="N", help="Threads adding to the graph [default: all cores].")
     ] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start over instead of adding new shards.")] = False,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact",
+            help="Rebuild the HNSW graph without the rows marked deleted by --sync or sbert rm (done by itself "
+            "when they pass 20% of the graph).",
+        ),
+    ] = False,
     quantize: Annotated[
         Literal["none", "int8", "binary"] | None,
         typer.Option(
@@ -68,7 +76,7 @@ def index(
     from sbert_cli.retrieval.partitions import build_partitioned_index, is_partitioned
 
     setup_logging(verbose, quiet)
-    build = build_index
+    build = functools.partial(build_index, compact=compact)
     if partitions is not None or ray is not None or is_partitioned(store):
         build = functools.partial(
             build_partitioned_index, partitions=partitions, executor=_executor(store, ray, partitions)
@@ -114,11 +122,15 @@ def _dense_line(summary) -> str:
         settings = f"space {p['space']}, {p['quantize']} codes with rescoring"
     if p.get("partitions", 1) > 1:
         settings += f", {p['partitions']} partitions"
+    deleted = getattr(summary, "deleted", 0)
+    if deleted and not summary.added:
+        return f"updated the index: removed {deleted:,} rows; it holds {summary.count:,} rows ({settings}) in {summary.path}"
     if not summary.added:
         return f"index is up to date: {summary.count:,} rows ({settings}) in {summary.path}"
     what = "built" if summary.rebuilt or summary.added == summary.count else "updated"
     return (
-        f"{what} the index: added {summary.added:,} rows from {summary.shards_added} shard(s) in "
+        f"{what} the index: added {summary.added:,} rows from {summary.shards_added} shard(s)"
+        f"{f', removed {deleted:,}' if deleted else ''} in "
         f"{summary.elapsed:.1f} s ({summary.added / max(summary.elapsed, 1e-9):,.0f} rows/s); "
         f"it holds {summary.count:,} rows ({settings}) in {summary.path}"
     )

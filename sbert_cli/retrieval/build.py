@@ -23,6 +23,7 @@ from sbert_cli.retrieval.graph import (
     IndexParams,
     check_graph_file,
     default_space,
+    gone_inputs,
     index_dir,
     iter_shard_vectors,
     load_graph,
@@ -34,9 +35,12 @@ from sbert_cli.retrieval.keyword import KeywordSummary, build_keyword_index
 from sbert_cli.retrieval.quantized import check_quantize, extend_quantized, recalibration_reason
 from sbert_cli.store.atomic import atomic_path, sha256_file
 from sbert_cli.store.manifest import INDEX_MANIFEST, CoveredShard, IndexManifest
-from sbert_cli.store.store import Store, store_lock
+from sbert_cli.store.store import LINE_BITS, Store, store_lock
 
 log = logging.getLogger("sbert")
+# A graph whose deleted rows pass this fraction is rebuilt without them (also `sbert index
+# --compact`): hnswlib still walks deleted nodes, so they cost search time and memory.
+COMPACT_DELETED_FRACTION = 0.2
 
 
 @dataclass
@@ -50,6 +54,8 @@ class BuildSummary:
     elapsed: float = 0.0
     params: dict = field(default_factory=dict)
     keyword: KeywordSummary | None = None  # None: not asked for (--no-bm25)
+    deleted: int = 0  # rows of removed or rewritten inputs taken out of the index in this run
+    deleted_in_graph: int = 0  # rows marked deleted in the graph now (0 after a compaction)
 
 
 def _check_params(M: int | None, ef_construction: int | None, threads: int | None) -> None:
@@ -61,11 +67,13 @@ def _check_params(M: int | None, ef_construction: int | None, threads: int | Non
         raise InputError(f"--threads {threads}: must be at least 1")
 
 
-def _rebuild_reason(store: Store, old: IndexManifest, requested: dict, rebuild: bool) -> str | None:
+def _rebuild_reason(store: Store, old: IndexManifest, requested: dict, rebuild: bool, compact: bool) -> str | None:
     """Why `old` cannot simply be extended (None when it can)."""
     if rebuild:
         return "asked with --rebuild"
-    reason = staleness(store, old)
+    if compact and old.deleted:
+        return f"compacting: {old.deleted:,} deleted rows, asked with --compact"
+    reason = staleness(store, old, removed_ok=not old.partitions)
     if reason is None and old.partitions:  # retrieval/partitions.py extends those
         reason = f"it has {len(old.partitions)} partitions; now one graph"
     for key, value in requested.items():
@@ -116,6 +124,7 @@ def build_index(
     rebuild: bool = False,
     quantize: str | None = None,
     bm25: bool = True,
+    compact: bool = False,
     reporter: Reporter | None = None,
 ) -> BuildSummary:
     """Create or bring up to date the indexes of a store; returns what was done.
@@ -141,56 +150,104 @@ def build_index(
         wanted_space = resolve_space(space, store) if space is not None else None
         requested = {"quantize": quantize, "space": wanted_space, "M": M, "ef_construction": ef_construction}
         params = _params(store, old, wanted_space, M, ef_construction, quantize)
-        reason = _rebuild_reason(store, old, requested, rebuild) if old is not None else None
+        reason = _rebuild_reason(store, old, requested, rebuild, compact) if old is not None else None
         if reason is not None:
             reporter.message(f"rebuilding the index: {reason}")
         base = None if reason is not None else old
         summary = BuildSummary(str(index_dir(store_path)), rebuilt=old is not None and base is None, reason=reason)
         summary.params = asdict(params)
         extend = _extend if params.quantize == "none" else extend_quantized
-        summary.count = extend(store, base, old, params, threads or os.cpu_count() or 1, summary, reporter)
+        threads = threads or os.cpu_count() or 1
+        summary.count = extend(store, base, old, params, threads, summary, reporter)
+        fresh = IndexManifest.load(store_path)
+        if fresh is not None and _compaction_due(fresh):
+            reporter.message(
+                f"compacting the index: {fresh.deleted:,} of its {fresh.count + fresh.deleted:,} rows are deleted"
+            )
+            summary.added = summary.shards_added = 0
+            summary.count = extend(store, None, fresh, params, threads, summary, reporter)
+            summary.rebuilt, summary.reason = True, "compacted"
+            fresh = IndexManifest.load(store_path)
+        summary.deleted_in_graph = fresh.deleted if fresh is not None else 0
         if bm25:
             summary.keyword = build_keyword_index(store, rebuild=rebuild, reporter=reporter)
     summary.elapsed = time.perf_counter() - started
     return summary
 
 
+def _compaction_due(manifest: IndexManifest) -> bool:
+    total = manifest.count + manifest.deleted
+    return manifest.quantize == "none" and total > 0 and manifest.deleted / total > COMPACT_DELETED_FRACTION
+
+
 def _extend(store, base, old, params: IndexParams, threads: int, summary: BuildSummary, reporter: Reporter) -> int:
-    """Add the shards `base` (None: start afresh) lacks, commit, and return the graph's size."""
+    """Add the shards `base` (None: start afresh) lacks and mark deleted the rows of inputs
+    removed or rewritten since (hnswlib's mark_deleted), commit, return the live row count."""
     import hnswlib
 
     todo = uncovered_shards(store, base)
-    if not todo:
+    gone = gone_inputs(store, base.shards) if base else set()
+    if not todo and not gone:
         return base.count
     new_rows = sum(s.rows for s in todo)
-    count = new_rows + (base.count if base else 0)
+    deleted = base.deleted if base else 0
     if base is None:
         graph = hnswlib.Index(space=params.space, dim=store.dim)
-        graph.init_index(max_elements=count, ef_construction=params.ef_construction, M=params.M)
+        graph.init_index(max_elements=new_rows, ef_construction=params.ef_construction, M=params.M)
     else:
-        graph = load_graph(index_dir(store.path) / base.file, params.space, store.dim, count)
-    covered = list(base.shards) if base else []
+        graph = load_graph(index_dir(store.path) / base.file, params.space, store.dim, base.count + deleted + new_rows)
+    present = _delete_gone(graph, store, todo, gone, summary) if gone else np.empty(0, np.int64)
+    deleted += summary.deleted
+    live = store_files(store)
+    covered = [c for c in base.shards if c.file in live] if base else []
     started = time.perf_counter()
     for shard, ids, vectors in iter_shard_vectors(store, todo):
-        graph.add_items(vectors, ids.astype(np.uint64), num_threads=threads)
+        fresh = ~np.isin(ids, present)  # rows kept by a rewrite are in the graph already
+        if fresh.any():
+            graph.add_items(vectors[fresh], ids[fresh].astype(np.uint64), num_threads=threads)
         covered.append(CoveredShard(shard.file, shard.sha256, shard.rows))
-        summary.added += len(ids)
+        summary.added += int(fresh.sum())
         summary.shards_added += 1
         elapsed = time.perf_counter() - started
         reporter.progress(ProgressUpdate("indexing", summary.added, new_rows, elapsed, unit="rows"))
-    if graph.get_current_count() != count:
+    count = sum(c.rows for c in covered)
+    if graph.get_current_count() != count + deleted:
         raise SbertError(
-            f"{store.path}: the index holds {graph.get_current_count():,} rows but the shards list {count:,}; "
-            "are ids repeated across shards? (rebuild with: sbert index --rebuild)"
+            f"{store.path}: the index holds {graph.get_current_count() - deleted:,} live rows but the shards list "
+            f"{count:,}; are ids repeated across shards? (rebuild with: sbert index --rebuild)"
         )
-    _commit(store, graph, params, covered, count, old)
+    _commit(store, graph, params, covered, count, old, deleted)
     reporter.progress(
         ProgressUpdate("indexing", summary.added, new_rows, time.perf_counter() - started, final=True, unit="rows")
     )
     return count
 
 
-def _commit(store: Store, graph, params: IndexParams, covered: list[CoveredShard], count: int, old) -> None:
+def store_files(store: Store) -> set[str]:
+    return {s.file for s in store.shards}
+
+
+def _delete_gone(graph, store: Store, todo, gone: set[int], summary: BuildSummary) -> np.ndarray:
+    """Mark deleted the graph's rows of `gone` inputs that no new shard still holds (a row id
+    always names the same vector, so a kept row stays as it is); returns the labels of new
+    shards' rows that the graph already holds."""
+    new_ids = np.concatenate(
+        [store.read_shard(s, ["id"]).column("id").to_numpy() for s in todo] or [np.empty(0, np.int64)]
+    )
+    labels = np.asarray(graph.get_ids_list(), dtype=np.int64)
+    stale = labels[np.isin(labels >> LINE_BITS, np.array(sorted(gone), dtype=np.int64)) & ~np.isin(labels, new_ids)]
+    for label in stale.tolist():
+        try:
+            graph.mark_deleted(label)
+            summary.deleted += 1
+        except RuntimeError:  # marked in an earlier update (hnswlib keeps deleted labels)
+            pass
+    return labels[np.isin(labels, new_ids)]
+
+
+def _commit(
+    store: Store, graph, params: IndexParams, covered: list[CoveredShard], count: int, old, deleted: int = 0
+) -> None:
     """Write the graph as a new generation, then point index.json at it, then drop the old one."""
     directory = index_dir(store.path)
     directory.mkdir(exist_ok=True)
@@ -212,6 +269,7 @@ def _commit(store: Store, graph, params: IndexParams, covered: list[CoveredShard
         count=count,
         model=store.model,
         shards=covered,
+        deleted=deleted,
     )
     manifest.save(store.path)
     # Everything else in index/ is an old generation or a crashed build's leftover.

@@ -19,6 +19,7 @@ so a hit leads straight to its row through the manifest's id ranges.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,26 +71,50 @@ def resolve_space(space: str | None, store: Store) -> str:
     return space
 
 
-def staleness(store: Store, manifest: IndexManifest) -> str | None:
-    """Why the index no longer describes the store (None if it still does, new shards aside)."""
+def staleness(store: Store, manifest: IndexManifest, removed_ok: bool = False) -> str | None:
+    """Why the index no longer describes the store (None if it still does, new shards aside;
+    with `removed_ok`, removed shards aside too: search filters their rows out, see retrieval/live.py)."""
     diffs = manifest.model.differences(store.model)
     if diffs:
         return f"it was built from another model ({', '.join(diffs)} differ from the store's)"
     if manifest.dim != store.dim:
         return f"its dimension {manifest.dim} is not the store's {store.dim}"
-    return shard_change(store, manifest.shards)
+    return shard_change(store, manifest.shards, removed_ok)
 
 
-def shard_change(store: Store, covered: Sequence[CoveredShard]) -> str | None:
+def shard_change(store: Store, covered: Sequence[CoveredShard], removed_ok: bool = False) -> str | None:
     """Why shards an index covers no longer match the store's (removed, re-encoded), or None."""
     current = {s.file: s.sha256 for s in store.shards}
     for shard in covered:
         sha = current.get(shard.file)
         if sha is None:
+            if removed_ok:
+                continue
             return f"{shard.file} was removed from the store since"
         if sha != shard.sha256:
             return f"{shard.file} was re-encoded since (checksum differs)"
     return None
+
+
+_SHARD_NAME = re.compile(r"part-(\d+)-\d+\.parquet$")
+
+
+def gone_inputs(store: Store, covered: Sequence[CoveredShard]) -> set[int]:
+    """Inputs whose rows an index holds under shards the store no longer lists (removed, or
+    rewritten by `--sync`: then its live rows are in new shards, searched exactly until `sbert
+    index` adds them). Every row of such an input is out of date in the index: a shard holds one
+    input, and a change rewrites all of an input's shards."""
+    current = {s.file for s in store.shards}
+    gone: set[int] = set()
+    for shard in covered:
+        if shard.file not in current:
+            match = _SHARD_NAME.search(shard.file)
+            if match is None:
+                raise InputError(
+                    f"{store.path}: index covers {shard.file}, not a shard name; rebuild with: sbert index --rebuild"
+                )
+            gone.add(int(match.group(1)))
+    return gone
 
 
 def uncovered_shards(store: Store, manifest: IndexManifest | None) -> list[ShardInfo]:

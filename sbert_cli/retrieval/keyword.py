@@ -44,7 +44,8 @@ import numpy as np
 
 from sbert_cli.errors import InputError
 from sbert_cli.progress import ProgressUpdate, Reporter
-from sbert_cli.retrieval.graph import check_index_file, shard_change, uncovered_shards
+from sbert_cli.retrieval.graph import check_index_file, gone_inputs, shard_change, uncovered_shards
+from sbert_cli.retrieval.live import without_gone
 from sbert_cli.store.atomic import atomic_path, fsync_dir, sha256_file, temp_path_for
 from sbert_cli.store.manifest import (
     KEYWORD_DIR,
@@ -228,6 +229,7 @@ class KeywordIndex:
         self.tokenizer = make_tokenizer(manifest.tokenizer)
         # Shards encoded after the build: not searchable by keyword until `sbert index` runs.
         self.pending = uncovered_shards(store, manifest)
+        self.gone = gone_inputs(store, manifest.shards)  # removed since the build: hits dropped
 
     @classmethod
     def open(cls, store: Store) -> KeywordIndex:
@@ -279,8 +281,11 @@ class KeywordIndex:
 
     def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, BM25 scores), each (queries, k), best first, ties to the smaller id. Only texts
-        sharing a term with the query are hits: the rest of a row is id -1, score -inf."""
-        k = min(k, self.manifest.docs)
+        sharing a term with the query are hits: the rest of a row is id -1, score -inf. Rows of
+        inputs removed since the build are never hits."""
+        return without_gone(lambda n: self._retrieve(queries, n), k, self.manifest.docs, self.gone)
+
+    def _retrieve(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         tokens = self.tokenizer.tokenize(list(queries), update_vocab=True, return_as="string", show_progress=False)
         docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
         found = scores > 0
@@ -297,7 +302,7 @@ def _current_manifest(store: Store) -> KeywordManifest:
         raise InputError(
             f"{where}: has no keyword index yet; build one with: sbert index {where} (or search with --mode dense)"
         )
-    reason = shard_change(store, manifest.shards)
+    reason = shard_change(store, manifest.shards, removed_ok=True)
     if reason is not None:
         raise InputError(
             f"{KeywordManifest.path_in(where)}: the keyword index is stale: {reason}; bring it up to date with: "

@@ -41,10 +41,10 @@ import numpy as np
 from sbert_cli.errors import InputError, SbertError
 from sbert_cli.progress import ProgressUpdate, Reporter
 from sbert_cli.retrieval.exact import _top_k, prepare_queries
-from sbert_cli.retrieval.graph import index_dir, iter_shard_vectors, uncovered_shards
+from sbert_cli.retrieval.graph import gone_inputs, index_dir, iter_shard_vectors, uncovered_shards
 from sbert_cli.store.atomic import atomic_path, sha256_file
 from sbert_cli.store.manifest import INDEX_MANIFEST, CoveredShard, IndexFile, IndexManifest
-from sbert_cli.store.store import Store
+from sbert_cli.store.store import LINE_BITS, Store
 
 # faiss's loader logs at INFO which CPU build it picked, which the CLI's logging would print.
 logging.getLogger("faiss").setLevel(logging.WARNING)
@@ -171,10 +171,10 @@ def _grow(
     store: Store, base: IndexManifest | None, old: IndexManifest | None, params, summary, reporter: Reporter
 ) -> int:
     todo = uncovered_shards(store, base)
-    if not todo:
+    gone = gone_inputs(store, base.shards) if base else set()
+    if not todo and not gone:
         return base.count
     new_rows = sum(s.rows for s in todo)
-    count = new_rows + (base.count if base else 0)
     gen = _next_generation(store, old, params.quantize)
     if base is None:
         codes, calibration = _new_codes(store, params.space, params.quantize)
@@ -183,13 +183,18 @@ def _grow(
         codes, calibration = _load_codes(gen.directory / base.file, base.quantize), base.calibration_rows
         old_ids = np.load(gen.directory / base.parts[0].name)
         old_vectors = np.load(gen.directory / base.parts[1].name, mmap_mode="r")
+    keep, present = _drop_gone(codes, old_ids, store, todo, gone, summary)
+    old_ids = old_ids[keep]
+    count = len(old_ids) + new_rows - len(present)
     started = time.perf_counter()
     dtype = np.float16 if store.storage_dtype == "float16" else np.float32
     ids = [old_ids]
     with atomic_path(gen.directory / gen.names[2]) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(count, store.dim))
-        row = _copy_rows(old_vectors, out)
+        row = _copy_rows(old_vectors, out, keep)
         for _, shard_ids, vectors in iter_shard_vectors(store, todo):
+            fresh = ~np.isin(shard_ids, present)  # rows a rewrite kept are coded already
+            shard_ids, vectors = shard_ids[fresh], vectors[fresh]
             unit = _unit(vectors, params.space)
             codes.add(binary_codes(unit) if params.quantize == "binary" else unit)
             out[row : row + len(vectors)] = vectors
@@ -203,7 +208,9 @@ def _grow(
         del out
     if codes.ntotal != count:
         raise SbertError(f"{store.path}: the index holds {codes.ntotal:,} rows but the shards list {count:,}")
-    covered = (list(base.shards) if base else []) + [CoveredShard(s.file, s.sha256, s.rows) for s in todo]
+    live = {s.file for s in store.shards}
+    covered = [c for c in (base.shards if base else []) if c.file in live]
+    covered += [CoveredShard(s.file, s.sha256, s.rows) for s in todo]
     _commit(store, gen, codes, np.concatenate(ids), params, covered, calibration)
     reporter.progress(
         ProgressUpdate("indexing", summary.added, new_rows, time.perf_counter() - started, final=True, unit="rows")
@@ -211,14 +218,36 @@ def _grow(
     return count
 
 
-def _copy_rows(source: np.ndarray | None, out: np.ndarray) -> int:
-    """Copy the previous generation's vectors to the start of `out`, a slice at a time."""
+def _drop_gone(
+    codes, old_ids: np.ndarray, store: Store, todo, gone: set[int], summary
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove from the codes the rows of `gone` inputs (removed or rewritten) that no new shard
+    still holds; returns the mask of old rows kept and the ids of new shards' rows already coded."""
+    keep = np.ones(len(old_ids), dtype=bool)
+    if not gone:
+        return keep, np.empty(0, np.int64)
+    new_ids = np.concatenate(
+        [store.read_shard(s, ["id"]).column("id").to_numpy() for s in todo] or [np.empty(0, np.int64)]
+    )
+    dead = np.isin(old_ids >> LINE_BITS, np.array(sorted(gone), dtype=np.int64)) & ~np.isin(old_ids, new_ids)
+    if dead.any():
+        codes.remove_ids(np.flatnonzero(dead).astype(np.int64))  # a flat index: ids are positions
+    summary.deleted += int(dead.sum())
+    keep = ~dead
+    return keep, old_ids[keep & np.isin(old_ids, new_ids)]
+
+
+def _copy_rows(source: np.ndarray | None, out: np.ndarray, keep: np.ndarray) -> int:
+    """Copy the previous generation's kept vectors to the start of `out`, a slice at a time."""
     if source is None:
         return 0
+    row = 0
     for start in range(0, len(source), RESCORE_ROWS):
         end = min(start + RESCORE_ROWS, len(source))
-        out[start:end] = source[start:end]
-    return len(source)
+        block = np.asarray(source[start:end])[keep[start:end]]
+        out[row : row + len(block)] = block
+        row += len(block)
+    return row
 
 
 def _commit(store: Store, gen: _Generation, codes, ids: np.ndarray, params, covered, calibration: int) -> None:

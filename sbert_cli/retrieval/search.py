@@ -17,14 +17,16 @@ from sbert_cli.retrieval.graph import (
     DEFAULT_EF,
     check_graph_file,
     default_space,
+    gone_inputs,
     load_graph,
     staleness,
     uncovered_shards,
 )
 from sbert_cli.retrieval.keyword import KeywordIndex
+from sbert_cli.retrieval.live import without_gone
 from sbert_cli.retrieval.quantized import QuantizedIndex
 from sbert_cli.store.manifest import IndexManifest, KeywordManifest
-from sbert_cli.store.store import Store
+from sbert_cli.store.store import ShardGone, Store
 
 log = logging.getLogger("sbert")
 
@@ -73,6 +75,8 @@ class Index:
         self.default_ef = DEFAULT_EF
         # Shards encoded after the last `sbert index`: searched exactly, merged with the graph's hits.
         self.pending = uncovered_shards(store, manifest) if manifest else list(store.shards)
+        # Inputs removed or rewritten since the build: their rows in the index are not returned.
+        self.gone = gone_inputs(store, manifest.shards) if manifest else set()
         self._encoder = None
         self._keyword: KeywordIndex | None = None
 
@@ -88,7 +92,7 @@ class Index:
                 manifest = IndexManifest.load(store_path)
             except InputError:
                 manifest = None
-            if manifest is not None and staleness(store, manifest) is not None:
+            if manifest is not None and staleness(store, manifest, removed_ok=True) is not None:
                 manifest = None
             return cls(store, manifest, None, device)
         manifest = IndexManifest.load(store_path)
@@ -97,7 +101,7 @@ class Index:
                 f"{store_path}: has no index yet; build one with: sbert index {store_path} "
                 "(or search without one with --exact)"
             )
-        reason = staleness(store, manifest)
+        reason = staleness(store, manifest, removed_ok=True)
         if reason is not None:
             raise InputError(
                 f"{store_path}: the index is stale: {reason}; bring it up to date with: sbert index {store_path} "
@@ -188,11 +192,12 @@ class Index:
             raise InputError(f"--ef {ef}: must be at least 1")
         if rescore is not None and rescore < 1:
             raise InputError(f"--rescore {rescore}: must be at least 1")
-        graph_k = min(k, self.manifest.count)
         if isinstance(self.graph, QuantizedIndex):
-            ids, scores = self.graph.search(vectors, graph_k, rescore)
+            ids, scores = without_gone(
+                lambda n: self.graph.search(vectors, n, rescore), k, self.manifest.count, self.gone
+            )
         else:
-            ids, scores = self._search_graph(vectors, graph_k, ef)
+            ids, scores = without_gone(lambda n: self._search_graph(vectors, n, ef), k, self.manifest.count, self.gone)
         if self.pending:
             return merge_results((ids, scores), exact_search(self.store, vectors, k, self.space, self.pending), k)
         return ids, scores
@@ -206,7 +211,22 @@ class Index:
         scores = -np.sqrt(np.maximum(distances, 0.0)) if self.space == "l2" else 1.0 - distances
         return labels.astype(np.int64), scores.astype(np.float32)
 
-    def search(
+    def search(self, queries: Sequence[str] | str, *args, **kwargs) -> list[list[Hit]]:
+        """Top-k stored rows per query (see `_search`). A writer may delete a shard this search
+        was reading (after committing the store without it): then the store is opened afresh
+        and the search runs once more, on the new committed state."""
+        try:
+            return self._search(queries, *args, **kwargs)
+        except ShardGone:
+            self._reopen()
+            return self._search(queries, *args, **kwargs)
+
+    def _reopen(self) -> None:
+        fresh = Index.open(self.store.path, exact=self.graph is None, device=self.device)
+        fresh._encoder = self._encoder
+        self.__dict__.update(fresh.__dict__)
+
+    def _search(
         self,
         queries: Sequence[str],
         k: int = 10,

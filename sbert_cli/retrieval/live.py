@@ -1,0 +1,39 @@
+"""Keeping removed rows out of search results while an index is behind its store.
+
+After `sbert encode --sync` or `sbert rm`, an index built before still holds the rows of the
+inputs whose shards went away (removed, or rewritten: their live rows are then in new shards,
+which search covers exactly until `sbert index` adds them). Until the next build, hits from
+those inputs are dropped, asking the index for more until k live hits are found or it has
+nothing more to give. After the build, the HNSW graph marks them deleted (hnswlib skips them),
+the compressed codes no longer hold them, and the keyword index is rebuilt without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from sbert_cli.store.store import LINE_BITS
+
+Search = Callable[[int], tuple[np.ndarray, np.ndarray]]  # k -> (ids, scores), each (queries, k)
+
+
+def without_gone(search: Search, k: int, limit: int, gone: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The top `k` hits of `search` whose input is not in `gone`, best first (rows with fewer
+    live hits are padded with id -1, score -inf); `limit` is the most the index can return."""
+    if not gone:
+        return search(min(k, limit))
+    dead = np.array(sorted(gone), dtype=np.int64)
+    want = min(limit, 2 * k + 16)
+    while True:
+        ids, scores = search(want)
+        live = (ids >= 0) & ~np.isin(ids >> LINE_BITS, dead)
+        if want >= limit or bool((live.sum(axis=1) >= k).all()):
+            break
+        want = min(limit, want * 4)
+    order = np.argsort(~live, axis=1, kind="stable")[:, :k]  # live hits first, in rank order
+    kept = np.take_along_axis(live, order, 1)
+    ids = np.where(kept, np.take_along_axis(ids, order, 1), -1)
+    scores = np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32)
+    return ids, scores
