@@ -95,7 +95,7 @@ def test_encode_txt_writes_store_with_schema(txt, tmp_path):
     assert sorted(p.name for p in store.iterdir()) == [".lock", "manifest.json", "shards"]
 
     table = pq.read_table(store / shard["file"])
-    assert table.column_names == ["id", "text", "source", "line", "embedding"]
+    assert table.column_names == ["id", "text", "source", "line", "embedding", "record_hash"]
     assert table.schema.field("id").type == pa.int64()
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
     assert table.column("line").to_pylist() == [1, 3, 5, 6]
@@ -207,7 +207,7 @@ def test_append_skip_and_force(txt, tmp_path):
     again = encode(str(txt), "-o", str(store))
     assert again.exit_code == 0
     assert again.stderr == (
-        f"sbert: {txt}: already encoded, 4 rows; skipping (--force re-encodes it)\n"
+        "sbert: 1 input(s) already encoded, skipped (-v lists them; --force re-encodes, --sync follows changes)\n"
         f"sbert: nothing to do; {store} has 4 rows\n"
     )
     assert rows(store)["id"].tolist() == first_ids
