@@ -178,7 +178,9 @@ def encode(
         if not summary.rows:
             return
     elif summary.inputs_skipped:
-        say(f"{len(summary.inputs_skipped)} input(s) already encoded, skipped (-v lists them; --force re-encodes, --sync follows changes)")
+        say(
+            f"{len(summary.inputs_skipped)} input(s) already encoded, skipped (-v lists them; --force re-encodes, --sync follows changes)"
+        )
     if not summary.rows and not summary.inputs_encoded:
         say(f"nothing to do; {summary.store} has {summary.store_rows:,} rows")
         return

@@ -196,8 +196,9 @@ def _extend(store, base, old, params: IndexParams, threads: int, summary: BuildS
         graph.init_index(max_elements=new_rows, ef_construction=params.ef_construction, M=params.M)
     else:
         graph = load_graph(index_dir(store.path) / base.file, params.space, store.dim, base.count + deleted + new_rows)
+    deleted_before = summary.deleted
     present = _delete_gone(graph, store, todo, gone, summary) if gone else np.empty(0, np.int64)
-    deleted += summary.deleted
+    deleted += summary.deleted - deleted_before
     live = store_files(store)
     covered = [c for c in base.shards if c.file in live] if base else []
     started = time.perf_counter()

@@ -29,6 +29,7 @@ from sbert_cli.store.manifest import IndexManifest, KeywordManifest
 from sbert_cli.store.store import ShardGone, Store
 
 log = logging.getLogger("sbert")
+READ_RETRIES = 4  # reopenings when a writer deletes a shard this search was reading
 
 
 @dataclass(frozen=True)
@@ -214,12 +215,14 @@ class Index:
     def search(self, queries: Sequence[str] | str, *args, **kwargs) -> list[list[Hit]]:
         """Top-k stored rows per query (see `_search`). A writer may delete a shard this search
         was reading (after committing the store without it): then the store is opened afresh
-        and the search runs once more, on the new committed state."""
-        try:
-            return self._search(queries, *args, **kwargs)
-        except ShardGone:
-            self._reopen()
-            return self._search(queries, *args, **kwargs)
+        and the search runs again on the new committed state (a few times, for writers that
+        commit back to back)."""
+        for _ in range(READ_RETRIES):
+            try:
+                return self._search(queries, *args, **kwargs)
+            except ShardGone:
+                self._reopen()
+        return self._search(queries, *args, **kwargs)
 
     def _reopen(self) -> None:
         fresh = Index.open(self.store.path, exact=self.graph is None, device=self.device)
@@ -299,10 +302,11 @@ def _load_dense(store_path: Path, path: Path, manifest: IndexManifest):
         from sbert_cli.retrieval.partitions import open_partitions
 
         return open_partitions(store_path, manifest)
-    graph = load_graph(path, manifest.space, manifest.dim, manifest.count)
-    if graph.get_current_count() != manifest.count:
+    total = manifest.count + manifest.deleted  # hnswlib counts rows marked deleted too
+    graph = load_graph(path, manifest.space, manifest.dim, total)
+    if graph.get_current_count() != total:
         raise InputError(
-            f"{path}: holds {graph.get_current_count():,} rows, index.json says {manifest.count:,}; "
+            f"{path}: holds {graph.get_current_count():,} rows, index.json says {total:,}; "
             f"rebuild it with: sbert index {store_path} --rebuild"
         )
     return graph
