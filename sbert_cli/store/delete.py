@@ -27,7 +27,7 @@ import numpy as np
 from sbert_cli.errors import InputError
 from sbert_cli.store.atomic import atomic_path, sha256_file
 from sbert_cli.store.manifest import InputEntry, ShardInfo, StoreManifest
-from sbert_cli.store.store import LINE_BITS, Store, store_lock
+from sbert_cli.store.store import LINE_BITS, SHARD_DIR, Store, store_lock
 from sbert_cli.store.writer import ROW_GROUP_ROWS, shard_file
 
 LOCAL_MASK = (1 << LINE_BITS) - 1
@@ -141,12 +141,24 @@ def remove_inputs(store_path: str | Path, names: Sequence[str]) -> RemoveSummary
     with store_lock(store_path):
         store = Store.open(store_path)
         manifest = store.manifest
+        remove_unlisted(store_path, manifest)  # what a killed writer left, even if the names are wrong
         entries = find_inputs(manifest, names)
         summary = RemoveSummary(str(store_path), [e.source for e in entries])
         summary.rows = sum(s.rows for s in manifest.shards if s.input in {e.index for e in entries})
         commit(store_path, manifest, drop_inputs(manifest, entries))
         summary.store_rows = manifest.rows
     return summary
+
+
+def remove_unlisted(store_path: Path, manifest: StoreManifest) -> None:
+    """Delete shard files the manifest does not list: a killed writer's new files (before its
+    commit) or old ones (after it). Call under the lock."""
+    listed = {s.file for s in manifest.shards}
+    folder = store_path / SHARD_DIR
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if f"{SHARD_DIR}/{path.name}" not in listed:
+                path.unlink(missing_ok=True)
 
 
 def live_ids(store: Store) -> np.ndarray:
