@@ -233,3 +233,24 @@ def test_sync_refuses_stdin_and_force(folder, tmp_path):
     assert result.stderr == "sbert: error: -: --sync follows files and folders; standard input has no name to follow\n"
     result = runner.invoke(app, ["encode", str(folder), "-o", str(store), "--sync", "--force", *HASH])
     assert (result.exit_code, result.stderr) == (2, "sbert: error: --sync does not combine with --force\n")
+
+
+def test_force_after_an_edit_gives_the_input_new_ids(folder, tmp_path, sample_texts):
+    """After --sync gave an edited input's new records ids above its lines, --force (line ids)
+    must not give an old id to another text: the input starts over under a new index."""
+    store = tmp_path / "store"
+    sync(folder, store)
+    assert runner.invoke(app, ["index", str(store), "-q"]).exit_code == 0
+    write(folder / "a.txt", ["A new first line.", *paragraphs(sample_texts, 0, 10)])
+    sync(folder, store)
+    before = rows(store)
+    result = runner.invoke(app, ["encode", str(folder / "a.txt"), "-o", str(store), "--force", "-q"])
+    assert result.exit_code == 0, result.output
+    after = rows(store)
+    a = after[after.source.str.endswith("a.txt")]
+    assert not set(a.id) & set(before.id) and len(a) == 11 and after.id.is_unique
+    assert runner.invoke(app, ["index", str(store), "-q"]).exit_code == 0
+    result = runner.invoke(
+        app, ["search", str(store), "A new first line.", "-k", "3", "--mode", "dense", "--format", "jsonl"]
+    )
+    assert '"text": "A new first line."' in result.stdout.splitlines()[0]

@@ -115,7 +115,13 @@ def reset_entry(manifest: StoreManifest, entry: InputEntry, source: InputSource)
     """Forget an input's shards (for --force); returns their files, deleted after the manifest."""
     files = [s.file for s in manifest.shards if s.input == entry.index]
     manifest.shards = [s for s in manifest.shards if s.input != entry.index]
-    fresh = new_entry(entry.index, source)
+    index = entry.index
+    if entry.next_local:
+        # --sync gave some of its records ids other than their lines: line-based ids now could
+        # name other texts than before, so the input starts over under a new index (new ids).
+        index = max(manifest.next_input, max(e.index for e in manifest.inputs) + 1)
+        manifest.next_input = index + 1
+    fresh = new_entry(index, source)
     for name in fresh.__dataclass_fields__:
         setattr(entry, name, getattr(fresh, name))
     return files
