@@ -173,8 +173,11 @@ def encode(
 
             summary = encode_on_ray(inputs, output, options, RayOptions(ray, ray_workers), reporter=reporter)
     say = reporter.message
-    if summary.sync is not None:
-        say(f"{summary.sync.line()}; store {summary.store} now has {summary.store_rows:,} rows")
+    if sync:  # a new store: every input was new
+        from sbert_cli.encoding.plan import SyncCounts
+
+        counts = summary.sync or SyncCounts(new=summary.inputs_encoded)
+        say(f"{counts.line()}; store {summary.store} now has {summary.store_rows:,} rows")
         if not summary.rows:
             return
     elif summary.inputs_skipped:

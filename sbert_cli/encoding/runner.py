@@ -20,7 +20,7 @@ from sbert_cli.encoding.loader import ModelSettings
 from sbert_cli.encoding.plan import PlannedInput, SyncCounts, plan_inputs, reset_entry
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
-from sbert_cli.inputs.reader import ReadOptions, ReadStats, Record, expand_inputs, read_records, scan
+from sbert_cli.inputs.reader import InputSource, ReadOptions, ReadStats, Record, expand_inputs, read_records, scan
 from sbert_cli.progress import NullReporter, ProgressUpdate, Reporter, StageClock
 from sbert_cli.store.atomic import is_temp_name
 from sbert_cli.store.manifest import StoreManifest
@@ -139,17 +139,13 @@ def encode_corpus(
     options, reporter, store_path = options or EncodeOptions(), reporter or NullReporter(), Path(store_path)
     _check_target(options, store_path)
     existing = Store.open(store_path) if Store.exists(store_path) else None
-    sources = expand_inputs(inputs, options.glob, options.read.format)
+    sources = _expand(inputs, options)
     options = _inherit_settings(options, existing)
     record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
     if existing is not None:
         existing.check_compatible(record, "this run's model")
-    if options.sync and existing is not None:
-        from sbert_cli.encoding.sync import sync_corpus
-
-        return sync_corpus(store_path, sources, options, reporter, encoder)
-    if options.sync and any(s.is_stdin for s in sources):
-        raise InputError("-: --sync follows files and folders; standard input has no name to follow")
+        if options.sync:  # the store follows its inputs (a new store is encoded as usual)
+            return _sync(store_path, sources, options, reporter, encoder)
     manifest = existing.manifest if existing else StoreManifest(record, options.storage_dtype, options.store_text)
     manifest.shard_size = manifest.shard_size if existing else options.shard_size
     plan = plan_inputs(sources, manifest.copy(), options.force, reporter.message)
@@ -179,12 +175,24 @@ def encode_corpus(
                 loop = functools.partial(_run_with_settings, encoder)
             summary = loop(store_path, manifest, plan, options, total, reporter)
             summary.inputs_skipped = [s.name for s in sources if s.name not in {i.source.name for i in plan}]
-            summary.sync = SyncCounts(new=len(plan)) if options.sync else None
             return summary
     except BaseException:
         if created and not Store.exists(store_path):
             shutil.rmtree(store_path, ignore_errors=True)
         raise
+
+
+def _expand(inputs: list[str], options: EncodeOptions) -> list[InputSource]:
+    sources = expand_inputs(inputs, options.glob, options.read.format)
+    if options.sync and any(s.is_stdin for s in sources):
+        raise InputError("-: --sync follows files and folders; standard input has no name to follow")
+    return sources
+
+
+def _sync(store_path: Path, sources: list[InputSource], options: EncodeOptions, reporter, encoder) -> EncodeSummary:
+    from sbert_cli.encoding.sync import sync_corpus  # imports this module: loaded on use
+
+    return sync_corpus(store_path, sources, options, reporter, encoder)
 
 
 def _prepare_store(store_path: Path, manifest: StoreManifest, plan: list[PlannedInput], options, summary) -> int:
