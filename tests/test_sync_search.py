@@ -167,3 +167,14 @@ def test_searches_during_syncs_see_one_committed_state_or_the_next(corpus, sampl
         stop.set()
         reader.join()
     assert errors == []
+
+
+def test_cluster_sees_live_rows_only(corpus, sample_texts):
+    docs, store = corpus
+    gone = change(docs, sample_texts)
+    sbert("encode", docs, "-o", store, "--sync", "-q")
+    result = sbert("cluster", store, "--k", "3", "--format", "jsonl")
+    clustered = [json.loads(line) for line in result.stdout.splitlines()]
+    live = pd.read_parquet(store / "shards")
+    assert sorted(r["id"] for r in clustered) == sorted(live.id) and len(clustered) == 175
+    assert not {r["text"] for r in clustered} & set(gone)
