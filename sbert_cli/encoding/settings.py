@@ -23,13 +23,16 @@ def resolve_chunking(
         raise InputError(f"--chunk-size {size}: choose 1 to the model's max_seq_length ({model.max_seq_length})")
     if overlap is not None and overlap < 0:
         raise InputError(f"--chunk-overlap {overlap}: must be 0 or more")
-    base = store.chunking if store is not None else ChunkingRecord(CHUNK, model.max_seq_length, DEFAULT_OVERLAP)
+    default = ChunkingRecord(CHUNK, model.max_seq_length, default_overlap(model.max_seq_length))
+    base = store.chunking if store is not None else default
     if mode is None:
         mode = CHUNK if (size is not None or overlap is not None) else base.mode
     if mode == TRUNCATE:
         wanted = ChunkingRecord(TRUNCATE, model.max_seq_length, 0)
     else:
-        inherited = base if base.mode == CHUNK else ChunkingRecord(CHUNK, model.max_seq_length, DEFAULT_OVERLAP)
+        inherited = base if base.mode == CHUNK else default
+        if size is not None and store is None:
+            inherited = ChunkingRecord(CHUNK, size, default_overlap(size))
         wanted = ChunkingRecord(
             CHUNK,
             size if size is not None else inherited.size,
@@ -38,6 +41,11 @@ def resolve_chunking(
     if store is not None and wanted != store.chunking:
         raise InputError(f"this store was made with {describe(store.chunking)}; this run asks for {describe(wanted)}")
     return wanted
+
+
+def default_overlap(size: int) -> int:
+    """32 tokens, or a quarter of a smaller chunk: chunks of any size get some overlap."""
+    return min(DEFAULT_OVERLAP, size // 4)
 
 
 def describe(chunking: ChunkingRecord) -> str:
