@@ -31,7 +31,7 @@ def resolve_chunking(
         wanted = ChunkingRecord(TRUNCATE, model.max_seq_length, 0)
     else:
         inherited = base if base.mode == CHUNK else default
-        if size is not None and store is None:
+        if size is not None and base.mode != CHUNK or size is not None and store is None:
             inherited = ChunkingRecord(CHUNK, size, default_overlap(size))
         wanted = ChunkingRecord(
             CHUNK,
