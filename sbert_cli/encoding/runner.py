@@ -40,9 +40,10 @@ class EncodeOptions(ModelSettings):
     batch_tokens: int | None = None
     threads: int | None = None
     workers: int | None = None  # prepare (tokenizer) threads; None: the cores the model does not need
-    storage_dtype: str = "float32"
-    store_text: bool = True
-    shard_size: int = DEFAULT_SHARD_SIZE
+    # Store-level settings: None takes the existing store's, or the default for a new store.
+    storage_dtype: str | None = None  # float32 by default
+    store_text: bool | None = None  # True by default
+    shard_size: int | None = None  # DEFAULT_SHARD_SIZE by default
     force: bool = False
     glob: str | None = None
     read: ReadOptions = field(default_factory=ReadOptions)
@@ -82,10 +83,19 @@ EncodeLoop = Callable[[Path, StoreManifest, list[PlannedInput], EncodeOptions, i
 
 
 def _check_target(options: EncodeOptions, store_path: Path) -> None:
-    if options.storage_dtype not in STORAGE_DTYPES:
+    if options.storage_dtype is not None and options.storage_dtype not in STORAGE_DTYPES:
         raise InputError(f"--storage-dtype {options.storage_dtype}: choose float32 or float16")
-    if options.shard_size < 1:
-        raise InputError("--shard-size must be at least 1")
+    # 0 used to fall through `or` to the default: a number the user gave is used or refused.
+    counts = {
+        "--shard-size": options.shard_size,
+        "--batch-tokens": options.batch_tokens,
+        "--threads": options.threads,
+        "--workers": options.workers,
+        "--max-seq-length": options.max_seq_length,
+    }
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value}: must be at least 1")
     if store_path.exists() and not store_path.is_dir():
         raise InputError(f"{store_path}: exists and is not a store directory")
     if store_path.is_dir() and not Store.exists(store_path) and any(p.name != ".lock" for p in store_path.iterdir()):
@@ -94,6 +104,7 @@ def _check_target(options: EncodeOptions, store_path: Path) -> None:
 
 def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeOptions:
     """Settings not given explicitly come from an existing store, so appending 'just works'."""
+    _store_layout(options, existing)
     if existing is None:
         return options
     model = existing.model
@@ -105,6 +116,39 @@ def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeO
     if options.prompt is None and options.prompt_name is None:
         options.prompt = model.prompt or ""  # "": no prompt, even if the model has a default one
     return options
+
+
+def _store_layout(options: EncodeOptions, existing: Store | None) -> None:
+    """Storage dtype, texts kept or not, rows per shard: one of each per store. Appending takes
+    the store's; one given that differs is refused (it used to be ignored without a word)."""
+    if existing is None:
+        options.storage_dtype = options.storage_dtype or "float32"
+        options.store_text = True if options.store_text is None else options.store_text
+        options.shard_size = options.shard_size or DEFAULT_SHARD_SIZE
+        return
+    manifest = existing.manifest
+    texts = {True: "--text", False: "--no-text"}
+    given = {
+        "--storage-dtype": (options.storage_dtype, manifest.storage_dtype, f"--storage-dtype {options.storage_dtype}"),
+        "texts": (options.store_text, manifest.has_text, texts.get(options.store_text)),
+        "--shard-size": (options.shard_size, manifest.shard_size, f"--shard-size {options.shard_size}"),
+    }
+    made = {
+        "--storage-dtype": f"keeps {manifest.storage_dtype} vectors",
+        "texts": "keeps its texts" if manifest.has_text else "was made with --no-text",
+        "--shard-size": f"has {manifest.shard_size:,} rows per shard",
+    }
+    for name, (value, stored, words) in given.items():
+        if value is not None and value != stored:
+            raise InputError(
+                f"{words}: {existing.path} {made[name]}, and a store has one such setting; "
+                "leave the option out to append, or encode into a new store"
+            )
+    options.storage_dtype, options.store_text, options.shard_size = (
+        manifest.storage_dtype,
+        manifest.has_text,
+        manifest.shard_size,
+    )
 
 
 def _count_records(plan: list[PlannedInput], options: EncodeOptions, types: dict[str, dict]) -> int:
@@ -166,6 +210,8 @@ def encode_corpus(
     counted = {item.source.name: item.records for item in plan}
     if options.read.id_field and existing is not None and not existing.manifest.has_key:
         raise InputError(f"{store_path}: --id-field given, but this store was made without ids; use a new store")
+    if not options.read.id_field and existing is not None and existing.manifest.has_key and existing.manifest.shards:
+        raise InputError(f"{store_path}: this store keeps ids; give --id-field for the new inputs too")
     created = not store_path.exists()
     try:
         with store_lock(store_path):
