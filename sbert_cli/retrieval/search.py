@@ -23,6 +23,7 @@ from sbert_cli.retrieval.graph import (
 )
 from sbert_cli.retrieval.keyword import KeywordIndex
 from sbert_cli.retrieval.quantized import QuantizedIndex
+from sbert_cli.store.integrity import DamagedFileError
 from sbert_cli.store.manifest import IndexManifest, KeywordManifest
 from sbert_cli.store.store import Store
 
@@ -104,14 +105,14 @@ class Index:
                 "(or search with --exact)"
             )
         try:
-            path = check_graph_file(store_path, manifest, verify_checksum=False)
-        except InputError:
+            path = check_graph_file(store_path, manifest)
+        except (InputError, DamagedFileError):
             # A build may have committed between our reads of index.json and of the file.
             fresh = IndexManifest.load(store_path)
             if fresh is None or fresh.file == manifest.file:
                 raise
             manifest = fresh
-            path = check_graph_file(store_path, manifest, verify_checksum=False)
+            path = check_graph_file(store_path, manifest)
         graph = _load_dense(store_path, path, manifest)
         index = cls(store, manifest, graph, device)
         if index.pending:

@@ -96,6 +96,11 @@ class ShardInfo:
     id_max: int
     sha256: str
     bytes: int
+    # Integrity (store/integrity.py): the fast checksum every read verifies, and whether the
+    # shard's Parquet pages carry CRCs (so a partial read, `Store.fetch`, is verified too). A
+    # shard written before these were recorded has neither: it is verified by its sha256.
+    xxh3: str | None = None
+    page_checksums: bool = False
 
 
 @dataclass
@@ -147,6 +152,7 @@ class IndexFile:
     name: str
     bytes: int
     sha256: str
+    xxh3: str | None = None  # what a read verifies (store/integrity.py); None: written before, sha256 is
 
 
 @dataclass
@@ -159,6 +165,7 @@ class IndexPartition:
     sha256: str
     count: int
     shards: list[str] = field(default_factory=list)  # shard files, as the store's manifest names them
+    xxh3: str | None = None  # what a read verifies (store/integrity.py); None: written before, sha256 is
 
 
 @dataclass
@@ -184,6 +191,7 @@ class IndexManifest:
     quantize: str = "none"
     parts: list[IndexFile] = field(default_factory=list)
     calibration_rows: int = 0  # int8: rows the per-dimension ranges were measured on
+    xxh3: str | None = None  # `file`'s, what a read verifies (store/integrity.py); None: sha256 is
     # Empty: one graph. Else the graphs searched together; `file` is the first one's and `parts`
     # the others', so the checks every index file gets cover them all.
     partitions: list[IndexPartition] = field(default_factory=list)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sbert_cli.errors import SbertError
 from sbert_cli.inputs.reader import Record
-from sbert_cli.store.atomic import atomic_path, sha256_file
+from sbert_cli.store.atomic import atomic_path
+from sbert_cli.store.integrity import digest_file
 from sbert_cli.store.manifest import InputEntry, ShardInfo, StoreManifest
 from sbert_cli.store.store import SHARD_DIR, make_id
 
@@ -125,7 +127,12 @@ def write_shard(
     import pyarrow.parquet as pq
 
     table = build_table(entry.index, entry.source, records, embeddings, *layout)
-    pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="zstd", write_page_checksum=True)
+    # Read it back before it is committed: what the manifest records must be what is on disk.
+    digest = digest_file(path)
+    written = pq.read_metadata(path).num_rows
+    if written != table.num_rows:
+        raise SbertError(f"{path}: wrote {table.num_rows:,} rows but {written:,} read back; the shard is not committed")
     ids = table.column("id")
     return ShardInfo(
         file=name,
@@ -134,8 +141,10 @@ def write_shard(
         rows=table.num_rows,
         id_min=int(ids[0].as_py()),
         id_max=int(ids[-1].as_py()),
-        sha256=sha256_file(path),
-        bytes=path.stat().st_size,
+        sha256=digest.sha256,
+        bytes=digest.bytes,
+        xxh3=digest.xxh3,
+        page_checksums=True,
     )
 
 
