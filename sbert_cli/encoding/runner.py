@@ -12,7 +12,7 @@ import functools
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from sbert_cli.encoding.devices import window_texts
@@ -137,6 +137,8 @@ def encode_corpus(
     options, reporter, store_path = options or EncodeOptions(), reporter or NullReporter(), Path(store_path)
     _check_target(options, store_path)
     existing = Store.open(store_path) if Store.exists(store_path) else None
+    if existing is not None:
+        existing.check_shard_files()  # a missing or cut shard is an error, not "nothing to do"
     sources = expand_inputs(inputs, options.glob, options.read.format)
     options = _inherit_settings(options, existing)
     record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
@@ -221,7 +223,10 @@ def begin_run(
             reporter.message(
                 f"{item.source.name}: resuming after line {item.entry.last_line} ({item.entry.rows_done} rows done)"
             )
-    return total - _prepare_store(store_path, manifest, plan, options, summary)
+    done_before = _prepare_store(store_path, manifest, plan, options, summary)
+    for item in plan:  # how it was read: `sbert check --repair` re-reads an input the same way
+        item.entry.read = asdict(options.read)
+    return total - done_before
 
 
 def _aligned_windows(records: Iterator[Record], shard_size: int, texts: int = WINDOW_TEXTS) -> Iterator[list[Record]]:

@@ -140,7 +140,7 @@ def check_present(path: str | Path, expected: Expected) -> os.stat_result:
 
 
 def _key(path: Path, st: os.stat_result, expected: Expected) -> tuple:
-    return (str(path.absolute()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, expected.digest)
+    return (str(path.absolute()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, expected.digest)
 
 
 def is_verified(path: str | Path, expected: Expected) -> bool:

@@ -84,6 +84,7 @@ class InputEntry:
     shards: int = 0
     complete: bool = False
     blank: int | None = None
+    read: dict | None = None  # the ReadOptions it was read with (`sbert check --repair` re-reads it so)
 
 
 @dataclass(frozen=True)
