@@ -167,7 +167,7 @@ def corrupt(store: Path, how: str) -> None:
         (index_dir(store) / INDEX_MANIFEST).write_text(json.dumps(manifest))
     elif how == "stale":
         first = manifest["shards"][0]
-        first["sha256"] = "sha256:0"
+        first["sha256"] = "sha256:" + "0" * 64
         (index_dir(store) / INDEX_MANIFEST).write_text(json.dumps(manifest))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import time
 import types
 import typing
@@ -36,6 +37,8 @@ INDEX_MANIFEST = "index.json"
 COMPAT_KEYS = ("fingerprint", "dim", "pooling", "normalize", "max_seq_length", "dtype", "prompt")
 
 T = TypeVar("T")
+# Checksum fields, by name, and their only valid form.
+_DIGESTS = {"sha256": re.compile(r"sha256:[0-9a-f]{64}"), "xxh3": re.compile(r"xxh3:[0-9a-f]{16}")}
 
 
 def utc_now() -> str:
@@ -355,4 +358,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     expected = {int: int, str: str, bool: bool, float: (int, float), dict: dict}[tp]
     if not isinstance(value, expected) or (tp is not bool and isinstance(value, bool)):
         raise ValueError(f"{where.rstrip('.')}: expected {tp.__name__}, found {type(value).__name__}")
+    digest = _DIGESTS.get(where.rsplit(".", 1)[-1])
+    if digest is not None and not digest.fullmatch(value):
+        # Damage inside a digest can still parse as JSON (a flipped byte pair is valid UTF-8):
+        # say the manifest is damaged rather than that a file changed.
+        raise ValueError(f"{where}: not a {where.rsplit('.', 1)[-1]} digest")
     return float(value) if tp is float else value
