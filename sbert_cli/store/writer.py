@@ -124,15 +124,22 @@ def write_shard(
     """Write one shard's rows to `path` (a temp name: the caller commits it) and describe it as
     `name`. `layout` is the store's (storage_dtype, has_text, has_key). Shared by the local
     writer and Ray workers, so both make the same bytes."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = build_table(entry.index, entry.source, records, embeddings, *layout)
     pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="zstd", write_page_checksum=True)
     # Read it back before it is committed: what the manifest records must be what is on disk.
     digest = digest_file(path)
-    written = pq.read_metadata(path).num_rows
+    try:
+        written = pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException) as exc:
+        written = f"none ({exc})"
     if written != table.num_rows:
-        raise SbertError(f"{path}: wrote {table.num_rows:,} rows but {written:,} read back; the shard is not committed")
+        raise SbertError(
+            f"{path.with_name(Path(name).name)}: wrote {table.num_rows:,} rows, read back {written} (is the disk "
+            "full?); nothing was committed"
+        )
     ids = table.column("id")
     return ShardInfo(
         file=name,
