@@ -168,8 +168,13 @@ def test_repair_names_the_inputs_it_needs(tmp_path):
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"sbert: error: {store}: cannot re-encode 1 shard(s): their inputs are needed as they were when encoded: "
-        f"{corpus} (changed since it was encoded: {size:,} bytes then, 21 now)"
+        f"{corpus} (changed since it was encoded: {size:,} bytes then, 21 now) (or encode those inputs again with "
+        "--force)"
     )
+    result = sbert("encode", corpus, "-o", store, "--model", HASH, "--force")  # the other way out
+    assert result.exit_code == 0, result.output
+    assert sbert("check", store).exit_code == 0
+    flip(store / Store.open(store).shards[0].file)
     corpus.unlink()
     assert f"{corpus} (missing)" in sbert("check", store, "--repair").stderr
 

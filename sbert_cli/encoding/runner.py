@@ -137,9 +137,10 @@ def encode_corpus(
     options, reporter, store_path = options or EncodeOptions(), reporter or NullReporter(), Path(store_path)
     _check_target(options, store_path)
     existing = Store.open(store_path) if Store.exists(store_path) else None
-    if existing is not None:
-        existing.check_shard_files()  # a missing or cut shard is an error, not "nothing to do"
     sources = expand_inputs(inputs, options.glob, options.read.format)
+    if existing is not None:  # a missing or cut shard is an error, not "nothing to do"
+        forced = {str(s.path.resolve()) for s in sources if s.path} if options.force else set()
+        existing.check_shard_files(frozenset(e.index for e in existing.manifest.inputs if e.path in forced))
     options = _inherit_settings(options, existing)
     record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
     if existing is not None:

@@ -82,6 +82,7 @@ class Index:
         """Open a store's index; `exact=True` opens the store alone, for brute-force search."""
         store_path = Path(store_path)
         store = Store.open(store_path)
+        store.check_shard_files()  # a missing or cut shard is an error before any result
         if exact:
             # Exact search needs no graph, only the index's space (so both rank alike) when the
             # index is current; a missing, stale or damaged index is no reason to refuse.

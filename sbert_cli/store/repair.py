@@ -65,7 +65,8 @@ def repair_store(store_path: str | Path, *, device: str = "auto", reporter: Repo
     if summary.needed:
         raise SbertError(
             f"{store_path}: cannot re-encode {len(damaged) - len(summary.reencoded)} shard(s): their inputs are "
-            f"needed as they were when encoded: {'; '.join(summary.needed)}"
+            f"needed as they were when encoded: {'; '.join(summary.needed)} (or encode those inputs again with "
+            "--force)"
         )
     index_kinds = {p.kind for p in summary.before.problems} & {"index", "keyword"}
     if index_kinds or changed:

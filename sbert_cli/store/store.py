@@ -115,11 +115,13 @@ class Store:
     def shard_expected(self, shard: ShardInfo) -> Expected:
         return expected_of(shard, "shard", shard_fix(self.path))
 
-    def check_shard_files(self) -> None:
-        """The cheap check (`sbert index`, `sbert encode`): every listed shard is there, at the size
-        it was written; its checksum is verified whenever it is read."""
+    def check_shard_files(self, skip_inputs: frozenset[int] = frozenset()) -> None:
+        """The cheap check (search, `sbert index`, `sbert encode`): every listed shard is there, at
+        the size it was written (its checksum is verified whenever it is read). `skip_inputs`:
+        inputs about to be encoded again (--force), whose shards are replaced anyway."""
         for shard in self.shards:
-            check_present(self.shard_path(shard), self.shard_expected(shard))
+            if shard.input not in skip_inputs:
+                check_present(self.shard_path(shard), self.shard_expected(shard))
 
     def read_shard(self, shard: ShardInfo, columns: list[str] | None = None):
         """A shard's columns, verified: the first read in a process hashes the whole file from the
