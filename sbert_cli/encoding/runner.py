@@ -12,7 +12,7 @@ import functools
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from sbert_cli.chunking import ChunkStats
@@ -190,6 +190,9 @@ def encode_corpus(
     _check_target(options, store_path)
     existing = Store.open(store_path) if Store.exists(store_path) else None
     sources = expand_inputs(inputs, options.glob, options.read.format)
+    if existing is not None:  # a missing or cut shard is an error, not "nothing to do"
+        forced = {str(s.path.resolve()) for s in sources if s.path} if options.force else set()
+        existing.check_shard_files(frozenset(e.index for e in existing.manifest.inputs if e.path in forced))
     options = _inherit_settings(options, existing)
     record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
     if existing is not None:
@@ -293,7 +296,10 @@ def begin_run(
             reporter.message(
                 f"{item.source.name}: resuming after line {item.entry.last_line} ({item.entry.rows_done} rows done)"
             )
-    return total - _prepare_store(store_path, manifest, plan, options, summary)
+    done_before = _prepare_store(store_path, manifest, plan, options, summary)
+    for item in plan:  # how it was read: `sbert check --repair` re-reads an input the same way
+        item.entry.read = asdict(options.read)
+    return total - done_before
 
 
 def _windows(
