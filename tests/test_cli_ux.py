@@ -256,3 +256,45 @@ def test_help_starts_fast():
 
     code = "import sys, sbert_cli.cli; sys.exit(any(m in sys.modules for m in ('torch', 'transformers', 'rich')))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# -- issue 22: what a new user hit --------------------------------------------------------------------
+def test_empty_stdin_is_refused_like_an_empty_file(tmp_path):
+    for given in ("", "\n  \n\n"):
+        store = tmp_path / "store"
+        result = sbert("encode", "-", "-o", store, *HASH, input=given)
+        assert result.exit_code == 2, result.output
+        assert result.stderr == "sbert: error: <stdin>: empty input (no non-blank records)\n"
+        assert not store.exists()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    result = sbert("encode", empty, "-o", tmp_path / "store", *HASH)
+    assert (result.exit_code, result.stderr) == (2, f"sbert: error: {empty}: empty input (no non-blank records)\n")
+
+
+def test_stdin_looked_into_first_is_still_read_in_full(tmp_path):
+    """The emptiness check reads stdin up to its first record; every byte still reaches the store."""
+    import pandas as pd
+
+    lines = ["", "  ", *[f"line {i} of a piped corpus" for i in range(3000)]]
+    result = sbert("encode", "-", "-o", tmp_path / "store", *HASH, input="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    df = pd.read_parquet(tmp_path / "store" / "shards").sort_values("line")
+    assert df["text"].tolist() == lines[2:]
+    assert df["line"].tolist() == list(range(3, 3003))
+    jsonl = "\n" + "".join(json.dumps({"text": f"record {i}"}) + "\n" for i in range(5))
+    result = sbert("encode", "-", "--format", "jsonl", "-o", tmp_path / "jsonl", *HASH, input=jsonl)
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(tmp_path / "jsonl" / "shards")["text"].tolist() == [f"record {i}" for i in range(5)]
+
+
+def test_progress_comes_per_batch_not_per_window(tmp_path, monkeypatch):
+    """200 texts of four words are one window but four batches of the hash model (256 tokens, at
+    most 64 texts): a log hears of each batch, not only of the window's end."""
+    monkeypatch.setattr("sbert_cli.encoding.runner.PROGRESS_EVERY_S", 0.0)  # every update reaches the log
+    corpus = tmp_path / "four.txt"
+    corpus.write_text("".join(f"four words text {i}\n" for i in range(200)), encoding="utf-8")
+    result = sbert("encode", corpus, "-o", tmp_path / "store", *HASH, "--progress-interval", "0")
+    assert result.exit_code == 0, result.output
+    done = re.findall(r"^sbert: encoding: (\d+)/200 texts", result.stderr, re.M)
+    assert done == ["64", "128", "192", "200"]

@@ -6,6 +6,7 @@ point back at the source. Bad input raises InputError naming the file and line.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sbert_cli.errors import InputError, located
+from sbert_cli.inputs.stdin import peeking, stdin_binary
 
 FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
 _EXTENSIONS = {
@@ -131,7 +133,7 @@ def expand_inputs(inputs: list[str], glob: str | None = None, forced_format: str
 
 def _open_binary(source: InputSource) -> BinaryIO:
     try:
-        raw: BinaryIO = sys.stdin.buffer if source.path is None else open(source.path, "rb")
+        raw: BinaryIO = stdin_binary() if source.path is None else open(source.path, "rb")
     except OSError as exc:
         raise InputError(located(source.name, None, f"cannot open ({exc.strerror})")) from exc
     if source.gzipped:
@@ -314,7 +316,7 @@ def _read_parquet(source: InputSource, options: ReadOptions, stats: ReadStats) -
     import pyarrow.parquet as pq
 
     if source.path is None:
-        data = pa.BufferReader(sys.stdin.buffer.read())
+        data = pa.BufferReader(stdin_binary().read())
     else:
         data = source.path if not source.gzipped else pa.BufferReader(gzip.decompress(source.path.read_bytes()))
     try:
@@ -371,6 +373,17 @@ def scan(source: InputSource, options: ReadOptions) -> ReadStats:
     for _ in read_records(source, options, stats):
         pass
     return stats
+
+
+def has_records(source: InputSource, options: ReadOptions) -> bool:
+    """Whether the input holds a non-blank record. Stdin is read only up to the first one, and
+    what was read is served again to the next reader (inputs/stdin.py)."""
+    with peeking() if source.is_stdin else contextlib.nullcontext():
+        records = read_records(source, options)
+        try:
+            return next(records, None) is not None
+        finally:
+            records.close()
 
 
 def read_text_lines(path: str, encoding: str = "utf-8") -> list[str]:
