@@ -298,3 +298,23 @@ def test_progress_comes_per_batch_not_per_window(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     done = re.findall(r"^sbert: encoding: (\d+)/200 texts", result.stderr, re.M)
     assert done == ["64", "128", "192", "200"]
+
+
+def test_a_missing_extra_is_one_rule_for_plot_and_ray(tmp_path, corpus, monkeypatch):
+    """Same exit code (2: nothing ran, the user's install or options must change) and the same
+    message shape naming the pip command, for --plot and --ray alike."""
+    store = tmp_path / "store"
+    assert sbert("encode", corpus, "-o", store, *HASH).exit_code == 0
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails as if not installed
+    monkeypatch.setitem(sys.modules, "ray", None)
+    plot = sbert("cluster", store, "--k", "2", "--plot", tmp_path / "c.png")
+    ray = sbert("encode", corpus, "-o", tmp_path / "ray_store", *HASH, "--ray")
+    assert (plot.exit_code, plot.stderr) == (
+        2,
+        "sbert: error: --plot needs matplotlib, an optional extra: pip install 'sbert-cli[plot]'\n",
+    )
+    assert (ray.exit_code, ray.stderr) == (
+        2,
+        "sbert: error: --ray needs Ray, an optional extra: pip install 'sbert-cli[ray]'\n",
+    )
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "ray_store").exists()

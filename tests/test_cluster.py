@@ -238,8 +238,8 @@ def test_plot_without_matplotlib_says_how_to_get_it(planted_store, tmp_path, mon
     store, _, _ = planted_store
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     result = run("cluster", store, "--k", "3", "--plot", str(tmp_path / "x.png"))
-    assert result.exit_code == 1
-    assert "--plot needs matplotlib" in result.stderr and "pip install" in result.stderr
+    assert result.exit_code == 2  # the rule for every missing extra (sbert_cli/extras.py)
+    assert result.stderr == "sbert: error: --plot needs matplotlib, an optional extra: pip install 'sbert-cli[plot]'\n"
     assert not (tmp_path / "x.png").exists()
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.analysis.cluster.methods import NOISE
-from sbert_cli.errors import InputError, SbertError
+from sbert_cli.errors import InputError
+from sbert_cli.extras import missing_extra
 
 
 # -- plot ---------------------------------------------------------------------------------------------
@@ -20,9 +21,7 @@ def check_plot_available(path: str) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise SbertError(
-            "--plot needs matplotlib, an optional extra: pip install 'sbert-cli[plot]' (or pip install matplotlib)"
-        ) from None
+        raise missing_extra("--plot", "matplotlib", "plot") from None
 
 
 def plot_clusters(path: str, vectors: np.ndarray, labels: np.ndarray, title: str, max_legend: int = 20) -> None:
