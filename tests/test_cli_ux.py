@@ -318,3 +318,41 @@ def test_a_missing_extra_is_one_rule_for_plot_and_ray(tmp_path, corpus, monkeypa
         "sbert: error: --ray needs Ray, an optional extra: pip install 'sbert-cli[ray]'\n",
     )
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "ray_store").exists()
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# Each benchmark pointed at data that is not there: (script, its data options).
+MISSING = "/nonexistent/sbert-data"
+BENCH_DATA_ARGS = {
+    "bench_cluster": ["--data", MISSING],
+    "bench_encode": ["--corpus", f"{MISSING}/books/war_and_peace.txt"],
+    "bench_gpu": ["--data", MISSING],
+    "bench_hybrid": ["--sts", f"{MISSING}/stsb/sts-train.csv", "--books", f"{MISSING}/books"],
+    "bench_linkage": ["--data", MISSING],
+    "bench_quantized": ["--data", MISSING, "--work", f"{MISSING}/work"],
+    "bench_ray": ["--data", MISSING],
+    "bench_scale": ["--data", MISSING, "--work", f"{MISSING}/work"],
+    "bench_search": ["--sts", f"{MISSING}/stsb/sts-dev.csv", "--books", f"{MISSING}/books"],
+    "bench_sts": ["--data", f"{MISSING}/stsb/sts-dev.csv"],
+    "bench_train": ["--train", f"{MISSING}/stsb/sts-train.csv", "--dev", f"{MISSING}/stsb/sts-dev.csv"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(BENCH_DATA_ARGS))
+def test_benchmarks_without_their_data_say_what_they_need(script):
+    """From a clone without ../shared/data: one line naming what is missing, exit 2, no traceback."""
+    import subprocess
+
+    assert sorted(BENCH_DATA_ARGS) == sorted(p.stem for p in BENCHMARKS.glob("bench_*.py") if p.stem != "bench_startup")
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{script}.py"), *BENCH_DATA_ARGS[script]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(
+        rf"{script}\.py: needs .+ (under|at) {re.escape(MISSING)}\S*, not found there(; pass --data DIR)?\n",
+        result.stderr,
+    )
+    assert result.stdout == ""

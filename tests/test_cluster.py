@@ -394,3 +394,37 @@ def test_assignments_carry_source_line_and_key(tmp_path):
     assert result.exit_code == 0, result.output
     rows = jsonl(result.stdout)
     assert [(r["source"], r["line"], r["key"]) for r in rows] == [(str(docs), i + 1, f"doc-{i}") for i in range(8)]
+
+
+def test_plot_legend_names_each_cluster_by_its_most_central_record(planted_store, tmp_path, monkeypatch):
+    from sbert_cli.analysis.cluster.plot import cluster_label
+
+    central = [
+        {
+            "source": "books/moby.txt",
+            "line": 12,
+            "text": "Call me Ishmael.  Some years ago, never mind how long precisely",
+        }
+    ]
+    assert (
+        cluster_label(3, 120, central)
+        == 'cluster 3 (120): books/moby.txt:12 "Call me Ishmael. Some years ago, never mind how…"'
+    )
+    assert cluster_label(-1, 7, []) == "no cluster (7)"
+    assert cluster_label(0, 5, []) == "cluster 0 (5)"
+    seen = {}
+    monkeypatch.setattr(
+        "sbert_cli.analysis.cluster.plot_clusters", lambda path, vectors, labels, title, central: seen.update(central)
+    )
+    store, texts, _ = planted_store
+    result = run("cluster", store, "--k", "3", "--plot", str(tmp_path / "c.png"), "--format", "jsonl", "-q")
+    assert result.exit_code == 0, result.output
+    rows = jsonl(result.stdout)
+    assert sorted(seen) == [0, 1, 2]
+    for label, best in seen.items():
+        nearest = min((r for r in rows if r["cluster"] == label), key=lambda r: (r["distance"], r["id"]))
+        assert (best[0]["source"], best[0]["line"], best[0]["text"]) == (
+            nearest["source"],
+            nearest["line"],
+            nearest["text"],
+        )
