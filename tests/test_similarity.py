@@ -288,7 +288,7 @@ def test_one_sentence_against_a_stores_records(tmp_path):
     """`--store STORE SENTENCE`: the sentence against every record (the mean of its chunks'
     vectors, normalized), or every chunk with --chunks; rows carry source, line and key."""
     from fakes import hash_embed
-    from test_cluster import CHUNKED, chunked_store, record_vectors
+    from test_records import CHUNKED, chunked_store, record_vectors
 
     store = chunked_store(tmp_path)
     sentence = "a whale under the ship"

@@ -376,14 +376,9 @@ def scan(source: InputSource, options: ReadOptions) -> ReadStats:
 
 
 def has_records(source: InputSource, options: ReadOptions) -> bool:
-    """Whether the input holds a non-blank record. Stdin is read only up to the first one, and
-    what was read is served again to the next reader (inputs/stdin.py)."""
+    """Whether the input holds a non-blank record; stdin is read only up to it (and replayed)."""
     with peeking() if source.is_stdin else contextlib.nullcontext():
-        records = read_records(source, options)
-        try:
-            return next(records, None) is not None
-        finally:
-            records.close()
+        return next(read_records(source, options), None) is not None
 
 
 def read_text_lines(path: str, encoding: str = "utf-8") -> list[str]:
