@@ -287,10 +287,7 @@ def test_plot_legend_names_each_cluster_by_its_most_central_record(planted_store
             "text": "Call me Ishmael.  Some years ago, never mind how long precisely",
         }
     ]
-    assert (
-        cluster_label(3, 120, central)
-        == 'cluster 3 (120): books/moby.txt:12 "Call me Ishmael. Some years ago, never mind how…"'
-    )
+    assert cluster_label(3, 120, central) == 'cluster 3 (120): moby.txt:12 "Call me Ishmael. Some years ago, never…"'
     assert cluster_label(-1, 7, []) == "no cluster (7)"
     assert cluster_label(0, 5, []) == "cluster 0 (5)"
     seen = {}

@@ -24,9 +24,10 @@ def check_plot_available(path: str) -> None:
         raise missing_extra("--plot", "matplotlib", "plot") from None
 
 
-def cluster_label(label: int, size: int, central: list[dict], width: int = 48) -> str:
+def cluster_label(label: int, size: int, central: list[dict], width: int = 40) -> str:
     """`cluster 3 (120): moby_dick.txt:45 "Call me Ishmael. Some years…"`: the legend names each
-    cluster by its most central record's source, line and opening words."""
+    cluster by its most central record's source (the file name: paths would crowd the plot out),
+    line and opening words."""
     if label == NOISE:
         return f"no cluster ({size:,})"
     name = f"cluster {label} ({size:,})"
@@ -34,8 +35,8 @@ def cluster_label(label: int, size: int, central: list[dict], width: int = 48) -
         return name
     best = central[0]
     text = " ".join((best.get("text") or "").split())
-    text = text if len(text) <= width else text[: width - 1] + "…"
-    return f"{name}: {best['source']}:{best['line']}" + (f' "{text}"' if text else "")
+    text = text if len(text) <= width else text[: width - 1].rstrip() + "…"
+    return f"{name}: {Path(best['source']).name}:{best['line']}" + (f' "{text}"' if text else "")
 
 
 def plot_clusters(
