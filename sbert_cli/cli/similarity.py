@@ -110,7 +110,8 @@ def similarity(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Cosine similarity of sentences, or of every pair in a pair file (with STS correlations)."""
+    """Cosine similarity of sentences, of every pair in a pair file (with STS correlations), or of one
+    sentence to every record of a store (--store)."""
     from sbert_cli.analysis.similarity import PairOptions, parse_columns, read_pairs
     from sbert_cli.cli.output import default_format, write_rows
     from sbert_cli.encoding.loader import ModelSettings
