@@ -147,6 +147,11 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=200, help="Name and rare-word queries each.")
     parser.add_argument("--work", type=Path, default=None, help="Keep the store here (re-runs skip encoding).")
     args = parser.parse_args()
+    from _data import require_file
+
+    require_file(args.sts, "STS-benchmark pairs (--sts FILE)")
+    if not any(args.books.glob("*.txt")):
+        require_file(args.books / "*.txt", "book paragraphs, one per line (--books DIR)")
 
     pairs = read_sts(args.sts)
     sentences = list(dict.fromkeys(s for _, s1, s2 in pairs for s in (s1, s2) if s))

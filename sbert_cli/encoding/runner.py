@@ -23,8 +23,8 @@ from sbert_cli.encoding.settings import chunker_for, kept_layout, merge_kept_typ
 from sbert_cli.encoding.stream import WINDOW_TEXTS, input_windows
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
-from sbert_cli.inputs.reader import ReadOptions, ReadStats, expand_inputs, scan
-from sbert_cli.progress import NullReporter, ProgressUpdate, Reporter, StageClock
+from sbert_cli.inputs.reader import ReadOptions, ReadStats, Record, expand_inputs, has_records, scan
+from sbert_cli.progress import NullReporter, ProgressMeter, ProgressUpdate, Reporter, StageClock
 from sbert_cli.store.atomic import is_temp_name
 from sbert_cli.store.manifest import StoreManifest
 from sbert_cli.store.store import STORAGE_DTYPES, Store, store_lock
@@ -161,6 +161,8 @@ def _count_records(plan: list[PlannedInput], options: EncodeOptions, types: dict
             item.records = stats.records
             types[item.source.name] = stats.field_types or {}
             total += item.records
+        elif not has_records(item.source, options.read):  # read up to its first record only
+            item.records = 0
     if all(item.records == 0 for item in plan):
         raise InputError(
             f"{plan[0].source.name}: empty input (no non-blank records)"
@@ -341,12 +343,21 @@ def _run(
 
     summary = EncodeSummary(str(store_path))
     total = begin_run(store_path, manifest, plan, options, total, reporter, summary)
-    clock, stats, started, last_report = StageClock(), {}, time.perf_counter(), 0.0
+    clock, stats, started = StageClock(), {}, time.perf_counter()
     committers: dict[int, ShardCommitter] = {}
     size = window_texts(getattr(encoder, "device", "cpu"))  # larger on a GPU: less padding
     chunker = chunker_for(encoder, manifest.chunking, summary.chunking)
     windows = clock.timed("read", _windows(plan, options, stats, size, chunker))
-    for done in encoder.encode_windows(windows, clock=clock, workers=options.workers, say=reporter.message):
+    # Progress per batch, not per window: a log gets its line every interval whatever the window.
+    meter = ProgressMeter(reporter, "encoding", total or None, clock, PROGRESS_EVERY_S)
+
+    def in_model(payload: tuple[PlannedInput, list[Record] | None], texts: int) -> None:
+        meter.in_work(payload[0].source.name, texts)
+
+    batches = encoder.encode_windows(
+        windows, clock=clock, workers=options.workers, say=reporter.message, on_batch=in_model
+    )
+    for done in batches:
         item, records = done.payload
         entry = item.entry
         committer = committers.setdefault(entry.index, ShardCommitter(store_path, manifest, entry, options.shard_size))
@@ -360,10 +371,7 @@ def _run(
         summary.records += sum(getattr(r, "last", True) for r in records or ())
         summary.tokens += done.tokens
         summary.truncated += done.truncated
-        now = time.perf_counter()
-        if now - last_report >= PROGRESS_EVERY_S:
-            last_report = now
-            reporter.progress(_update(summary, total, now - started, clock, item.source.name, False))
+        meter.advance(len(records or ()), done.tokens, item.source.name)
     summary.elapsed = time.perf_counter() - started
     summary.stages = clock.snapshot()
     summary.store_rows = manifest.rows

@@ -12,12 +12,12 @@ from __future__ import annotations
 import codecs
 import functools
 import gzip
-import sys
 import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
 from sbert_cli.errors import InputError, located
+from sbert_cli.inputs.stdin import stdin_binary
 
 if TYPE_CHECKING:
     from sbert_cli.inputs.reader import ReadOptions
@@ -51,7 +51,7 @@ def ascii_compatible(encoding: str) -> bool:
 
 def open_binary(source: InputSource) -> BinaryIO:
     try:
-        raw: BinaryIO = sys.stdin.buffer if source.path is None else open(source.path, "rb")
+        raw: BinaryIO = stdin_binary() if source.path is None else open(source.path, "rb")
     except OSError as exc:
         raise InputError(located(source.name, None, f"cannot open ({exc.strerror})")) from exc
     if source.gzipped:

@@ -9,11 +9,11 @@ strings are UTF-8 by definition, but a writer can break that: a bad value names 
 from __future__ import annotations
 
 import gzip
-import sys
 from typing import TYPE_CHECKING
 
 from sbert_cli.errors import InputError, located
 from sbert_cli.inputs.decoding import GZIP_ERRORS
+from sbert_cli.inputs.stdin import stdin_binary
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -32,7 +32,7 @@ def open_parquet(source: InputSource) -> pq.ParquetFile:
 
     try:
         if source.path is None:
-            raw = sys.stdin.buffer.read()
+            raw = stdin_binary().read()
             data = pa.BufferReader(gzip.decompress(raw) if source.gzipped else raw)
         else:
             data = source.path if not source.gzipped else pa.BufferReader(gzip.decompress(source.path.read_bytes()))

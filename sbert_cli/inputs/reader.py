@@ -6,6 +6,7 @@ point back at the source. Bad input raises InputError naming the file and line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from sbert_cli.inputs.decoding import decoded_lines, open_binary
 from sbert_cli.inputs.delimited import CSV_FIELD_LIMIT, column_index, delimited_rows
 from sbert_cli.inputs.parquet_reader import PARQUET_ERRORS, column_values, open_parquet, resolve_columns
 from sbert_cli.inputs.sources import FORMATS, STDIN, InputSource, detect_format, expand_inputs
+from sbert_cli.inputs.stdin import peeking
 
 
 @dataclass
@@ -239,6 +241,12 @@ def scan(source: InputSource, options: ReadOptions) -> ReadStats:
     for _ in read_records(source, options, stats):
         pass
     return stats
+
+
+def has_records(source: InputSource, options: ReadOptions) -> bool:
+    """Whether the input holds a non-blank record; stdin is read only up to it (and replayed)."""
+    with peeking() if source.is_stdin else contextlib.nullcontext():
+        return next(read_records(source, options), None) is not None
 
 
 def read_text_lines(path: str, encoding: str = "utf-8") -> list[str]:
