@@ -34,7 +34,7 @@ def chunked_store(root: Path, model: str = "hash:32") -> Path:
     import pyarrow.parquet as pq
 
     from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
-    from sbert_cli.store.atomic import sha256_file
+    from sbert_cli.store.integrity import digest_file
     from sbert_cli.store.manifest import StoreManifest
 
     chunks = [(line, n, text) for line, texts in CHUNKED for n, text in enumerate(texts)]
@@ -51,13 +51,16 @@ def chunked_store(root: Path, model: str = "hash:32") -> Path:
         table = table.set_column(
             table.schema.get_field_index("line"), "line", pa.array([r[0] for r in rows], pa.int64())
         )
-        table = table.append_column("chunk", pa.array([r[1] for r in rows], pa.int64()))
-        table = table.append_column("start", pa.array(offsets, pa.int64()))
-        table = table.append_column(
-            "end", pa.array([o + len(r[2]) for o, r in zip(offsets, rows, strict=True)], pa.int64())
-        )
+        ends = [o + len(r[2]) for o, r in zip(offsets, rows, strict=True)]
+        for name, values in (("chunk", [r[1] for r in rows]), ("start", offsets), ("end", ends)):
+            column = pa.array(values, pa.int32())
+            at = table.schema.get_field_index(name)
+            table = table.set_column(at, name, column) if at >= 0 else table.append_column(name, column)
         pq.write_table(table, path)
-        manifest.shards[position] = dataclasses.replace(shard, sha256=sha256_file(path), bytes=path.stat().st_size)
+        digest = digest_file(path)
+        manifest.shards[position] = dataclasses.replace(
+            shard, sha256=digest.sha256, bytes=digest.bytes, xxh3=digest.xxh3, page_checksums=False
+        )
     manifest.save(store)
     return store
 
