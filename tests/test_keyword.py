@@ -131,7 +131,9 @@ def test_hybrid_hits_report_both_ranks_from_the_shell(store):
     top = jsonl(result)[0]
     assert top["score"] == pytest.approx(sum(1 / (5 + r) for r in (top["dense_rank"], top["keyword_rank"]) if r))
     rrf = jsonl(sbert("search", store, "the old prince", "--fusion", "rrf", "--format", "jsonl"))
-    assert rrf[0]["score"] == pytest.approx(sum(1 / (60 + r) for r in (rrf[0]["dense_rank"], rrf[0]["keyword_rank"]) if r))
+    assert rrf[0]["score"] == pytest.approx(
+        sum(1 / (60 + r) for r in (rrf[0]["dense_rank"], rrf[0]["keyword_rank"]) if r)
+    )
     # Hybrid is the default where the store has a keyword index (benchmarks/README.md says why).
     default = jsonl(sbert("search", store, "the old prince", "--format", "jsonl"))
     assert [(h["id"], h["score"]) for h in default[:5]] == [(h["id"], h["score"]) for h in hits[:5]]

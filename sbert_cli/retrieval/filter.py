@@ -64,16 +64,13 @@ def _connect(store: Store):
     import duckdb
 
     files = [str(store.shard_path(s).resolve()) for s in store.shards]
+    listed = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
     con = duckdb.connect(":memory:")
-    con.execute("SET allowed_paths = $files", {"files": files})
+    con.execute(f"SET allowed_paths = {listed}")  # SET takes no prepared parameters
     for setting in ("enable_external_access", "autoinstall_known_extensions", "autoload_known_extensions"):
         con.execute(f"SET {setting} = false")
     con.execute("SET lock_configuration = true")
-    if files:
-        con.execute(
-            "CREATE VIEW rows AS SELECT * EXCLUDE (embedding) FROM read_parquet($files, union_by_name = true)",
-            {"files": files},
-        )
+    con.execute(f"CREATE VIEW rows AS SELECT * EXCLUDE (embedding) FROM read_parquet({listed}, union_by_name = true)")
     return con
 
 
