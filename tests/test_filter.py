@@ -56,7 +56,7 @@ def brute_force(store: Path, query: str, keep, k: int) -> list[int]:
         for r in index.store.read_shard(shard, ["id", "text", "source", "line"]).to_pylist()
     ]
     q = hash_embed(query, 64)
-    scored = sorted(((-float(q @ hash_embed(r["text"], 64)), r["id"]) for r in rows if keep(r)))
+    scored = sorted((-float(q @ hash_embed(r["text"], 64)), r["id"]) for r in rows if keep(r))
     return [i for _, i in scored[:k]]
 
 
