@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sbert_cli.errors import InputError, located
+from sbert_cli.inputs import fields
 
 FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
 _EXTENSIONS = {
@@ -60,6 +61,7 @@ class ReadOptions:
     header: bool | None = None
     encoding: str = "utf-8"
     errors: str = "strict"
+    keep_fields: tuple[str, ...] = ()  # stored as typed columns (inputs/fields.py)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Record:
     line: int
     text: str
     key: str | None = None
+    fields: dict | None = None  # --keep-fields values, typed by inputs/fields.py
 
 
 @dataclass
@@ -75,6 +78,7 @@ class ReadStats:
 
     records: int = 0
     blank: int = 0
+    field_types: dict[str, str | None] | None = None  # --keep-fields: each field's type, from the data
 
 
 def detect_format(path: str, forced: str | None) -> tuple[str, bool]:
@@ -229,7 +233,7 @@ def _read_jsonl(source: InputSource, options: ReadOptions, stats: ReadStats) -> 
             continue
         if not isinstance(text, str):
             raise InputError(located(source.name, lineno, f"field {options.text_field!r} is not a string"))
-        yield Record(lineno, text, key)
+        yield Record(lineno, text, key, fields.kept_json(obj, options.keep_fields, _json_value))
 
 
 def column_index(source: InputSource, header: list[str] | None, column: str, what: str) -> int:
@@ -304,7 +308,7 @@ def _read_delimited(source: InputSource, options: ReadOptions, stats: ReadStats)
             if key_index >= len(row):
                 raise InputError(located(source.name, row_line, f"row has no id column {key_index}"))
             key = row[key_index]
-        yield Record(row_line, text, key)
+        yield Record(row_line, text, key, fields.kept_cells(source, header, row, options.keep_fields))
     if header is None and has_header:
         raise InputError(located(source.name, None, "empty file (expected a header row)"))
 
@@ -326,6 +330,7 @@ def _read_parquet(source: InputSource, options: ReadOptions, stats: ReadStats) -
     wanted = [column]
     if options.id_field:
         wanted.append(options.id_field)
+    kept = fields.parquet_columns(source, pf.schema_arrow, options.keep_fields)
     resolved = []
     for name in wanted:
         if name.isdigit() and int(name) < len(names):
@@ -335,15 +340,16 @@ def _read_parquet(source: InputSource, options: ReadOptions, stats: ReadStats) -
         resolved.append(name)
     row = 0
     try:
-        for batch in pf.iter_batches(columns=resolved, batch_size=8192):
+        for batch in pf.iter_batches(columns=resolved + [c for c in kept if c not in resolved], batch_size=8192):
             texts = batch.column(0).to_pylist()
             keys = batch.column(1).to_pylist() if len(resolved) > 1 else [None] * len(texts)
-            for text, key in zip(texts, keys, strict=True):
+            values = fields.batch_values(batch, kept, len(texts))
+            for text, key, kept_values in zip(texts, keys, values, strict=True):
                 row += 1
                 if text is None or not str(text).strip():
                     stats.blank += 1
                     continue
-                yield Record(row, str(text), None if key is None else str(key))
+                yield Record(row, str(text), None if key is None else str(key), kept_values)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(located(source.name, row + 1, f"unreadable Parquet data ({exc})")) from exc
 
@@ -360,7 +366,10 @@ _READERS = {
 def read_records(source: InputSource, options: ReadOptions, stats: ReadStats | None = None) -> Iterator[Record]:
     """Stream the non-blank records of one input, in order; blanks are counted in `stats`."""
     stats = stats if stats is not None else ReadStats()
-    for record in _READERS[source.format](source, options, stats):
+    records = _READERS[source.format](source, options, stats)
+    if options.keep_fields:
+        records = fields.typed_records(source, options.keep_fields, records, stats)
+    for record in records:
         stats.records += 1
         yield record
 
