@@ -142,7 +142,9 @@ def search(
         write_rows([hit.as_dict() for per_query in results for hit in per_query], columns, fmt)
         return
     # On a terminal: one table per query, titled with it and with what its score column is.
-    shown = ("rank", "score", "cosine", "text", "source", "line", "key", *index.layout.extra, "id")
+    # The passage's offsets stay in the other formats: the table gives its width to the text.
+    extra = [c for c in index.layout.extra if c not in ("start", "end")]
+    shown = ("rank", "score", "cosine", "text", "source", "line", "key", *extra, "id")
     if mode != "dense":
         shown += ("dense_rank", "keyword_rank")
     headers = {"score": SCORE_HEADERS[mode]}
