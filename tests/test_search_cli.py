@@ -293,3 +293,25 @@ def test_exact_output_of_a_small_store(tmp_path):
         assert result.exit_code == 0, result.output
         assert result.stdout == expected
         assert result.stderr == ""
+
+
+def test_k_larger_than_the_store_returns_every_row_with_key_and_cosine(tmp_path):
+    from fakes import HASH_MODEL, hash_embed
+
+    records = tmp_path / "notes.jsonl"
+    notes = {"n1": "red apples and green pears", "n2": "a red car on the road", "n3": "green fields in spring"}
+    records.write_text("".join(json.dumps({"id": k, "text": t}) + "\n" for k, t in notes.items()))
+    store = tmp_path / "store"
+    assert sbert("encode", records, "-o", store, "--model", HASH_MODEL, "--id-field", "id", "-q").exit_code == 0
+    assert sbert("index", store, "-q").exit_code == 0
+    query = hash_embed("red apples", 64)
+    for mode in ("dense", "keyword", "hybrid"):
+        result = sbert("search", store, "red apples", "--mode", mode, "--format", "jsonl")  # default -k 10
+        assert result.exit_code == 0, result.output
+        hits = jsonl(result)
+        assert len(hits) == (2 if mode == "keyword" else 3)  # keyword: only texts sharing a term
+        for hit in hits:
+            assert notes[hit["key"]] == hit["text"]
+            assert hit["cosine"] == pytest.approx(float(query @ hash_embed(hit["text"], 64)), abs=1e-5)
+    result = sbert("search", store, "red apples", "-k", "100", "--exact", "--format", "jsonl")
+    assert result.exit_code == 0 and [h["key"] for h in jsonl(result)][0] == "n1" and len(jsonl(result)) == 3
