@@ -17,11 +17,14 @@ the keyword index masks the other documents out of BM25's sums.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from sbert_cli.errors import InputError, SbertError
+from sbert_cli.store.manifest import ShardInfo
 from sbert_cli.store.store import Store, embeddings_to_numpy
 
 # A predicate matching at most this share of the store's rows is searched exactly over the
@@ -53,10 +56,10 @@ class RowFilter:
         """Which of `ids` the filter keeps."""
         return np.isin(ids, self.ids)
 
+    @cached_property
     def contains(self):
-        """A predicate on one row id, for hnswlib's filter callback."""
-        keep = set(self.ids.tolist())
-        return keep.__contains__
+        """A predicate on one row id, for hnswlib's filter callback (made once per filter)."""
+        return set(self.ids.tolist()).__contains__
 
 
 def _connect(store: Store):
@@ -117,27 +120,30 @@ def filter_rows(store: Store, expression: str) -> RowFilter:
     return RowFilter(expression, np.asarray(found, dtype=np.int64), store.rows)
 
 
-def matching_vectors(store: Store, row_filter: RowFilter) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, float32 vectors) of the rows a narrow filter keeps, read from the shards by id."""
+def matching_vectors(
+    store: Store, ids: np.ndarray, shards: Sequence[ShardInfo] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, float32 vectors) of the given rows (sorted ids), read from the store's shards (or
+    the given ones) by id: only shards whose id range holds some of them are read."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    ids, vectors = [], []
-    wanted = pa.array(row_filter.ids, type=pa.int64())
-    lowest, highest = (int(row_filter.ids[0]), int(row_filter.ids[-1])) if len(row_filter.ids) else (0, -1)
-    for shard in store.shards:
-        if shard.id_max < lowest or shard.id_min > highest:
+    found_ids, vectors = [], []
+    wanted = pa.array(ids, type=pa.int64())
+    for shard in store.shards if shards is None else shards:
+        inside = ids[(ids >= shard.id_min) & (ids <= shard.id_max)]
+        if not len(inside):
             continue
         path = store.shard_path(shard)
         try:
-            table = pq.read_table(path, columns=["id", "embedding"], filters=[("id", "in", wanted)])
+            table = pq.read_table(path, columns=["id", "embedding"], filters=[("id", "in", pa.array(inside))])
         except (OSError, pa.ArrowException) as exc:
             raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
         table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
         if table.num_rows:
-            ids.append(table.column("id").to_numpy())
+            found_ids.append(table.column("id").to_numpy())
             vectors.append(embeddings_to_numpy(table.column("embedding"), store.dim))
-    if not ids:
+    if not found_ids:
         return np.empty(0, np.int64), np.empty((0, store.dim), np.float32)
-    return np.concatenate(ids).astype(np.int64), np.concatenate(vectors)
+    return np.concatenate(found_ids).astype(np.int64), np.concatenate(vectors)

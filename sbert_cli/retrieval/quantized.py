@@ -267,6 +267,7 @@ class QuantizedIndex:
         self.ids = ids
         self.vectors = vectors
         self.default_rescore = DEFAULT_RESCORE[manifest.quantize]
+        self._order: np.ndarray | None = None  # argsort of ids, made on first use
 
     @classmethod
     def load(cls, store_path: Path, manifest: IndexManifest) -> QuantizedIndex:
@@ -303,6 +304,16 @@ class QuantizedIndex:
             if keep is None or found >= min(k, int(keep.sum())) or candidates >= self.manifest.count:
                 return ids, scores
             candidates = min(self.manifest.count, candidates * 4)
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The full-precision vectors of the given row ids (all in the index), float32."""
+        if self._order is None:
+            self._order = np.argsort(self.ids, kind="stable")
+        positions = self._order[np.searchsorted(self.ids[self._order], ids)]
+        order = np.argsort(positions)  # read the memory-mapped file in its order
+        out = np.empty((len(ids), self.vectors.shape[1]), dtype=np.float32)
+        out[order] = self.vectors[positions[order]]
+        return out
 
     def _scan(
         self, queries: np.ndarray, k: int, candidates: int, keep: np.ndarray | None

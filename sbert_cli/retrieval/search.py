@@ -207,16 +207,35 @@ class Index:
         """Exact search over a filter's matching rows: their vectors read by id when they are
         few, every shard scanned (matching rows kept) when they are many."""
         if row_filter.narrow:
-            ids, matching = matching_vectors(self.store, row_filter)
+            ids, matching = self._matching_vectors(row_filter)
             return exact_over(ids, matching, vectors, k, self.space)
         return exact_search(self.store, vectors, k, self.space, allowed=row_filter.ids)
+
+    def _matching_vectors(self, row_filter: RowFilter) -> tuple[np.ndarray, np.ndarray]:
+        """A narrow filter's rows and vectors: from the index, which holds them in memory (or
+        memory-mapped), where it covers them; from the shards otherwise (--exact, new shards)."""
+        get_items = getattr(self.graph, "get_items", None)
+        if get_items is None and not isinstance(self.graph, QuantizedIndex):
+            return matching_vectors(self.store, row_filter.ids)
+        pending = np.zeros(len(row_filter.ids), dtype=bool)
+        for shard in self.pending:
+            pending |= (row_filter.ids >= shard.id_min) & (row_filter.ids <= shard.id_max)
+        indexed = row_filter.ids[~pending]
+        if isinstance(self.graph, QuantizedIndex):
+            found = self.graph.vectors_of(indexed)
+        else:
+            found = np.asarray(get_items(indexed, return_type="numpy"), dtype=np.float32).reshape(-1, self.store.dim)
+        if not pending.any():
+            return indexed, found
+        more_ids, more = matching_vectors(self.store, row_filter.ids[pending], self.pending)
+        return np.concatenate([indexed, more_ids]), np.concatenate([found, more])
 
     def _search_graph(
         self, vectors: np.ndarray, k: int, ef: int | None, row_filter: RowFilter | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         self.graph.set_ef(max(ef or self.default_ef, k))
         # hnswlib calls the filter from its search threads; a Python callable needs the GIL anyway.
-        options = {} if row_filter is None else {"filter": row_filter.contains(), "num_threads": 1}
+        options = {} if row_filter is None else {"filter": row_filter.contains, "num_threads": 1}
         try:
             labels, distances = self.graph.knn_query(prepare_queries(vectors, self.space), k=k, **options)
         except RuntimeError as exc:  # hnswlib: fewer than k reachable (tiny ef on a sparse graph)
