@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from sbert_cli.cli import cluster, encode, index, search, similarity, train
-from sbert_cli.cli import serve as serve_cli
 from sbert_cli.cli import eval as eval_cli
+from sbert_cli.cli import serve as serve_cli
 from sbert_cli.cli._common import SbertCommand
 
 

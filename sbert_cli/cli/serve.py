@@ -18,7 +18,9 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network (pair with --api-key-env).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one; the start-up line says which).")] = 8080,
+    port: Annotated[
+        int, typer.Option(help="Port to listen on (0: any free one; the start-up line says which).")
+    ] = 8080,
     api_key_env: Annotated[
         str | None,
         typer.Option(
@@ -35,21 +37,28 @@ def serve(
         int, typer.Option(metavar="BYTES", min=1, help="Largest request body; larger ones get 413.")
     ] = 4 * 1024 * 1024,
     max_batch: Annotated[
-        int, typer.Option(metavar="N", min=1, help="Most texts per /v1/embeddings request and queries per POST /search.")
+        int,
+        typer.Option(metavar="N", min=1, help="Most texts per /v1/embeddings request and queries per POST /search."),
     ] = 2048,
     max_k: Annotated[int, typer.Option(metavar="K", min=1, help="Most hits per query a search may ask for.")] = 1000,
     max_text_chars: Annotated[
-        int, typer.Option(metavar="CHARS", min=1, help="Longest text or query, in characters (the model truncates tokens anyway).")
+        int,
+        typer.Option(
+            metavar="CHARS", min=1, help="Longest text or query, in characters (the model truncates tokens anyway)."
+        ),
     ] = 65_536,
     timeout: Annotated[
         float, typer.Option(metavar="SECONDS", min=0.001, help="Answer 503 to a request not done by then.")
     ] = 30.0,
     batch_wait_ms: Annotated[
         float,
-        typer.Option(metavar="MS", min=0, help="How long an idle model waits for other requests to batch with the first."),
+        typer.Option(
+            metavar="MS", min=0, help="How long an idle model waits for other requests to batch with the first."
+        ),
     ] = 5.0,
     batch_tokens: Annotated[
-        int, typer.Option(metavar="TOKENS", min=1, help="Most tokens (estimated) the requests of one model batch may hold.")
+        int,
+        typer.Option(metavar="TOKENS", min=1, help="Most tokens (estimated) the requests of one model batch may hold."),
     ] = 16_384,
     poll: Annotated[
         float,

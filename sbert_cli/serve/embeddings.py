@@ -80,9 +80,7 @@ def _texts(value: Any, options: ServeOptions) -> list[str]:
         if not text.strip():
             raise ApiError(422, f"input[{n}]: empty text")
         if len(text) > options.max_text_chars:
-            raise ApiError(
-                422, f"input[{n}]: {len(text):,} characters; at most {options.max_text_chars:,} per text"
-            )
+            raise ApiError(422, f"input[{n}]: {len(text):,} characters; at most {options.max_text_chars:,} per text")
     return texts
 
 

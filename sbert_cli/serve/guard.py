@@ -98,8 +98,6 @@ class Guard:
             error_id = uuid.uuid4().hex[:12]
             known = isinstance(exc, SbertError)
             message = str(exc) if known else "internal error; the server log has the details"
-            log.error(
-                "%s %s: error %s: %s", scope.get("method"), scope.get("path"), error_id, exc, exc_info=not known
-            )
+            log.error("%s %s: error %s: %s", scope.get("method"), scope.get("path"), error_id, exc, exc_info=not known)
             status, body = 500, error_body(f"{message} (error id {error_id})", "server_error", error_id=error_id)
         await send_json(send, status, body, headers)

@@ -117,7 +117,9 @@ def parse_get(query_params, options: ServeOptions) -> SearchRequest:
 
 
 def build_request(fields: Mapping[str, Any], queries: Any, options: ServeOptions) -> SearchRequest:
-    return SearchRequest(check_queries(queries, options), parse_params(fields, options), _wants_jsonl(fields.get("format")))
+    return SearchRequest(
+        check_queries(queries, options), parse_params(fields, options), _wants_jsonl(fields.get("format"))
+    )
 
 
 def parse_post(body: Any, options: ServeOptions) -> SearchRequest:
