@@ -4,8 +4,13 @@ graceful SIGTERM)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import re
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from fakes import hash_embed
-from serve_support import MODEL, make_store, running_server, sbert
+from serve_support import MODEL, ROOT, make_store, running_server, sbert
 from test_serve import client_for
 
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
@@ -170,3 +175,28 @@ def test_server_logs_requests_and_finishes_in_flight_work_on_sigterm(store, tmp_
     assert f"on {server.url}" in log and log.count("sbert: serving") == 1
     assert "127.0.0.1 GET /health 200" in log and "127.0.0.1 POST /v1/embeddings 200" in log
     assert "sbert: stopped\n" in log and "Traceback" not in log
+
+
+def test_the_readmes_serve_examples_work(store):
+    """The README shows the server in ```sh blocks (tests/test_readme.py would wait on it forever):
+    its curl lines, and the OpenAI client example where `openai` is installed, run here instead,
+    against a server of the hash-model store."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## sbert serve\n", 1)[1].split("\n## ", 1)[0]
+    curls = [line for block in re.findall(r"```sh\n(.*?)```", section, re.S) for line in block.splitlines()]
+    curls = [line for line in curls if line.startswith("curl ")]
+    assert len(curls) == 4
+    if shutil.which("curl") is None:
+        pytest.skip("no curl on PATH")
+    with running_server(store) as server:
+        for line in curls:
+            result = subprocess.run(
+                ["bash", "-c", line.replace("http://127.0.0.1:8080", server.url)], capture_output=True, timeout=60
+            )
+            assert result.returncode == 0, result.stderr
+            body = json.loads(result.stdout)
+            assert "error" not in body and (body.get("results") or body.get("data") or body.get("rows")), body
+        if importlib.util.find_spec("openai") is not None:
+            example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+            scope: dict = {}
+            exec(example.replace("http://127.0.0.1:8080", server.url).replace("all-MiniLM-L6-v2", MODEL), scope)
+            np.testing.assert_array_equal(np.float32(scope["vectors"][0]), hash_embed("a storm at sea", 32))
