@@ -229,7 +229,7 @@ def create_app(options: ServeOptions) -> Starlette:
     server = Server(options)
     app = Starlette(
         routes=routes(server),
-        middleware=[Middleware(Guard, metrics=server.metrics, api_key=options.api_key)],
+        middleware=[Middleware(Guard, metrics=server.metrics, api_key=options.api_key, timeout_s=options.timeout_s)],
         lifespan=server.lifespan,
         exception_handlers={HTTPException: http_error},
     )

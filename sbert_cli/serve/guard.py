@@ -9,6 +9,7 @@ traceback.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -46,10 +47,13 @@ def _bearer(scope: dict) -> str | None:
 
 
 class Guard:
-    def __init__(self, app, *, metrics: Metrics, api_key: str | None) -> None:
+    def __init__(self, app, *, metrics: Metrics, api_key: str | None, timeout_s: float) -> None:
         self.app = app
         self.metrics = metrics
         self.api_key = api_key
+        # The engine's wait is bounded by the request timeout (batcher.py); this bounds the rest,
+        # a body that trickles in included, with a second's grace so the engine's answer comes first.
+        self.timeout_s = timeout_s + 1.0
 
     def _authorized(self, scope: dict) -> bool:
         token = _bearer(scope)
@@ -73,7 +77,11 @@ class Guard:
         try:
             if self.api_key is not None and route not in OPEN_ROUTES and not self._authorized(scope):
                 raise ApiError(401, "a valid API key is required: Authorization: Bearer <key>", "authentication_error")
-            await self.app(scope, receive, watched)
+            await asyncio.wait_for(self.app(scope, receive, watched), self.timeout_s)
+        except asyncio.TimeoutError:
+            if not state["started"]:
+                message = f"the request took longer than {self.timeout_s:g} s"
+                await self._answer(ApiError(503, message, "timeout"), scope, watched)
         except Exception as exc:  # every failure becomes a JSON answer; see the module docstring
             if not state["started"]:
                 await self._answer(exc, scope, watched)
