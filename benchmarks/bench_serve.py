@@ -22,6 +22,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -103,6 +104,7 @@ def start_server(store: Path, extra: list[str]) -> tuple[subprocess.Popen, str, 
             break
     if not url:
         raise SystemExit(f"the server did not start: {process.wait()}")
+    threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()  # keep the pipe empty
     answer = httpx.get(f"{url}/search", params={"q": "a first question", "k": 10}, timeout=60)
     answer.raise_for_status()
     return process, url, time.perf_counter() - started
@@ -189,12 +191,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/sbert-bench-serve"))
     global ARGS
     ARGS = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
     register_hash()
     ARGS.work.mkdir(parents=True, exist_ok=True)
     ARGS.store, spare = build_store(ARGS.work, ARGS.model, ARGS.rows)
     queries, inputs = spare[:2000], spare[2000:]
     print(f"machine: {os.cpu_count()} cores; load average at start {os.getloadavg()[0]:.1f}")
-    process, url, startup = start_server(ARGS.store, ["--quiet"])
+    process, url, startup = start_server(ARGS.store, [])
     try:
         run(url, startup, queries, inputs)
     finally:
