@@ -129,6 +129,15 @@ def test_concurrent_requests_share_model_batches_and_get_their_own_answers(store
     assert counts["sumsearch"] == 16 and counts["countsearch"] <= 8 + 4  # 8 alone, then 1 to 4 groups
 
 
+def test_a_request_alone_does_not_wait_for_company(store):
+    with client_for(store, batch_wait_ms=5000) as client:  # would be 5 s a request if it waited
+        started = time.monotonic()
+        for query in ["a whale", "a ball", "a murder"]:
+            assert client.get("/search", params={"q": query, "k": 2}).status_code == 200
+            assert client.post("/v1/embeddings", json={"input": query}).status_code == 200
+        assert time.monotonic() - started < 5
+
+
 # -- the command line -------------------------------------------------------------------------------
 def test_cli_refuses_what_it_cannot_serve(store, tmp_path, monkeypatch):
     missing = sbert("serve", tmp_path / "nope")

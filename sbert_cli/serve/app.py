@@ -20,7 +20,7 @@ from starlette.routing import Route
 from sbert_cli.serve import embeddings, search
 from sbert_cli.serve.batcher import Batcher, Job
 from sbert_cli.serve.config import ApiError, ServeOptions, error_body
-from sbert_cli.serve.guard import Guard, json_bytes
+from sbert_cli.serve.guard import Guard, Traffic, json_bytes
 from sbert_cli.serve.metrics import Metrics
 from sbert_cli.serve.state import LiveStore, Snapshot
 
@@ -79,6 +79,7 @@ class Server:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
         self.metrics = Metrics()
+        self.traffic = Traffic()
         self.live = LiveStore(options)
         self.embedders = embeddings.Embedders(self.live.model, options.device)
         self.engine = Engine(self.live, self.embedders)
@@ -109,6 +110,7 @@ class Server:
             wait_s=options.batch_wait_ms / 1000,
             budget=options.batch_tokens,
             max_queue=options.max_queue,
+            company=self.traffic.others_coming,
         )
         self.batcher.observers.append(self._observe)
         self.batcher.start()
@@ -229,7 +231,15 @@ def create_app(options: ServeOptions) -> Starlette:
     server = Server(options)
     app = Starlette(
         routes=routes(server),
-        middleware=[Middleware(Guard, metrics=server.metrics, api_key=options.api_key, timeout_s=options.timeout_s)],
+        middleware=[
+            Middleware(
+                Guard,
+                metrics=server.metrics,
+                traffic=server.traffic,
+                api_key=options.api_key,
+                timeout_s=options.timeout_s,
+            )
+        ],
         lifespan=server.lifespan,
         exception_handlers={HTTPException: http_error},
     )

@@ -2,11 +2,11 @@
 requests at a time.
 
 A request becomes a `Job` with a key (what it asks: embeddings with a prompt, a search with its
-parameters) and a cost (tokens or queries). When the engine is idle, the first job waits up to
-`wait_s` for company (or until `budget` is reached); while a group runs, new jobs queue, and the
-next group takes every queued job with the first one's key, up to `budget`. Under load the model
-therefore sees large batches without anyone waiting on a timer, and alone a request waits a few
-milliseconds at most.
+parameters) and a cost (estimated tokens). When the engine is idle and other requests are on
+their way (`company()`: being received or parsed), the first job waits up to `wait_s` for them
+(or until `budget` is reached); while a group runs, new jobs queue, and the next group takes
+every queued job with the first one's key, up to `budget`. Under load the model therefore sees
+large batches without anyone waiting on a timer, and a request alone never waits.
 
 One thread also means the index (hnswlib's `set_ef`, bm25s' vocabulary) and the model are never
 used by two requests at once.
@@ -42,8 +42,17 @@ GroupObserver = Callable[[Hashable, list[Job]], None]
 
 
 class Batcher:
-    def __init__(self, run_group: GroupRunner, *, wait_s: float, budget: int, max_queue: int) -> None:
+    def __init__(
+        self,
+        run_group: GroupRunner,
+        *,
+        wait_s: float,
+        budget: int,
+        max_queue: int,
+        company: Callable[[int], bool] = lambda queued: True,
+    ) -> None:
         self.run_group = run_group
+        self.company = company  # given the jobs queued: are more requests on their way?
         self.wait_s = wait_s
         self.budget = budget
         self.max_queue = max_queue
@@ -83,10 +92,13 @@ class Batcher:
         job = Job(key, payload, max(1, cost), asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._arrived.set()
-        if sum(j.cost for j in self._pending if j.key == key) >= self.budget:
-            self._full.set()
+        if sum(j.cost for j in self._pending if j.key == key) >= self.budget or not self.company(len(self._pending)):
+            self._full.set()  # a full batch, or everyone on their way has arrived: no need to wait
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
+        except asyncio.CancelledError:  # the client went away: drop the job if it has not run
+            job.future.cancel()
+            raise
         except asyncio.TimeoutError:
             job.future.cancel()  # still queued: it is dropped; running: its result is dropped
             raise ApiError(503, f"the request took longer than {timeout_s:g} s; retry later", "timeout") from None
@@ -97,9 +109,9 @@ class Batcher:
             if not self._pending:
                 self._arrived.clear()
                 await self._arrived.wait()
-                self._full.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.wait_s)
+                if self.company(len(self._pending)):
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), self.wait_s)
             group = self._take()
             if not group:
                 continue

@@ -24,6 +24,7 @@ from sbert_cli.serve.metrics import Metrics
 log = logging.getLogger("sbert")
 ROUTES = ("/", "/page.js", "/v1/embeddings", "/v1/models", "/search", "/health", "/metrics")
 OPEN_ROUTES = ("/", "/page.js")  # the page's files hold no data: it asks for the key itself
+BATCHED_ROUTES = ("/v1/embeddings", "/search")
 Send = Callable[[dict], Awaitable[None]]
 
 
@@ -46,14 +47,26 @@ def _bearer(scope: dict) -> str | None:
     return None
 
 
+class Traffic:
+    """Requests to batched routes received and not yet answered: the batcher waits for company
+    only while some of them have not reached its queue yet (batcher.py)."""
+
+    def __init__(self) -> None:
+        self.arriving = 0
+
+    def others_coming(self, queued: int) -> bool:
+        return self.arriving > queued
+
+
 class Guard:
-    def __init__(self, app, *, metrics: Metrics, api_key: str | None, timeout_s: float) -> None:
+    def __init__(self, app, *, metrics: Metrics, traffic: Traffic, api_key: str | None, timeout_s: float) -> None:
         self.app = app
         self.metrics = metrics
         self.api_key = api_key
         # The engine's wait is bounded by the request timeout (batcher.py); this bounds the rest,
         # a body that trickles in included, with a second's grace so the engine's answer comes first.
         self.timeout_s = timeout_s + 1.0
+        self.traffic = traffic
 
     def _authorized(self, scope: dict) -> bool:
         token = _bearer(scope)
@@ -74,6 +87,8 @@ class Guard:
                 state["status"], state["started"] = message["status"], True
             await send(message)
 
+        batched = route in BATCHED_ROUTES
+        self.traffic.arriving += batched
         try:
             if self.api_key is not None and route not in OPEN_ROUTES and not self._authorized(scope):
                 raise ApiError(401, "a valid API key is required: Authorization: Bearer <key>", "authentication_error")
@@ -88,6 +103,7 @@ class Guard:
             else:
                 log.error("%s %s failed after its answer began", scope.get("method"), path, exc_info=exc)
         finally:
+            self.traffic.arriving -= batched
             seconds = time.perf_counter() - start
             self.metrics.requests.labels(route, str(state["status"])).inc()
             self.metrics.latency.labels(route).observe(seconds)
