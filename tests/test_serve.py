@@ -254,3 +254,23 @@ def test_a_slow_request_times_out_as_json(store, monkeypatch):
         monkeypatch.setattr(serve_search, "search_group", real)
         time.sleep(0.5)  # the engine finishes the abandoned search
         assert quick.get("/search", params={"q": "whale"}).status_code == 200
+
+
+# -- the real model (parity) ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_model_embeddings_and_search_equal_the_clis(real_sample_store, tmp_path):
+    store = tmp_path / "real"
+    shutil.copytree(real_sample_store, store)
+    assert sbert("index", store, "-q").exit_code == 0
+    texts, vectors = stored_rows(store, 8)
+    with client_for(store) as client:
+        body = client.post("/v1/embeddings", json={"input": texts, "model": "all-MiniLM-L6-v2"}).json()
+        got = np.float32([d["embedding"] for d in body["data"]])
+        cosines = np.sum(got * vectors, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(vectors, axis=1)
+        assert got.shape == (8, 384) and cosines.min() >= 0.99999  # batch padding differs: rounding only
+        assert body["usage"]["prompt_tokens"] > sum(len(t.split()) for t in texts) * 0.9
+        refused = client.post("/v1/embeddings", json={"input": "x", "input_type": "no-such-prompt"})
+        assert "has no such prompt" in error_of(refused, 422)
+        for query in QUERIES:
+            served = client.get("/search", params={"q": query, "k": 5, "format": "jsonl"})
+            assert served.text == sbert("search", store, query, "-k", "5", "--format", "jsonl").stdout
