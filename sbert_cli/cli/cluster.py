@@ -83,6 +83,7 @@ def cluster(
     from sbert_cli.cli.progress import CliReporter
 
     setup_logging(verbose, quiet)
+    _check_sample(sample, k_max)
     fmt = _output_format(output, output_format)
     if output is not None:
         check_output_path(output)
@@ -188,3 +189,13 @@ def _short(text: str | None, row_id: int, width: int = 110) -> str:
         return f"(id {row_id}; store has no text)"
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _check_sample(sample: int, k_max: int) -> None:
+    """Refused here, in words about the option: a zero sample used to read as an empty store."""
+    from sbert_cli.errors import InputError
+
+    if sample < 3:
+        raise InputError(f"--sample {sample}: must be at least 3 rows (a silhouette compares 2 clusters or more)")
+    if k_max < 2:
+        raise InputError(f"--k-max {k_max}: must be at least 2")
