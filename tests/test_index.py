@@ -16,6 +16,7 @@ from sbert_cli.errors import InputError
 from sbert_cli.retrieval import BuildSummary, Index, build_index, exact_search
 from sbert_cli.retrieval.exact import _top_k
 from sbert_cli.retrieval.graph import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, index_dir
+from sbert_cli.store.integrity import DamagedFileError
 from sbert_cli.store.manifest import INDEX_MANIFEST, IndexManifest
 from sbert_cli.store.store import Store
 
@@ -183,7 +184,7 @@ def test_damaged_index_file_is_refused(store, damage):
         graph.write_bytes(graph.read_bytes()[:1000])
     else:
         graph.unlink()
-    with pytest.raises(InputError, match="--rebuild"):
+    with pytest.raises(DamagedFileError, match="--rebuild"):
         Index.open(store)
     assert build(store).rebuilt
     assert Index.open(store).search(["whale"], k=1)
@@ -253,8 +254,9 @@ def test_fetch_finds_rows_when_shards_are_not_in_id_order(tmp_path):
 def test_bad_search_arguments(store):
     build(store)
     index = Index.open(store)
-    with pytest.raises(InputError, match="larger than the store"):
-        index.search(["whale"], k=501)
+    assert len(index.search(["whale"], k=501)[0]) == 500  # more than the store: every row
+    with pytest.raises(InputError, match="-k 0: must be at least 1"):
+        index.search(["whale"], k=0)
     with pytest.raises(InputError, match="empty"):
         index.search(["   "])
     with pytest.raises(InputError, match="no query"):

@@ -10,9 +10,10 @@ from typing import Annotated
 
 import typer
 
-from sbert_cli.cli import cluster, encode, index, rm, search, similarity, train
+from sbert_cli.cli import check, cluster, encode, index, rm, search, similarity, train
 from sbert_cli.cli import eval as eval_cli
 from sbert_cli.cli import info as info_cli
+from sbert_cli.cli import serve as serve_cli
 from sbert_cli.cli._common import SbertCommand
 
 
@@ -47,6 +48,8 @@ app.command(no_args_is_help=True)(train.train)
 app.command(no_args_is_help=True)(rm.rm)
 app.command(no_args_is_help=True)(info_cli.info)
 app.add_typer(eval_cli.app, name="eval")
+app.command(no_args_is_help=True)(check.check)
+app.command(no_args_is_help=True)(serve_cli.serve)
 
 
 def _print_version(value: bool) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ from sbert_cli.errors import InputError, SbertError
 from sbert_cli.progress import ProgressUpdate, Reporter
 from sbert_cli.retrieval.exact import _top_k, prepare_queries
 from sbert_cli.retrieval.graph import gone_inputs, index_dir, iter_shard_vectors, uncovered_shards
-from sbert_cli.store.atomic import atomic_path, sha256_file
+from sbert_cli.store.atomic import atomic_path
+from sbert_cli.store.integrity import DamagedFileError, Digest, check_written, hash_view, index_fix
 from sbert_cli.store.manifest import INDEX_MANIFEST, CoveredShard, IndexFile, IndexManifest
 from sbert_cli.store.store import LINE_BITS, Store
 
@@ -111,10 +113,8 @@ def _load_codes(path: Path, quantize: str):
     try:
         return faiss.read_index_binary(str(path)) if quantize == "binary" else faiss.read_index(str(path))
     except RuntimeError as exc:
-        raise InputError(
-            f"{path}: unreadable index file ({str(exc).strip().splitlines()[-1]}); "
-            f"rebuild it with: sbert index {path.parent.parent} --rebuild"
-        ) from exc
+        detail = str(exc).strip().splitlines()[-1]
+        raise DamagedFileError(f"{path}: unreadable index file ({detail}); {index_fix(path.parent.parent)}") from exc
 
 
 @dataclass
@@ -191,6 +191,9 @@ def _grow(
     ids = [old_ids]
     with atomic_path(gen.directory / gen.names[2]) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(count, store.dim))
+        # Reserve the blocks now: writing through a map into a full disk is a SIGBUS, not an error.
+        with open(tmp, "rb+") as fh:
+            os.posix_fallocate(fh.fileno(), 0, out.offset + out.nbytes)
         row = _copy_rows(old_vectors, out, keep)
         for _, shard_ids, vectors in iter_shard_vectors(store, todo):
             fresh = ~np.isin(shard_ids, present)  # rows a rewrite kept are coded already
@@ -205,13 +208,15 @@ def _grow(
             elapsed = time.perf_counter() - started
             reporter.progress(ProgressUpdate("indexing", summary.added, new_rows, elapsed, unit="rows"))
         out.flush()
+        vectors_size = out.offset + out.nbytes
         del out
+        vectors_digest = check_written(tmp, gen.directory / gen.names[2], vectors_size)
     if codes.ntotal != count:
         raise SbertError(f"{store.path}: the index holds {codes.ntotal:,} rows but the shards list {count:,}")
     live = {s.file for s in store.shards}
     covered = [c for c in (base.shards if base else []) if c.file in live]
     covered += [CoveredShard(s.file, s.sha256, s.rows) for s in todo]
-    _commit(store, gen, codes, np.concatenate(ids), params, covered, calibration)
+    _commit(store, gen, codes, np.concatenate(ids), params, covered, (calibration, vectors_digest))
     reporter.progress(
         ProgressUpdate("indexing", summary.added, new_rows, time.perf_counter() - started, final=True, unit="rows")
     )
@@ -250,22 +255,31 @@ def _copy_rows(source: np.ndarray | None, out: np.ndarray, keep: np.ndarray) -> 
     return row
 
 
-def _commit(store: Store, gen: _Generation, codes, ids: np.ndarray, params, covered, calibration: int) -> None:
-    """Write the codes and ids beside the vectors, then point index.json at them, then drop the rest."""
+def _commit(store: Store, gen: _Generation, codes, ids: np.ndarray, params, covered, written) -> None:
+    """Write the codes and ids beside the vectors, each read back before it is committed, then
+    point index.json at them, then drop the rest. `written`: (calibration rows, vectors' digest)."""
     import faiss
 
+    calibration, vectors_digest = written
     main, ids_name, vectors_name = gen.names
-    with atomic_path(gen.directory / ids_name) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, ids)
+    with atomic_path(gen.directory / ids_name) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, ids)
+            size = fh.tell()
+        ids_digest = check_written(tmp, gen.directory / ids_name, size)
+    # faiss does not check that its file was flushed whole: serialize in memory, write, read back.
+    serialize = faiss.serialize_index_binary if params.quantize == "binary" else faiss.serialize_index
+    data = serialize(codes)
     with atomic_path(gen.directory / main) as tmp:
-        (faiss.write_index_binary if params.quantize == "binary" else faiss.write_index)(codes, str(tmp))
-    parts = [_record(gen.directory / name) for name in (ids_name, vectors_name)]
-    record = _record(gen.directory / main)
+        tmp.write_bytes(data.tobytes())
+        record = check_written(tmp, gen.directory / main, len(data), hash_view(data, sha=False)[0])
+    parts = [_record(ids_name, ids_digest), _record(vectors_name, vectors_digest)]
     IndexManifest(
         generation=gen.generation,
         file=main,
         bytes=record.bytes,
         sha256=record.sha256,
+        xxh3=record.xxh3,
         space=params.space,
         M=0,
         ef_construction=0,
@@ -283,8 +297,8 @@ def _commit(store: Store, gen: _Generation, codes, ids: np.ndarray, params, cove
             path.unlink(missing_ok=True)
 
 
-def _record(path: Path) -> IndexFile:
-    return IndexFile(path.name, path.stat().st_size, sha256_file(path))
+def _record(name: str, digest: Digest) -> IndexFile:
+    return IndexFile(name, digest.bytes, digest.sha256, digest.xxh3)
 
 
 class QuantizedIndex:
@@ -296,6 +310,7 @@ class QuantizedIndex:
         self.ids = ids
         self.vectors = vectors
         self.default_rescore = DEFAULT_RESCORE[manifest.quantize]
+        self._order: np.ndarray | None = None  # argsort of ids, made on first use
 
     @classmethod
     def load(cls, store_path: Path, manifest: IndexManifest) -> QuantizedIndex:
@@ -305,30 +320,59 @@ class QuantizedIndex:
             ids = np.load(directory / manifest.parts[0].name)
             vectors = np.load(directory / manifest.parts[1].name, mmap_mode="r")
         except (OSError, ValueError, IndexError) as exc:
-            raise InputError(
-                f"{directory}: unreadable index file ({exc}); rebuild it with: sbert index {store_path} --rebuild"
-            ) from exc
+            raise DamagedFileError(f"{directory}: unreadable index file ({exc}); {index_fix(store_path)}") from exc
         if not codes.ntotal == len(ids) == len(vectors) == manifest.count:
-            raise InputError(
+            raise DamagedFileError(
                 f"{directory / manifest.file}: holds {codes.ntotal:,} rows, index.json says {manifest.count:,}; "
                 f"rebuild it with: sbert index {store_path} --rebuild"
             )
         return cls(manifest, codes, ids, vectors)
 
-    def search(self, vectors: np.ndarray, k: int, rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, exact scores), each (queries, k), best first, for query vectors like the store's."""
+    def search(
+        self, vectors: np.ndarray, k: int, rescore: int | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, exact scores), each (queries, k), best first, for query vectors like the store's.
+        With `allowed` (sorted row ids: a `--where` filter's) only those rows are returned: the
+        scan takes candidates in proportion to 1 / the share allowed, deeper until k are found."""
         rescore = self.default_rescore if rescore is None else rescore
         queries = prepare_queries(vectors, self.manifest.space)
-        candidates = min(self.manifest.count, max(k, rescore * k))
+        keep = None if allowed is None else np.isin(self.ids, allowed)
+        share = 1.0 if keep is None else max(float(keep.mean()), 1.0 / max(self.manifest.count, 1))
+        candidates = min(self.manifest.count, int(np.ceil(max(k, rescore * k) / share)))
+        while True:
+            ids, scores = self._scan(queries, k, candidates, keep)
+            found = int(np.isfinite(scores).sum(1).min()) if len(scores) else k
+            if keep is None or found >= min(k, int(keep.sum())) or candidates >= self.manifest.count:
+                return ids, scores
+            candidates = min(self.manifest.count, candidates * 4)
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The full-precision vectors of the given row ids (all in the index), float32."""
+        if self._order is None:
+            self._order = np.argsort(self.ids, kind="stable")
+        positions = self._order[np.searchsorted(self.ids[self._order], ids)]
+        order = np.argsort(positions)  # read the memory-mapped file in its order
+        out = np.empty((len(ids), self.vectors.shape[1]), dtype=np.float32)
+        out[order] = self.vectors[positions[order]]
+        return out
+
+    def _scan(
+        self, queries: np.ndarray, k: int, candidates: int, keep: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         found = binary_codes(queries) if self.manifest.quantize == "binary" else queries
         with _faiss_threads(1 if len(queries) < FEW_QUERIES else None):
             _, positions = self.codes.search(found, candidates)
         step = max(1, RESCORE_ROWS // candidates)
-        parts = [self._rescore(queries[i : i + step], positions[i : i + step], k) for i in range(0, len(queries), step)]
+        parts = [
+            self._rescore(queries[i : i + step], positions[i : i + step], k, keep) for i in range(0, len(queries), step)
+        ]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _rescore(self, queries: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k best of each query's candidates by exact score, on exact search's scale."""
+    def _rescore(
+        self, queries: np.ndarray, positions: np.ndarray, k: int, keep: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of each query's candidates by exact score, on exact search's scale (rows
+        a filter does not keep score -inf)."""
         # Each distinct candidate row is read once, in file order (the vectors are memory-mapped).
         rows, inverse = np.unique(positions, return_inverse=True)
         candidates = np.asarray(self.vectors[rows], dtype=np.float32)[inverse.reshape(positions.shape)]
@@ -339,4 +383,6 @@ class QuantizedIndex:
         if space == "l2":
             squared = (queries * queries).sum(1)[:, None] - 2 * dots + (candidates * candidates).sum(2)
             dots = -np.sqrt(np.maximum(squared, 0.0))
+        if keep is not None:
+            dots = np.where(keep[positions], dots, -np.inf)
         return _top_k(self.ids[positions], dots.astype(np.float32), k)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sbert_cli.errors import InputError
-from sbert_cli.store.atomic import atomic_path, sha256_file
+from sbert_cli.errors import InputError, SbertError
+from sbert_cli.store.atomic import atomic_path
+from sbert_cli.store.integrity import digest_file
 from sbert_cli.store.manifest import InputEntry, ShardInfo, StoreManifest
 from sbert_cli.store.store import LINE_BITS, SHARD_DIR, Store, store_lock
 from sbert_cli.store.writer import ROW_GROUP_ROWS, shard_file
@@ -76,9 +77,8 @@ def replace_input_rows(store_path: Path, manifest: StoreManifest, entry: InputEn
     old = [s for s in manifest.shards if s.input == entry.index]
     seq = max([entry.shards, *(s.seq + 1 for s in old)])
     new: list[ShardInfo] = []
-    size = max(manifest.shard_size, 1)
-    for start in range(0, table.num_rows, size):
-        new.append(_write(store_path, entry.index, seq, table.slice(start, size)))
+    for start, end in _record_slices(table.column("line").to_numpy(), max(manifest.shard_size, 1)):
+        new.append(_write(store_path, entry.index, seq, table.slice(start, end - start)))
         seq += 1
     manifest.shards = [s for s in manifest.shards if s.input != entry.index] + new
     entry.shards = seq
@@ -86,14 +86,31 @@ def replace_input_rows(store_path: Path, manifest: StoreManifest, entry: InputEn
     return [s.file for s in old]
 
 
+def _record_slices(lines: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """(start, end) row ranges of about `size` rows that end where a record ends (a long
+    record's chunk rows share its line and stay in one shard, as the encode writer keeps them)."""
+    slices, start = [], 0
+    while start < len(lines):
+        end = min(start + size, len(lines))
+        while end < len(lines) and lines[end] == lines[end - 1]:
+            end += 1
+        slices.append((start, end))
+        start = end
+    return slices
+
+
 def _write(store_path: Path, input_index: int, seq: int, table) -> ShardInfo:
+    """One shard of rewritten rows, with the checksums every read verifies (store/integrity.py)."""
     import pyarrow.parquet as pq
 
     name = shard_file(input_index, seq)
     final = store_path / name
     final.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(final) as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd", write_page_checksum=True)
+        digest = digest_file(tmp)
+        if pq.read_metadata(tmp).num_rows != table.num_rows:
+            raise SbertError(f"{final}: wrote {table.num_rows:,} rows, read back fewer (is the disk full?)")
     ids = table.column("id").to_numpy()
     return ShardInfo(
         file=name,
@@ -102,8 +119,10 @@ def _write(store_path: Path, input_index: int, seq: int, table) -> ShardInfo:
         rows=table.num_rows,
         id_min=int(ids.min()),
         id_max=int(ids.max()),
-        sha256=sha256_file(final),
-        bytes=final.stat().st_size,
+        sha256=digest.sha256,
+        bytes=digest.bytes,
+        xxh3=digest.xxh3,
+        page_checksums=True,
     )
 
 

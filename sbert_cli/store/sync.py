@@ -1,11 +1,12 @@
 """The store side of `sbert encode --sync`: an edited input's new rows from its old ones.
 
 A record is the rows sharing (input, line) (one row, or several once chunking splits it). Each
-row carries `record_hash`, a hash of its record's text and kept key (store/writer.py). When an
+row carries `record_hash`, the hash of its whole record: text, key and kept fields
+(inputs/hashing.py), the same on each chunk row. When an
 input changes, its new records are matched to the old ones by that hash, in order (the n-th
 copy of a text matches the n-th old copy): a matched record keeps its rows, vectors and ids,
-only its line (and source name) follow the file; the rest go through the model and get ids
-above any the input ever had. Then all the input's rows are written afresh (store/delete.py).
+only its line (and source name) follow the file; the rest go through the chunking stage and the
+model like any encode, and their rows get ids above any the input ever had (one per row). Then all the input's rows are written afresh (store/delete.py).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sbert_cli.inputs.hashing import content_hash, record_hash
 from sbert_cli.inputs.reader import InputSource, ReadOptions, ReadStats, Record, read_records
 from sbert_cli.store.delete import commit, input_table, next_local, replace_input_rows
 from sbert_cli.store.manifest import InputEntry, StoreManifest
 from sbert_cli.store.store import Store, make_id
-from sbert_cli.store.writer import build_table, record_hash
+from sbert_cli.store.writer import ShardLayout, build_table, shard_schema
 
 
 @dataclass
@@ -39,16 +41,26 @@ class Rewrite:
     last_line: int = 0
 
 
-def _old_hashes(table, has_key: bool) -> np.ndarray | None:
-    """Each old row's record hash: the stored column, else computed from the stored text (stores
-    written before the column existed); None when neither is there (then nothing is kept)."""
+def _old_hashes(table, manifest: StoreManifest) -> tuple[np.ndarray, list[int | None]]:
+    """(line, record hash) of each old record (its first row). The stored `record_hash` column
+    where the store has it; else (stores written before it) the hash is computed from the stored
+    text, key and kept fields, for records stored as one row only: a record chunked into several
+    rows has no whole text stored, so it matches nothing and is re-encoded, once (the rewrite
+    writes the column from then on only for stores that have it: the layout stays uniform)."""
+    lines = table.column("line").to_numpy()
+    first = np.flatnonzero(np.r_[True, lines[1:] != lines[:-1]])
     if "record_hash" in table.column_names and table.column("record_hash").null_count == 0:
-        return table.column("record_hash").to_numpy()
+        return lines[first], table.column("record_hash").to_numpy()[first].tolist()
     if "text" not in table.column_names:
-        return None
-    keys = table.column("key").to_pylist() if has_key and "key" in table.column_names else [None] * table.num_rows
-    texts = table.column("text").to_pylist()
-    return np.array([record_hash(t or "", k) for t, k in zip(texts, keys, strict=True)], dtype=np.int64)
+        return lines[first], [None] * len(first)
+    counts = np.diff(np.r_[first, len(lines)])
+    rows = table.take(first).to_pylist()
+    kept = [k.name for k in manifest.kept_fields]
+    hashes = [
+        content_hash(row["text"] or "", row.get("key"), {name: row.get(name) for name in kept}) if n == 1 else None
+        for row, n in zip(rows, counts.tolist(), strict=True)
+    ]
+    return lines[first], hashes
 
 
 def plan_rewrite(
@@ -61,14 +73,13 @@ def plan_rewrite(
     plan = Rewrite(entry, source, identity, old, records=len(records), blank=stats.blank)
     plan.last_line = records[-1].line if records else 0
     pool: dict[int, deque[int]] = defaultdict(deque)
-    hashes = _old_hashes(old, store.manifest.has_key) if old is not None else None
-    if hashes is not None:
-        lines = old.column("line").to_numpy()
-        first = np.flatnonzero(np.r_[True, lines[1:] != lines[:-1]])  # a record's first row
-        for line, value in zip(lines[first].tolist(), hashes[first].tolist(), strict=True):
-            pool[value].append(line)
+    if old is not None:
+        lines, hashes = _old_hashes(old, store.manifest)
+        for line, value in zip(lines.tolist(), hashes, strict=True):
+            if value is not None:
+                pool[value].append(line)
     for record in records:
-        matches = pool.get(record_hash(record.text, record.key))
+        matches = pool.get(record_hash(record))
         if matches:
             plan.keep[matches.popleft()] = record.line
         else:
@@ -97,9 +108,6 @@ def kept_rows(plan: Rewrite, schema):
             columns[f.name] = pa.array(new_lines[pos[rows]], pa.int64())
         elif f.name == "source":
             columns[f.name] = pa.array([plan.source.name] * len(rows), pa.string())
-        elif f.name == "record_hash" and "record_hash" not in table.column_names:
-            hashes = _old_hashes(plan.old, "key" in table.column_names)
-            columns[f.name] = pa.array(hashes[rows], pa.int64())
         else:
             columns[f.name] = table.column(f.name).cast(f.type)
     return pa.Table.from_arrays(list(columns.values()), schema=schema)
@@ -120,8 +128,8 @@ class RewriteCommitter:
     def add(self, records: list[Record], embeddings: np.ndarray) -> None:
         import pyarrow as pa
 
-        m = self.manifest
-        table = build_table(self.plan.entry.index, self.plan.source.name, records, embeddings, *_layout(m))
+        layout = ShardLayout.of(self.manifest)
+        table = build_table(self.plan.entry.index, self.plan.source.name, records, embeddings, layout)
         ids = make_id(self.plan.entry.index, 0) + np.arange(self.local, self.local + table.num_rows, dtype=np.int64)
         self.local += table.num_rows
         self.tables.append(table.set_column(0, "id", pa.array(ids, pa.int64())))
@@ -130,8 +138,9 @@ class RewriteCommitter:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        schema = self.tables[0].schema if self.tables else _schema_like(self.plan.old)
-        parts = [t for t in [kept_rows(self.plan, schema), *self.tables] if t is not None]
+        # The layout as of now: a kept field's type may have become known since a table was built.
+        schema = shard_schema(self.manifest.model.dim, ShardLayout.of(self.manifest))
+        parts = [t for t in [kept_rows(self.plan, schema), *(t.cast(schema) for t in self.tables)] if t is not None]
         entry = self.plan.entry
         old_files: list[str] = []
         if parts:
@@ -157,18 +166,5 @@ class RewriteCommitter:
             self.plan.last_line,
             self.local,
         )
+        entry.records_done = self.plan.records
         commit(self.store_path, self.manifest, old_files)
-
-
-def _layout(manifest: StoreManifest) -> tuple[str, bool, bool]:
-    return manifest.storage_dtype, manifest.has_text, manifest.has_key
-
-
-def _schema_like(old):
-    """The old rows' schema with a record_hash column (shards written before it lack it)."""
-    import pyarrow as pa
-
-    schema = old.schema if old is not None else pa.schema([])
-    if "record_hash" not in schema.names:
-        schema = schema.append(pa.field("record_hash", pa.int64()))
-    return schema
