@@ -51,7 +51,7 @@ def text_lines(data: dict) -> list[str]:
         f"model:          {data['model']} (dim {data['dim']}, {'+'.join(data['pooling'])} pooling, "
         f"{'normalized' if data['normalize'] else 'not normalized'})",
         f"dtype:          {data['dtype']} (stored as {data['storage_dtype']})",
-        f"chunking:       {data['chunking'] if data['chunking'] is not None else 'none (one row per record)'}",
+        f"chunking:       {_chunking_line(data['chunking'])}",
         f"shards:         {data['shards']:,}, {data['bytes'] / 1e6:,.1f} MB on disk",
         f"index:          {_index_line(data['index'])}",
         "keyword index:  "
@@ -68,3 +68,10 @@ def text_lines(data: dict) -> list[str]:
     if data["inputs_incomplete"]:
         lines.insert(4, f"incomplete:     {', '.join(data['inputs_incomplete'])} (run the same encode again to finish)")
     return lines
+
+
+def _chunking_line(chunking: dict) -> str:
+    from sbert_cli.encoding.settings import describe
+    from sbert_cli.store.manifest import ChunkingRecord
+
+    return describe(ChunkingRecord(**chunking))

@@ -261,7 +261,7 @@ def _commit(
     name = f"hnsw-{generation:06d}.bin"
     with atomic_path(directory / name) as tmp:
         graph.save_index(str(tmp))
-        digest = check_graph_written(tmp, directory / name, count, store.dim)
+        digest = check_graph_written(tmp, directory / name, count + deleted, store.dim)  # hnswlib counts deleted rows
     manifest = IndexManifest(
         generation=generation,
         file=name,

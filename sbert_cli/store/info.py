@@ -99,7 +99,6 @@ def store_info(store_path: str | Path) -> dict:
         {"source": e.source, "path": e.path, "rows": e.rows_done, "state": input_state(e), "index": e.index}
         for e in m.inputs
     ]
-    chunking = getattr(m, "chunking", None)
     return {
         "store": str(store.path),
         "rows": store.rows,
@@ -116,7 +115,8 @@ def store_info(store_path: str | Path) -> dict:
         "pooling": m.model.pooling,
         "normalize": m.model.normalize,
         "prompt": m.model.prompt,
-        "chunking": dataclasses.asdict(chunking) if dataclasses.is_dataclass(chunking) else chunking,
+        "chunking": dataclasses.asdict(m.chunking),
+        "kept_fields": {k.name: k.type for k in m.kept_fields},
         "shards": len(m.shards),
         "bytes": _disk_bytes(store.path),
         "has_text": m.has_text,
