@@ -184,13 +184,14 @@ def make_format_2(store: Path) -> None:
     manifest = json.loads((store / "manifest.json").read_text())
     for shard in manifest["shards"]:
         path = store / shard["file"]
-        pq.write_table(pq.read_table(path).drop_columns(["chunk", "start", "end"]), path)
+        pq.write_table(pq.read_table(path).drop_columns(["chunk", "start", "end", "record_hash"]), path)
         shard["sha256"], shard["bytes"] = sha256_file(path), path.stat().st_size
-        shard.pop("xxh3", None), shard.pop("page_checksums", None)  # recorded since version 3
-    for key in ("chunking", "has_chunks", "kept_fields"):
+        for key in ("xxh3", "page_checksums", "first_line", "last_line", "rewritten"):  # recorded since version 3
+            shard.pop(key, None)
+    for key in ("chunking", "has_chunks", "kept_fields", "has_record_hash", "next_input"):
         del manifest[key]
     for entry in manifest["inputs"]:
-        del entry["records_done"], entry["id_offset"]
+        del entry["records_done"], entry["id_offset"], entry["content_sha256"], entry["next_local"]
         entry.pop("read", None)
     manifest["version"] = 2
     (store / "manifest.json").write_text(json.dumps(manifest))

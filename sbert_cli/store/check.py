@@ -3,8 +3,8 @@
 What is checked: the manifests parse; every listed file exists with the size and checksum it was
 written with (store/integrity.py; nothing is taken from this process's cache of verified files);
 each shard's rows, ids and vectors are what the manifest records (ids unique within the shard
-and inside its recorded range; shards' ranges disjoint, so ids are unique across the store;
-rows per input add up); the dense index and the keyword index cover only shards the store holds,
+and inside its recorded range, and unique across shards whose ranges overlap, as one input's do
+after `--sync` rewrote it; a record's chunk rows carry one `record_hash`; rows per input add up); the dense index and the keyword index cover only shards the store holds,
 as they are now, and their row counts add up. Shards not indexed yet are a note, not a problem:
 search covers them exactly until `sbert index` adds them.
 
@@ -111,12 +111,14 @@ def _manifest_problems(store: Store) -> Iterator[Problem]:
     if len(set(names)) != len(names):
         yield Problem(path, "lists a shard twice", fix, "manifest")
     for shard in store.shards:
-        if shard.input not in inputs or split_id(shard.id_min)[0] != shard.input or shard.id_min > shard.id_max:
+        wrong_input = shard.input not in inputs or {split_id(shard.id_min)[0], split_id(shard.id_max)[0]} != {
+            shard.input
+        }
+        if wrong_input or shard.id_min > shard.id_max:
             yield Problem(path, f"{shard.file}: its input or id range is not consistent", fix, "manifest")
-    by_id = sorted(store.shards, key=lambda s: s.id_min)
-    for before, after in zip(by_id, by_id[1:], strict=False):
-        if after.id_min <= before.id_max:
-            yield Problem(path, f"{before.file} and {after.file}: id ranges overlap", fix, "manifest")
+    # Ranges of different inputs cannot overlap (the input is in the id's high bits); those of one
+    # input's shards do once `--sync` rewrote it (kept rows keep their ids, new ones get ids above
+    # them): then `_check_shards` requires the ids themselves to be unique across those shards.
     for entry in store.manifest.inputs:
         rows = sum(s.rows for s in store.shards if s.input == entry.index)
         if rows != entry.rows_done:
@@ -126,13 +128,40 @@ def _manifest_problems(store: Store) -> Iterator[Problem]:
 
 
 # -- shards ---------------------------------------------------------------------------------------
+def _overlapping(shards: list[ShardInfo]) -> set[str]:
+    """Shards whose id range overlaps another's (of the same input, after a `--sync` rewrite)."""
+    found: set[str] = set()
+    by_id = sorted(shards, key=lambda s: s.id_min)
+    reach: ShardInfo | None = None
+    for shard in by_id:
+        if reach is not None and shard.id_min <= reach.id_max:
+            found |= {shard.file, reach.file}
+        reach = shard if reach is None or shard.id_max > reach.id_max else reach
+    return found
+
+
+def _repeated_ids(store: Store, ids: dict[str, np.ndarray], fix: str) -> Iterator[Problem]:
+    """Ids that two shards with overlapping ranges both hold."""
+    seen: dict[int, str] = {}
+    for shard in store.shards:
+        for row_id in ids.get(shard.file, np.empty(0, np.int64)).tolist():
+            other = seen.setdefault(row_id, shard.file)
+            if other != shard.file:
+                problem = f"id {row_id} is in {other} too"
+                yield Problem(str(store.shard_path(shard)), problem, fix, "shard", shard.file)
+                break
+
+
 def _check_shards(store: Store, report: CheckReport, reporter: Reporter) -> None:
     fix, started = shard_fix(store.path), time.perf_counter()
+    overlapping, overlap_ids = _overlapping(store.shards), {}
     for n, shard in enumerate(store.shards, 1):
         path = store.shard_path(shard)
         try:
             table = store.read_shard(shard)  # verifies size and checksum as it reads
             problem = _shard_content_problem(store, shard, table)
+            if shard.file in overlapping:
+                overlap_ids[shard.file] = table.column("id").to_numpy()
         except SbertError as exc:
             problem = _strip_path(str(exc)).split("; repair with")[0]
         if problem is not None:
@@ -144,6 +173,7 @@ def _check_shards(store: Store, report: CheckReport, reporter: Reporter) -> None
         report.rows += shard.rows
         elapsed = time.perf_counter() - started
         reporter.progress(ProgressUpdate("checking", n, len(store.shards), elapsed, unit="shards"))
+    report.problems += _repeated_ids(store, overlap_ids, fix)
     listed = {s.file for s in store.shards}
     folder = store.path / "shards"
     extra = [p.name for p in folder.iterdir() if f"shards/{p.name}" not in listed] if folder.is_dir() else []
@@ -163,6 +193,8 @@ def _shard_content_problem(store: Store, shard: ShardInfo, table) -> str | None:
         return f"its ids run {ids.min()}..{ids.max()}, manifest.json says {shard.id_min}..{shard.id_max}"
     if len(np.unique(ids)) != len(ids):
         return "an id appears twice"
+    if "record_hash" in table.column_names and _split_record(table):
+        return "the rows of one record carry different record_hash values"
     try:
         vectors = embeddings_to_numpy(table.column("embedding"), store.dim)
     except ValueError as exc:
@@ -172,12 +204,19 @@ def _shard_content_problem(store: Store, shard: ShardInfo, table) -> str | None:
     return None
 
 
+def _split_record(table) -> bool:
+    """Whether rows sharing a line (one record's chunks) disagree on the record's hash."""
+    lines, hashes = table.column("line").to_numpy(), table.column("record_hash").to_numpy(zero_copy_only=False)
+    same_record = lines[1:] == lines[:-1]
+    return bool(np.any(same_record & (hashes[1:] != hashes[:-1])))
+
+
 # -- indexes --------------------------------------------------------------------------------------
 def _coverage_problem(store: Store, covered: list[CoveredShard], rows: int, what: str) -> str | None:
     current = {s.file: s.sha256 for s in store.shards}
     for shard in covered:
         if shard.file not in current:
-            return f"the {what} is stale: it holds {shard.file}, which the store no longer lists"
+            continue  # removed by `sbert rm` or a `--sync` rewrite: search drops its rows (a note)
         if current[shard.file] != shard.sha256:
             return f"the {what} is stale: {shard.file} was re-encoded since it was built"
     if sum(s.rows for s in covered) != rows:
@@ -200,10 +239,16 @@ def _verify_files(files: list[tuple[Path, object]], report: CheckReport, fix: st
 
 def _pending_note(store: Store, covered: list[CoveredShard], what: str) -> None | str:
     pending = [s for s in store.shards if s.file not in {c.file for c in covered}]
-    if not pending:
+    current = {s.file for s in store.shards}
+    removed = [c for c in covered if c.file not in current]
+    if not pending and not removed:
         return None
     rows = sum(s.rows for s in pending)
-    return f"{len(pending)} shard(s) ({rows:,} rows) are not in the {what} yet (sbert index {store.path} adds them)"
+    gone = f"; it still holds {len(removed)} removed shard(s), whose rows search drops" if removed else ""
+    return (
+        f"{len(pending)} shard(s) ({rows:,} rows) are not in the {what} yet{gone} (sbert index {store.path} "
+        "brings it up to date)"
+    )
 
 
 def _check_dense_index(store: Store, report: CheckReport) -> None:

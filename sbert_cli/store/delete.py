@@ -78,7 +78,7 @@ def replace_input_rows(store_path: Path, manifest: StoreManifest, entry: InputEn
     seq = max([entry.shards, *(s.seq + 1 for s in old)])
     new: list[ShardInfo] = []
     for start, end in _record_slices(table.column("line").to_numpy(), max(manifest.shard_size, 1)):
-        new.append(_write(store_path, entry.index, seq, table.slice(start, end - start)))
+        new.append(write_rows(store_path, entry.index, seq, table.slice(start, end - start)))
         seq += 1
     manifest.shards = [s for s in manifest.shards if s.input != entry.index] + new
     entry.shards = seq
@@ -99,7 +99,7 @@ def _record_slices(lines: np.ndarray, size: int) -> list[tuple[int, int]]:
     return slices
 
 
-def _write(store_path: Path, input_index: int, seq: int, table) -> ShardInfo:
+def write_rows(store_path: Path, input_index: int, seq: int, table) -> ShardInfo:
     """One shard of rewritten rows, with the checksums every read verifies (store/integrity.py)."""
     import pyarrow.parquet as pq
 
@@ -111,7 +111,7 @@ def _write(store_path: Path, input_index: int, seq: int, table) -> ShardInfo:
         digest = digest_file(tmp)
         if pq.read_metadata(tmp).num_rows != table.num_rows:
             raise SbertError(f"{final}: wrote {table.num_rows:,} rows, read back fewer (is the disk full?)")
-    ids = table.column("id").to_numpy()
+    ids, lines = table.column("id").to_numpy(), table.column("line").to_numpy()
     return ShardInfo(
         file=name,
         input=input_index,
@@ -123,6 +123,9 @@ def _write(store_path: Path, input_index: int, seq: int, table) -> ShardInfo:
         bytes=digest.bytes,
         xxh3=digest.xxh3,
         page_checksums=True,
+        first_line=int(lines[0]),
+        last_line=int(lines[-1]),
+        rewritten=True,
     )
 
 

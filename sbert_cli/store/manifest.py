@@ -111,6 +111,12 @@ class ShardInfo:
     # shard written before these were recorded has neither: it is verified by its sha256.
     xxh3: str | None = None
     page_checksums: bool = False
+    # The records it holds (`sbert check --repair` re-reads exactly those; None: written before
+    # they were recorded), and whether a `--sync` rewrite gave its rows ids that are not their
+    # lines (+ offsets), so a repair cannot recompute them and gives fresh ones.
+    first_line: int | None = None
+    last_line: int | None = None
+    rewritten: bool = False
 
 
 @dataclass

@@ -32,7 +32,7 @@ from sbert_cli.store.check import CheckReport, check_store
 from sbert_cli.store.integrity import digest_file
 from sbert_cli.store.manifest import IndexManifest, InputEntry, KeywordManifest, ShardInfo
 from sbert_cli.store.store import Store, make_id, split_id, store_lock
-from sbert_cli.store.writer import ShardLayout, write_shard
+from sbert_cli.store.writer import ShardLayout, build_table, write_shard
 
 
 @dataclass
@@ -92,14 +92,19 @@ def _repair_shards(store_path: Path, damaged: set, device: str, summary: RepairS
         for pos, shard in enumerate(store.manifest.shards):
             if shard.file not in damaged:
                 continue
+            entry = entries[shard.input]
             try:
-                records = _shard_records(entries[shard.input], shard)
+                records = _shard_records(entry, shard)
             except InputNeeded as exc:
                 summary.needed.append(str(exc))
                 continue
-            reporter.message(f"{store.shard_path(shard)}: re-encoding {len(records):,} rows from {entry_of(shard)}")
+            reporter.message(f"{store.shard_path(shard)}: re-encoding {len(records):,} records from {entry_of(shard)}")
             encoder = encoder or encoder_for_store(store.model, device)
-            new = _write_again(store, entries[shard.input], shard, records, _encode(encoder, records))
+            try:
+                new = _encode_again(store, encoder, entry, shard, records)
+            except InputNeeded as exc:
+                summary.needed.append(str(exc))
+                continue
             store.manifest.shards[pos] = new
             store.manifest.save(store_path)  # the commit: one shard at a time, like an encode
             summary.reencoded.append(shard.file)
@@ -125,31 +130,63 @@ def _source(entry: InputEntry) -> InputSource:
 
 
 def _shard_records(entry: InputEntry, shard: ShardInfo) -> list[Record]:
-    """The records a shard was made from: those of its input whose lines fall in its id range."""
+    """The records a shard was made from: those of the lines it records (older shards: those
+    whose lines fall in its id range, one row per record)."""
     source = _source(entry)
     read = ReadOptions(**{**(entry.read or {}), "format": source.format})
-    first, last = split_id(shard.id_min)[1], split_id(shard.id_max)[1]
+    if shard.first_line is not None and shard.last_line is not None:
+        first, last = shard.first_line, shard.last_line
+    else:
+        first, last = split_id(shard.id_min)[1], split_id(shard.id_max)[1]
     lines = itertools.takewhile(lambda r: r.line <= last, read_records(source, read))
     records = [r for r in lines if r.line >= first]
-    if not records or len(records) != shard.rows or make_id(entry.index, records[-1].line) != shard.id_max:
+    if not records or records[-1].line != last or records[0].line != first:
         raise InputNeeded(f"{entry.path} (it now reads as {len(records):,} records where the shard had {shard.rows:,})")
     return records
 
 
-def _encode(encoder, records: list[Record]) -> np.ndarray:
+def _encode_again(store: Store, encoder, entry: InputEntry, shard: ShardInfo, records: list[Record]) -> ShardInfo:
+    """The shard written again from its records, through the store's chunking stage: with the
+    ids it had (its records' lines + the input's offset there), or, for a shard a `--sync`
+    rewrite wrote (ids that are not lines), with fresh ids above any its input had."""
+    from sbert_cli.chunking import ChunkStats
+    from sbert_cli.encoding.settings import chunker_for
+
+    rows = list(chunker_for(encoder, store.manifest.chunking, ChunkStats()).rows(records))
+    if len(rows) != shard.rows:
+        raise InputNeeded(f"{entry.path} (it now reads as {len(rows):,} rows where the shard had {shard.rows:,})")
+    vectors = _encode(encoder, rows)
+    layout = ShardLayout.of(store.manifest)
+    if shard.rewritten:
+        return _write_fresh_ids(store, entry, shard, rows, vectors, layout)
+    at_shard = dataclasses.replace(entry, id_offset=split_id(shard.id_min)[1] - rows[0].line)
+    with atomic_path(store.shard_path(shard)) as tmp:
+        new = write_shard(tmp, shard.file, at_shard, shard.seq, rows, vectors, layout)
+    if (new.id_min, new.id_max) != (shard.id_min, shard.id_max):
+        raise InputNeeded(f"{entry.path} (its records no longer land on the shard's ids)")
+    return new
+
+
+def _write_fresh_ids(store: Store, entry: InputEntry, shard: ShardInfo, rows, vectors, layout) -> ShardInfo:
+    import pyarrow as pa
+
+    from sbert_cli.store.delete import next_local, write_rows
+
+    table = build_table(entry.index, entry.source, rows, vectors, layout)
+    start = next_local(store.manifest, entry)
+    ids = make_id(entry.index, 0) + np.arange(start, start + len(rows), dtype=np.int64)
+    entry.next_local = start + len(rows)  # saved with the shard's commit
+    return write_rows(store.path, entry.index, shard.seq, table.set_column(0, "id", pa.array(ids, pa.int64())))
+
+
+def _encode(encoder, rows: list[Record]) -> np.ndarray:
     """Vectors in the windows the encode run used: a shard starts at a window boundary."""
     from sbert_cli.encoding.devices import window_texts
     from sbert_cli.encoding.stream import aligned_windows
 
-    windows = aligned_windows(iter(records), len(records), window_texts(getattr(encoder, "device", "cpu")))
-    done = encoder.encode_windows((None, [r.text for r in window]) for window in windows)
+    windows = aligned_windows(iter(rows), len(rows), window_texts(getattr(encoder, "device", "cpu")))
+    done = encoder.encode_windows((None, [r.text for r in w], [getattr(r, "ids", None) for r in w]) for w in windows)
     return np.concatenate([w.embeddings for w in done])
-
-
-def _write_again(store: Store, entry: InputEntry, shard: ShardInfo, records: list[Record], vectors) -> ShardInfo:
-    layout = ShardLayout.of(store.manifest)
-    with atomic_path(store.shard_path(shard)) as tmp:
-        return write_shard(tmp, shard.file, entry, shard.seq, records, vectors, layout)
 
 
 def _migrate_checksums(store_path: Path, damaged: set, summary: RepairSummary) -> None:

@@ -194,6 +194,8 @@ def write_shard(
         bytes=digest.bytes,
         xxh3=digest.xxh3,
         page_checksums=True,
+        first_line=records[0].line,
+        last_line=records[-1].line,
     )
 
 
