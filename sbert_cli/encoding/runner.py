@@ -19,7 +19,7 @@ from sbert_cli.chunking import ChunkStats
 from sbert_cli.encoding.devices import window_texts
 from sbert_cli.encoding.loader import ModelSettings
 from sbert_cli.encoding.plan import PlannedInput, SyncCounts, plan_inputs, reset_entry
-from sbert_cli.encoding.settings import chunker_for, kept_layout, merge_kept_types, resolve_chunking, resolve_kept
+from sbert_cli.encoding.settings import chunker_for, merge_kept_types, row_settings
 from sbert_cli.encoding.stream import WINDOW_TEXTS, input_windows
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
@@ -193,7 +193,9 @@ def encode_corpus(
     options, reporter, store_path = options or EncodeOptions(), reporter or NullReporter(), Path(store_path)
     _check_target(options, store_path)
     existing = Store.open(store_path) if Store.exists(store_path) else None
-    sources = _expand(inputs, options)
+    sources = expand_inputs(inputs, options.glob, options.read.format)
+    if options.sync and any(s.is_stdin for s in sources):
+        raise InputError("-: --sync follows files and folders; standard input has no name to follow")
     if existing is not None:  # a missing or cut shard is an error, not "nothing to do"
         forced = {str(s.path.resolve()) for s in sources if s.path} if options.force else set()
         existing.check_shard_files(frozenset(e.index for e in existing.manifest.inputs if e.path in forced))
@@ -203,7 +205,7 @@ def encode_corpus(
         existing.check_compatible(record, "this run's model")
     manifest = existing.manifest if existing else StoreManifest(record, options.storage_dtype, options.store_text)
     manifest.shard_size = manifest.shard_size if existing else options.shard_size
-    _row_settings(options, manifest, existing, loop is not None)
+    row_settings(options, manifest, existing.manifest if existing else None, loop is not None)
     if existing is not None and options.sync:  # the store follows its inputs (a new one is encoded as usual)
         return _sync(store_path, sources, options, reporter, encoder)
     plan = plan_inputs(sources, manifest.copy(), options.force, reporter.message)
@@ -245,32 +247,10 @@ def encode_corpus(
         raise
 
 
-def _expand(inputs: list[str], options: EncodeOptions) -> list[InputSource]:
-    sources = expand_inputs(inputs, options.glob, options.read.format)
-    if options.sync and any(s.is_stdin for s in sources):
-        raise InputError("-: --sync follows files and folders; standard input has no name to follow")
-    return sources
-
-
 def _sync(store_path: Path, sources: list[InputSource], options: EncodeOptions, reporter, encoder) -> EncodeSummary:
     from sbert_cli.encoding.sync import sync_corpus  # imports this module: loaded on use
 
     return sync_corpus(store_path, sources, options, reporter, encoder)
-
-
-def _row_settings(options: EncodeOptions, manifest: StoreManifest, existing: Store | None, ray: bool) -> None:
-    """Chunking and kept fields: this run's for a new store, the store's (checked) for an append."""
-    stored = existing.manifest if existing else None
-    if ray and (options.chunk_size or options.chunk_overlap is not None or options.read.keep_fields):
-        raise InputError("--ray runs do not chunk or keep fields yet; run without --ray, or with --truncate only")
-    mode = "truncate" if ray and stored is None else options.chunk_mode
-    chunking = resolve_chunking(mode, options.chunk_size, options.chunk_overlap, manifest.model, stored)
-    if ray and chunking.mode != "truncate":
-        raise InputError("--ray runs do not chunk long records yet; this store chunks them, so run without --ray")
-    options.read.keep_fields = resolve_kept(options.read.keep_fields, stored)
-    if stored is None:
-        manifest.chunking, manifest.kept_fields = chunking, kept_layout(options.read.keep_fields)
-        manifest.has_record_hash = True
 
 
 def _prepare_store(store_path: Path, manifest: StoreManifest, plan: list[PlannedInput], options, summary) -> int:

@@ -103,3 +103,17 @@ def chunker_for(encoder, chunking: ChunkingRecord, stats: ChunkStats) -> Chunker
             f"special and prompt tokens, not more than --chunk-overlap {plan.overlap}; use a larger size or less overlap"
         )
     return Chunker(counter, plan, stats)
+
+
+def row_settings(options, manifest: StoreManifest, stored: StoreManifest | None, ray: bool) -> None:
+    """Chunking and kept fields: this run's for a new store, the store's (checked) for an append."""
+    if ray and (options.chunk_size or options.chunk_overlap is not None or options.read.keep_fields):
+        raise InputError("--ray runs do not chunk or keep fields yet; run without --ray, or with --truncate only")
+    mode = "truncate" if ray and stored is None else options.chunk_mode
+    chunking = resolve_chunking(mode, options.chunk_size, options.chunk_overlap, manifest.model, stored)
+    if ray and chunking.mode != "truncate":
+        raise InputError("--ray runs do not chunk long records yet; this store chunks them, so run without --ray")
+    options.read.keep_fields = resolve_kept(options.read.keep_fields, stored)
+    if stored is None:
+        manifest.chunking, manifest.kept_fields = chunking, kept_layout(options.read.keep_fields)
+        manifest.has_record_hash = True

@@ -255,10 +255,8 @@ class Index:
         return labels.astype(np.int64), scores.astype(np.float32)
 
     def search(self, queries: Sequence[str] | str, *args, **kwargs) -> list[list[Hit]]:
-        """Top-k stored rows per query (see `_search`). A writer may delete a shard this search
-        was reading (after committing the store without it): then the store is opened afresh
-        and the search runs again on the new committed state (a few times, for writers that
-        commit back to back)."""
+        """The k best records per query (see `_search`). A writer that deleted a shard this search
+        was reading committed a newer state: the store is reopened and the search runs on that."""
         for _ in range(READ_RETRIES):
             try:
                 return self._search(queries, *args, **kwargs)
