@@ -19,7 +19,7 @@ from sbert_cli.errors import InputError, located
 STRING, INTEGER, FLOAT, BOOLEAN, TIMESTAMP = "string", "integer", "float", "boolean", "timestamp"
 TYPES = (STRING, INTEGER, FLOAT, BOOLEAN, TIMESTAMP)
 # sbert's own columns: a kept field may not take their names.
-RESERVED = ("id", "text", "source", "line", "key", "chunk", "start", "end", "embedding")
+RESERVED = ("id", "text", "source", "line", "key", "chunk", "start", "end", "embedding", "record_hash")
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?")
 _INTEGER = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)

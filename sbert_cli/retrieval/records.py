@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sbert_cli.errors import SbertError
 from sbert_cli.retrieval.fusion import Ranked
 from sbert_cli.store.store import LINE_BITS, Store
 
@@ -22,7 +21,7 @@ HIT_COLUMNS = ("query", "rank", "id", "score", "cosine", "text", "source", "line
 CHUNK_COLUMNS = ("chunk", "start", "end")
 FUSION_COLUMNS = ("dense_rank", "dense_score", "keyword_rank", "keyword_score")
 # Shard columns that are not kept fields: the row's identity, its text and its vector.
-_BUILT_IN = {"id", "text", "source", "line", "key", "embedding", *CHUNK_COLUMNS}
+_BUILT_IN = {"id", "text", "source", "line", "key", "embedding", "record_hash", *CHUNK_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -62,21 +61,14 @@ class Hit:
 
 @dataclass(frozen=True)
 class Layout:
-    """Which optional columns a store's shards have (read from their Parquet schemas)."""
+    """Which optional columns a store's shards have (as its manifest records them)."""
 
     chunked: bool
     extra: tuple[str, ...]  # chunk columns present, then kept fields, in shard order
 
     @classmethod
     def of(cls, store: Store) -> Layout:
-        import pyarrow.parquet as pq
-
-        names: list[str] = []
-        shards = store.shards
-        for shard in {id(s): s for s in (shards[:1] + shards[-1:])}.values():
-            for name in pq.read_schema(store.shard_path(shard)).names:
-                if name not in names:
-                    names.append(name)
+        names = store.columns()  # the manifest's layout: every shard of a store has the same columns
         chunk = tuple(c for c in CHUNK_COLUMNS if c in names)
         kept = tuple(n for n in names if n not in _BUILT_IN)
         return cls("chunk" in names, chunk + kept)
@@ -86,31 +78,10 @@ class Layout:
 
 
 def fetch_rows(store: Store, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
-    """Rows by id, like `Store.fetch`, with whichever of `columns` each shard has (an older
-    shard without chunk or kept-field columns gives None for them)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    shards = sorted(store.shards, key=lambda s: s.id_min)
-    starts = np.array([s.id_min for s in shards], dtype=np.int64)
-    by_shard: dict[int, list[int]] = {}
-    for row_id in sorted({int(i) for i in ids}):
-        pos = int(np.searchsorted(starts, row_id, side="right")) - 1
-        if pos >= 0 and row_id <= shards[pos].id_max:
-            by_shard.setdefault(pos, []).append(row_id)
-    out: dict[int, dict] = {}
-    for pos, row_ids in by_shard.items():
-        path = store.shard_path(shards[pos])
-        wanted = pa.array(row_ids, type=pa.int64())
-        try:
-            present = [c for c in columns if c in pq.read_schema(path).names]
-            table = pq.read_table(path, columns=["id", *present], filters=[("id", "in", wanted)])
-        except (OSError, pa.ArrowException) as exc:
-            raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
-        for row in table.filter(pc.is_in(table.column("id"), value_set=wanted)).to_pylist():
-            out[row["id"]] = row
-    return out
+    """Rows by id with whichever of `columns` the store has: `Store.fetch`, which verifies what
+    it reads, finds a row in any shard whose id range holds it (one input's ranges overlap after
+    `--sync`), and raises `ShardGone` when a writer removed a shard (search then reopens)."""
+    return store.fetch(ids, tuple(columns))
 
 
 def record_keys(store: Store, layout: Layout, ids: Sequence[int]) -> dict[int, tuple[int, int]]:

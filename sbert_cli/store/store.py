@@ -174,7 +174,7 @@ class Store:
                 f"{self.shard_path(shard)}: shard is missing; {self.shard_expected(shard).fix}"
             ) from None
 
-    def _read_rows(self, shard: ShardInfo, columns: list[str], row_ids: list[int]):
+    def read_rows(self, shard: ShardInfo, columns: list[str], row_ids: list[int]):
         """Some rows of a shard, verified at the cost of reading them: their Parquet pages' CRCs
         (older shards, without page CRCs, are hashed whole, once per process)."""
         import pyarrow as pa
@@ -232,7 +232,7 @@ class Store:
         present = [c for c in columns if c in self.columns()]
         out: dict[int, dict] = {}
         for pos, row_ids in by_shard.items():
-            table = self._read_rows(shards[pos], ["id", *present], row_ids)
+            table = self.read_rows(shards[pos], ["id", *present], row_ids)
             table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(row_ids, type=pa.int64())))
             for row in table.to_pylist():
                 out[row["id"]] = row
