@@ -3,9 +3,10 @@ over shards added since the build, and its keyword index, alone or fused (retrie
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,23 @@ from sbert_cli.store.store import ShardGone, Store
 log = logging.getLogger("sbert")
 READ_RETRIES = 4  # reopenings when a writer deletes a shard this search was reading
 __all__ = ["FUSION_COLUMNS", "HIT_COLUMNS", "Hit", "Index"]
+
+
+def _reopening(search: Callable[..., list[list[Hit]]]) -> Callable[..., list[list[Hit]]]:
+    """A writer that deleted a shard a search was reading committed a newer state: reopen the
+    store and search that (a few times, for writers that commit back to back). The signature
+    stays the search's (`sbert serve` reads its parameters)."""
+
+    @functools.wraps(search)
+    def retried(self: Index, *args, **kwargs) -> list[list[Hit]]:
+        for _ in range(READ_RETRIES):
+            try:
+                return search(self, *args, **kwargs)
+            except ShardGone:
+                self._reopen()
+        return search(self, *args, **kwargs)
+
+    return retried
 
 
 class Index:
@@ -254,22 +272,13 @@ class Index:
         scores = -np.sqrt(np.maximum(distances, 0.0)) if self.space == "l2" else 1.0 - distances
         return labels.astype(np.int64), scores.astype(np.float32)
 
-    def search(self, queries: Sequence[str] | str, *args, **kwargs) -> list[list[Hit]]:
-        """The k best records per query (see `_search`). A writer that deleted a shard this search
-        was reading committed a newer state: the store is reopened and the search runs on that."""
-        for _ in range(READ_RETRIES):
-            try:
-                return self._search(queries, *args, **kwargs)
-            except ShardGone:
-                self._reopen()
-        return self._search(queries, *args, **kwargs)
-
     def _reopen(self) -> None:
         fresh = Index.open(self.store.path, exact=self.graph is None, device=self.device)
         fresh._encoder = self._encoder
         self.__dict__.update(fresh.__dict__)
 
-    def _search(
+    @_reopening
+    def search(
         self,
         queries: Sequence[str],
         k: int = 10,
