@@ -55,7 +55,7 @@ def _runtime_lines(settings: ModelSettings, device: str, dtype: str, backend: st
     if settings.backend != "auto":
         backend_why = "--backend, or measured fastest by the encode runner"
     else:
-        backend_why = "auto: ONNX Runtime for int8, torch otherwise (a new store's --dtype auto measures)"
+        backend_why = "auto: ONNX Runtime for int8, torch otherwise"
     budget = DEFAULT_GPU_BATCH_TOKENS if device.startswith("cuda") else DEFAULT_CPU_BATCH_TOKENS
     return [
         f"device: {device} ({device_why}); dtype: {dtype} ({dtype_why}); backend: {backend} ({backend_why})",
