@@ -141,15 +141,15 @@ class Encoder(WindowEncoder):
 
         from sbert_cli.encoding import onnx_backend
 
-        def load_fp32():
-            return without_pooler(AutoModel.from_pretrained(self.spec.path, dtype=torch.float32))
+        def load_fp32(**kwargs):
+            return without_pooler(AutoModel.from_pretrained(self.spec.path, dtype=torch.float32, **kwargs))
 
         threads = self.threads or torch.get_num_threads()
         if self.backend == "openvino":
-            from sbert_cli.encoding.openvino_backend import OpenVinoTransformer
+            from sbert_cli.encoding import openvino_backend
 
-            graph = onnx_backend.ensure_graph(self.spec.fingerprint, "fp32", load_fp32)
-            return OpenVinoTransformer(graph, self.dtype, threads)
+            graph = openvino_backend.ensure_graph(self.spec.fingerprint, lambda: load_fp32(attn_implementation="eager"))
+            return openvino_backend.OpenVinoTransformer(graph, self.dtype, threads)
         graph = onnx_backend.ensure_graph(self.spec.fingerprint, self.dtype, load_fp32)
         return onnx_backend.OnnxTransformer(graph, threads)
 
