@@ -420,12 +420,14 @@ def test_auto_store_records_the_measured_dtype_and_appending_keeps_it(bf16_cpu, 
     said = Messages()
     options = EncodeOptions(device="cpu", dtype="auto")
     encode_corpus([str(path)], tmp_path / "a", options, reporter=said)
-    chosen = Store.open(tmp_path / "a").manifest.model.dtype
-    assert chosen in ("fp32", "bf16")
-    assert any("--dtype auto" in line for line in said.lines)
+    record = Store.open(tmp_path / "a").manifest.model
+    chosen = record.dtype
+    assert chosen in ("fp32", "bf16") and record.backend in ("torch", "openvino")  # the engine it ran on
+    assert any(line.startswith(f"--dtype auto: {record.backend} {chosen} (") for line in said.lines)
     monkeypatch.setattr(calibrate, "calibrate", lambda *a: pytest.fail("calibrated twice"))
     encode_corpus([str(path)], tmp_path / "b", EncodeOptions(device="cpu", dtype="auto"))
-    assert Store.open(tmp_path / "b").manifest.model.dtype == chosen
+    again = Store.open(tmp_path / "b").manifest.model
+    assert (again.dtype, again.backend) == (chosen, record.backend)
     other = tmp_path / "more.txt"
     other.write_text("One more line.\n")
     encode_corpus([str(other)], tmp_path / "a", EncodeOptions(device="cpu", dtype="auto"))
