@@ -203,8 +203,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     args.corpus = args.corpus or args.data / "books" / "moby_dick.txt"
-    if not args.corpus.is_file():
-        raise SystemExit(f"bench_engine: corpus {args.corpus} not found (pass --corpus FILE, one text a line)")
+    from _data import require_file
+
+    require_file(args.corpus, "a corpus, one text a line (--corpus FILE or --data DIR)")
     if "st-fp32" not in args.peers:
         raise SystemExit("bench_engine: the fp32 peer is the reference; keep st-fp32 in --peers")
     sys.path.insert(0, str(ROOT))
