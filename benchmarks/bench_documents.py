@@ -40,6 +40,7 @@ SHARED = next(
     (p / "shared" / "data" for p in (ROOT.parent, ROOT.parent.parent) if (p / "shared").is_dir()),
     ROOT.parent / "shared" / "data",
 )
+THREADS: int | None = None
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -108,7 +109,7 @@ def sbert_scores(
     source.write_text("".join(json.dumps({"text": "\n\n".join(d)}) + "\n" for d in documents), encoding="utf-8")
     store_path = workdir / f"store-{mode or 'chunk'}-{size}"
     started = time.perf_counter()
-    options = EncodeOptions(device="cpu", dtype="fp32", chunk_mode=mode, chunk_size=size)
+    options = EncodeOptions(device="cpu", dtype="fp32", chunk_mode=mode, chunk_size=size, threads=THREADS)
     encode_corpus([str(source)], store_path, options)
     elapsed = time.perf_counter() - started
     store = Store.open(store_path)
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--min-paragraphs", type=int, default=12)
     parser.add_argument("--max-paragraphs", type=int, default=30)
     parser.add_argument("--chunk-sizes", default="", help="also sbert with these --chunk-size values, e.g. 128,192")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's own]")
     parser.add_argument("--no-oracle", action="store_true", help="skip sentence-transformers")
     args = parser.parse_args()
 
@@ -146,7 +148,9 @@ def main() -> None:
 
     from sbert_cli.encoding.loader import cached_encoder
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    global THREADS
+    THREADS = args.threads or torch.get_num_threads()
+    torch.set_num_threads(THREADS)
     novels, pairs = load_inputs(args.books, args.sts)
     documents, queries = make_documents(novels, pairs, args.docs, args.seed, args.min_paragraphs, args.max_paragraphs)
     encoder = cached_encoder(None, device="cpu", dtype="fp32")

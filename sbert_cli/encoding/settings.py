@@ -86,6 +86,12 @@ def merge_kept_types(manifest: StoreManifest, found: dict[str, str | None] | Non
         kept.type = merged
 
 
+def merge_scanned_types(manifest: StoreManifest, types: dict[str, dict]) -> None:
+    """`merge_kept_types` for every scanned input (types by input name)."""
+    for source, found in types.items():
+        merge_kept_types(manifest, found, source)
+
+
 def kept_layout(names: Sequence[str]) -> list[KeptField]:
     return [KeptField(name) for name in names]
 
