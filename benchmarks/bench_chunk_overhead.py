@@ -6,7 +6,8 @@ before chunking existed, on the same texts, in the same run.
 
 The baseline is the sbert_cli package at `--baseline-ref` (default: the commit before
 sbert_cli/chunking/ was added), unpacked with `git archive` into a temp folder. Each round runs
-both versions, in alternating order, as fresh processes: the model is loaded first, then
+both versions, in alternating order, as fresh processes (torch on `--threads`, 1 by default):
+the model is loaded first, then
 `encode_corpus` (fp32, CPU, a new store) is timed in CPU seconds of the process (all threads;
 robust to other jobs on the machine) and in wall seconds. The ratio new/baseline is reported per
 round and as the median; chunking passes short texts straight through, tokenized once, so the
@@ -37,7 +38,8 @@ from sbert_cli.encoding.loader import cached_encoder
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
 cached_encoder(None, device="cpu", dtype="fp32")  # the model load is not what is measured
 cpu, wall = time.process_time(), time.perf_counter()
-summary = encode_corpus([sys.argv[1]], sys.argv[2], EncodeOptions(device="cpu", dtype="fp32"))
+options = EncodeOptions(device="cpu", dtype="fp32", threads=int(sys.argv[3]))
+summary = encode_corpus([sys.argv[1]], sys.argv[2], options)
 print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall, "rows": summary.rows}))
 """
 
@@ -76,9 +78,10 @@ def unpack(ref: str, into: Path) -> Path:
     return into
 
 
-def run(code: Path, corpus: Path, store: Path) -> dict:
+def run(code: Path, corpus: Path, store: Path, threads: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code)}
-    proc = subprocess.run([sys.executable, "-c", RUN, str(corpus), str(store)], env=env, capture_output=True, text=True)
+    cmd = [sys.executable, "-c", RUN, str(corpus), str(store), str(threads)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"run failed in {code}:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -90,6 +93,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--baseline-ref", default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     args = parser.parse_args()
     ref = args.baseline_ref or baseline_ref()
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +105,7 @@ def main() -> None:
         print(f"{args.texts} sentences; baseline {ref}; load {os.getloadavg()[0]:.1f}")
         for round_ in range(args.rounds):
             order = ["baseline", "chunking"] if round_ % 2 == 0 else ["chunking", "baseline"]
-            got = {name: run(codes[name], corpus, work / f"store-{round_}-{name}") for name in order}
+            got = {name: run(codes[name], corpus, work / f"store-{round_}-{name}", args.threads) for name in order}
             assert got["baseline"]["rows"] == got["chunking"]["rows"] == args.texts
             for key in ratios:
                 ratios[key].append(got["chunking"][key] / got["baseline"][key])
