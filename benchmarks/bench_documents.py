@@ -80,8 +80,10 @@ def make_documents(novels, pairs, count: int, seed: int, low: int, high: int):
 
 
 def max_sim(queries: np.ndarray, vectors: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
-    """(queries, documents) best cosine of each document's vectors (all normalized)."""
-    scores = queries @ vectors.T
+    """(queries, documents) best cosine of each document's vectors: exact, the library's cosine."""
+    from sbert_cli.analysis.similarity import cosine_matrix
+
+    scores = cosine_matrix(queries, vectors)
     best = np.full((len(queries), count), -np.inf, dtype=np.float32)
     for doc in range(count):
         best[:, doc] = scores[:, owner == doc].max(axis=1)
