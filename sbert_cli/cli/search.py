@@ -82,7 +82,7 @@ def search(
     rescore: Annotated[
         int | None,
         typer.Option(
-            help="Compressed index: rescore this many x k candidates at full precision [default: int8 4, binary 30]."
+            help="Compressed index: rescore this many x k candidates at full precision [default: int8 4, binary 120]."
         ),
     ] = None,
     output_format: Annotated[
