@@ -26,7 +26,9 @@ def search(
         str | None,
         typer.Option("--queries-file", "-f", metavar="FILE", help="File of queries, one a line (- for stdin)."),
     ] = None,
-    k: Annotated[int, typer.Option("-k", "--top-k", help="Hits per query.")] = 10,
+    k: Annotated[
+        int, typer.Option("-k", "--top-k", help="Hits (records) per query; fewer only when fewer match.")
+    ] = 10,
     ef: Annotated[
         int | None, typer.Option(help="HNSW search breadth: higher is better recall, slower [default: 400, >= k].")
     ] = None,
