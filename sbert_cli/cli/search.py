@@ -143,19 +143,24 @@ def search(
     if fmt != "table":
         write_rows([hit.as_dict() for per_query in results for hit in per_query], columns, fmt)
         return
-    # On a terminal: one table per query, titled with it and with what its score column is.
-    # The passage's offsets stay in the other formats: the table gives its width to the text.
-    extra = [c for c in index.layout.extra if c not in ("start", "end")]
-    shown = ("rank", "score", "cosine", "text", "source", "line", "key", *extra, "id")
-    if mode != "dense":
-        shown += ("dense_rank", "keyword_rank")
+    # On a terminal: one table per query, titled with it, its score column named.
     headers = {"score": SCORE_HEADERS[mode]}
     for query, per_query in zip(texts, results, strict=True):
         rows = [h.as_dict() for h in per_query]
-        write_rows(
-            rows,
-            [c for c in shown if c != "key" or any(r["key"] is not None for r in rows)],
-            fmt,
-            query,
-            headers=headers,
-        )
+        write_rows(rows, table_columns(index, mode, rows), fmt, query, headers=headers)
+
+
+def table_columns(index, mode: str, rows: list[dict]) -> list[str]:
+    """What the table shows: the other formats keep every column; the table gives its width to
+    the text, so it leaves out the passage's offsets, a cosine equal to the dense score (dense
+    mode on normalized vectors), and key and chunk columns that say nothing (no key; one chunk)."""
+    same = mode == "dense" and (index.space == "cosine" or (index.space == "ip" and index.store.normalized))
+    shown = ["rank", "score"] + ([] if same else ["cosine"]) + ["text", "source", "line", "key"]
+    shown += [c for c in index.layout.extra if c not in ("start", "end")] + ["id"]
+    if mode != "dense":
+        shown += ["dense_rank", "keyword_rank"]
+    if all(r.get("key") is None for r in rows):
+        shown.remove("key")
+    if "chunk" in shown and all(not r.get("chunk") for r in rows):
+        shown.remove("chunk")
+    return shown
