@@ -67,6 +67,7 @@ def make_inputs(work: Path) -> None:
     (work / "reviews.csv.gz").write_bytes(gzip.compress(reviews.encode("utf-8")))
     (work / "big.txt.gz").write_bytes(gzip.compress("\n".join(paragraphs[:6]).encode("utf-8") + b"\n"))
     (work / "queries.txt").write_text("a storm at sea\nwho is the captain?\na ball in Moscow\n", encoding="utf-8")
+    shutil.copytree(ROOT / "examples", work / "examples")  # the documents example the repository ships
     shutil.copy(FIXTURES / "sts-sample.tsv", work / "sts-dev.csv")
     shutil.copy(FIXTURES / "sts-sample.tsv", work / "sts-train.csv")
     # A BEIR-layout retrieval set: each query's answer is the paragraph it was cut from.

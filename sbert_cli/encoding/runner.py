@@ -19,7 +19,14 @@ from sbert_cli.chunking import ChunkStats
 from sbert_cli.encoding.devices import window_texts
 from sbert_cli.encoding.loader import ModelSettings
 from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
-from sbert_cli.encoding.settings import chunker_for, kept_layout, merge_kept_types, resolve_chunking, resolve_kept
+from sbert_cli.encoding.settings import (
+    chunker_for,
+    kept_layout,
+    merge_kept_types,
+    merge_scanned_types,
+    resolve_chunking,
+    resolve_kept,
+)
 from sbert_cli.encoding.stream import WINDOW_TEXTS, input_windows
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
@@ -107,10 +114,10 @@ def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeO
     return options
 
 
-def _count_records(plan: list[PlannedInput], options: EncodeOptions, types: dict[str, dict]) -> int:
+def _count_records(plan: list[PlannedInput], options: EncodeOptions) -> tuple[int, dict[str, dict]]:
     """Read every file input in full (stdin can only be read once): bad input stops here, before
-    anything is written. `types` gets each input's kept-field types."""
-    total = 0
+    anything is written. Returns the records and each input's kept-field types."""
+    total, types = 0, {}
     for item in plan:
         if not item.source.is_stdin:
             stats = scan(item.source, options.read)
@@ -123,7 +130,7 @@ def _count_records(plan: list[PlannedInput], options: EncodeOptions, types: dict
             if len(plan) == 1
             else "all inputs are empty (no non-blank records)"
         )
-    return total
+    return total, types
 
 
 def encode_corpus(
@@ -156,8 +163,7 @@ def encode_corpus(
     plan = plan_inputs(sources, manifest.copy(), options.force, reporter.message)
     if not plan:
         return EncodeSummary(str(store_path), inputs_skipped=[s.name for s in sources], store_rows=manifest.rows)
-    types: dict[str, dict] = {}
-    total = _count_records(plan, options, types)
+    total, types = _count_records(plan, options)
     if existing is None and encoder is None and loop is None and options.dtype == "auto":
         from sbert_cli.encoding.calibrate import dtype_for_run  # bf16 or fp32, by measurement
 
@@ -172,8 +178,7 @@ def encode_corpus(
             # Re-read under the lock: another writer may have committed since we looked.
             if Store.exists(store_path):
                 manifest = Store.open(store_path).manifest
-            for name, found in types.items():
-                merge_kept_types(manifest, found, name)
+            merge_scanned_types(manifest, types)
             manifest.has_key = manifest.has_key or bool(options.read.id_field and not manifest.shards)
             plan = plan_inputs([item.source for item in plan], manifest, options.force, lambda _: None)
             for item in plan:

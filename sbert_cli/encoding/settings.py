@@ -16,20 +16,27 @@ from sbert_cli.store.manifest import ChunkingRecord, KeptField, ModelRecord, Sto
 def resolve_chunking(
     mode: str | None, size: int | None, overlap: int | None, model: ModelRecord, store: StoreManifest | None
 ) -> ChunkingRecord:
-    """This run's chunking: the flags given, else the store's, else chunks of the model's length."""
+    """This run's chunking: the flags given, else the store's, else chunks of half the model's
+    max_seq_length (128 tokens for all-MiniLM-L6-v2, the length it was trained on: in
+    benchmarks/bench_documents.py, chunks of 128 found the document hiding a sentence as often
+    as encoding it paragraph by paragraph does, chunks of 256 far less often)."""
     if mode == TRUNCATE and (size is not None or overlap is not None):
         raise InputError("--truncate keeps one row per record; it does not take --chunk-size or --chunk-overlap")
     if size is not None and not 1 <= size <= model.max_seq_length:
         raise InputError(f"--chunk-size {size}: choose 1 to the model's max_seq_length ({model.max_seq_length})")
     if overlap is not None and overlap < 0:
         raise InputError(f"--chunk-overlap {overlap}: must be 0 or more")
-    base = store.chunking if store is not None else ChunkingRecord(CHUNK, model.max_seq_length, DEFAULT_OVERLAP)
+    size_default = max(1, model.max_seq_length // 2)
+    default = ChunkingRecord(CHUNK, size_default, default_overlap(size_default))
+    base = store.chunking if store is not None else default
     if mode is None:
         mode = CHUNK if (size is not None or overlap is not None) else base.mode
     if mode == TRUNCATE:
         wanted = ChunkingRecord(TRUNCATE, model.max_seq_length, 0)
     else:
-        inherited = base if base.mode == CHUNK else ChunkingRecord(CHUNK, model.max_seq_length, DEFAULT_OVERLAP)
+        inherited = base if base.mode == CHUNK else default
+        if size is not None and base.mode != CHUNK or size is not None and store is None:
+            inherited = ChunkingRecord(CHUNK, size, default_overlap(size))
         wanted = ChunkingRecord(
             CHUNK,
             size if size is not None else inherited.size,
@@ -38,6 +45,11 @@ def resolve_chunking(
     if store is not None and wanted != store.chunking:
         raise InputError(f"this store was made with {describe(store.chunking)}; this run asks for {describe(wanted)}")
     return wanted
+
+
+def default_overlap(size: int) -> int:
+    """32 tokens, or a quarter of a smaller chunk: chunks of any size get some overlap."""
+    return min(DEFAULT_OVERLAP, size // 4)
 
 
 def describe(chunking: ChunkingRecord) -> str:
@@ -76,6 +88,12 @@ def merge_kept_types(manifest: StoreManifest, found: dict[str, str | None] | Non
                 f"{source}: field {kept.name!r} has floats here, but the store holds it as integers; use another store"
             )
         kept.type = merged
+
+
+def merge_scanned_types(manifest: StoreManifest, types: dict[str, dict]) -> None:
+    """`merge_kept_types` for every scanned input (types by input name)."""
+    for source, found in types.items():
+        merge_kept_types(manifest, found, source)
 
 
 def kept_layout(names: Sequence[str]) -> list[KeptField]:
