@@ -213,9 +213,9 @@ def test_search_table_is_one_line_per_hit_cut_to_the_terminal(hash_store):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "the old prince"
-    assert re.fullmatch(r"rank +score +text +source +line", lines[1])
+    assert re.fullmatch(r"rank +score:dense +text +source +line", lines[1])
     assert len(lines) == 5 and all(len(line) <= 72 for line in lines)
-    assert all(re.match(r" +[123]  0\.\d{4}  \S.*…  .*corpus\.txt +\d+$", line) for line in lines[2:])
+    assert all(re.match(r" +[123] +0\.\d{4}  \S.*…  .*corpus\.txt +\d+$", line) for line in lines[2:])
     assert "id" not in lines[1].split()  # source and line locate every hit: no 13-digit ids
 
 

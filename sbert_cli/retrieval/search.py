@@ -25,7 +25,7 @@ from sbert_cli.retrieval.graph import (
 from sbert_cli.retrieval.keyword import KeywordIndex
 from sbert_cli.retrieval.quantized import QuantizedIndex
 from sbert_cli.retrieval.ranking import Request, rank_records
-from sbert_cli.retrieval.records import FUSION_COLUMNS, HIT_COLUMNS, Hit, Layout, cosines, fetch_rows
+from sbert_cli.retrieval.records import FUSION_COLUMNS, HIT_COLUMNS, Hit, Layout, cosines, fetch_rows, plain
 from sbert_cli.store.integrity import DamagedFileError
 from sbert_cli.store.manifest import IndexManifest, KeywordManifest
 from sbert_cli.store.store import Store
@@ -331,7 +331,7 @@ class Index:
             *fused,
             cosine=cosine,
             key=row.get("key"),
-            extra={c: row.get(c) for c in self.layout.extra},
+            extra={c: plain(row.get(c)) for c in self.layout.extra},
             mode=mode,
         )
 
