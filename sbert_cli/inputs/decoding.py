@@ -31,6 +31,17 @@ _UTF16_32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE,
 _ASCII_SAMPLE = "\n abcXYZ09+-_:,\"'\t\r"
 
 
+def described(exc: BaseException) -> str:
+    """A library's error text on one line (pyarrow's span several)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def shown_names(names: list[str]) -> str:
+    """Column names for a message: as they are, or quoted where they hold odd characters."""
+    return ", ".join(n if n.isprintable() else repr(n) for n in names)
+
+
 def check_encoding(encoding: str) -> str:
     """The codec's canonical name; an unknown or non-text codec (rot13, hex) is bad usage."""
     try:
@@ -72,9 +83,9 @@ def decoded_lines(source: InputSource, options: ReadOptions) -> Iterator[tuple[i
                 line = line[1:]
             yield lineno, line
     except GZIP_ERRORS as exc:
-        raise InputError(located(source.name, position[0] + 1, f"corrupt gzip data ({exc})")) from exc
+        raise InputError(located(source.name, position[0] + 1, f"corrupt gzip data ({described(exc)})")) from exc
     except OSError as exc:
-        raise InputError(located(source.name, position[0] + 1, f"read error ({exc})")) from exc
+        raise InputError(located(source.name, position[0] + 1, f"read error ({described(exc)})")) from exc
     finally:
         if source.path is not None:
             fh.close()
@@ -122,6 +133,10 @@ def _text_lines(fh: BinaryIO, source: InputSource, options: ReadOptions) -> Iter
                     line,
                     f"not valid {options.encoding}; use --encoding to name the right one or --errors replace to go on",
                 )
+            ) from exc
+        except UnicodeError as exc:  # e.g. "UTF-16 stream does not start with BOM"
+            raise InputError(
+                located(source.name, lineno + 1, f"not valid {options.encoding} ({described(exc)})")
             ) from exc
         parts = text.split("\n")
         for part in parts[:-1]:

@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from sbert_cli.errors import InputError, located
-from sbert_cli.inputs.decoding import GZIP_ERRORS
+from sbert_cli.inputs.decoding import GZIP_ERRORS, described, shown_names
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -37,13 +37,13 @@ def open_parquet(source: InputSource) -> pq.ParquetFile:
         else:
             data = source.path if not source.gzipped else pa.BufferReader(gzip.decompress(source.path.read_bytes()))
     except GZIP_ERRORS as exc:
-        raise InputError(located(source.name, None, f"corrupt gzip data ({exc})")) from exc
+        raise InputError(located(source.name, None, f"corrupt gzip data ({described(exc)})")) from exc
     except OSError as exc:
-        raise InputError(located(source.name, None, f"cannot read ({exc})")) from exc
+        raise InputError(located(source.name, None, f"cannot read ({described(exc)})")) from exc
     try:
         return pq.ParquetFile(data)
     except (pa.ArrowException, *PARQUET_ERRORS) as exc:
-        raise InputError(located(source.name, None, f"not a readable Parquet file ({exc})")) from exc
+        raise InputError(located(source.name, None, f"not a readable Parquet file ({described(exc)})")) from exc
 
 
 def resolve_columns(source: InputSource, pf: pq.ParquetFile, wanted: list[str]) -> list[str]:
@@ -55,7 +55,7 @@ def resolve_columns(source: InputSource, pf: pq.ParquetFile, wanted: list[str]) 
         if name.isdigit() and int(name) < len(names):
             name = names[int(name)]
         if name not in names:
-            raise InputError(located(source.name, None, f"no column {name!r} (columns: {', '.join(names)})"))
+            raise InputError(located(source.name, None, f"no column {name!r} (columns: {shown_names(names)})"))
         _check_type(source, name, schema.field(name).type, role)
         resolved.append(name)
     return resolved

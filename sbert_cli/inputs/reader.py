@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sbert_cli.errors import InputError, located
-from sbert_cli.inputs.decoding import decoded_lines, open_binary
+from sbert_cli.inputs.decoding import decoded_lines, described, open_binary
 from sbert_cli.inputs.delimited import CSV_FIELD_LIMIT, column_index, delimited_rows
 from sbert_cli.inputs.parquet_reader import PARQUET_ERRORS, column_values, open_parquet, resolve_columns
 from sbert_cli.inputs.sources import FORMATS, STDIN, InputSource, detect_format, expand_inputs
@@ -182,7 +182,7 @@ def _read_parquet(source: InputSource, options: ReadOptions, stats: ReadStats) -
                     continue
                 yield Record(row, text, None if key is None else str(key))
     except (pa.ArrowException, *PARQUET_ERRORS) as exc:
-        raise InputError(located(source.name, row + 1, f"unreadable Parquet data ({exc})")) from exc
+        raise InputError(located(source.name, row + 1, f"unreadable Parquet data ({described(exc)})")) from exc
 
 
 _READERS = {
