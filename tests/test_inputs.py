@@ -117,6 +117,12 @@ def test_string_like_parquet_columns_and_integer_ids_are_read(tmp_path):
     assert encode(str(path), "-o", str(tmp_path / "s2"), "--text-column", "big").exit_code == 0
 
 
+def test_parquet_column_named_twice(tmp_path):
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), path)
+    refused(encode(str(path), "-o", str(tmp_path / "s")), f"{path}: column 'text' appears 2 times", tmp_path / "s")
+
+
 def test_id_fields_must_be_strings_or_integers(tmp_path):
     parquet = tmp_path / "t.parquet"
     pq.write_table(pa.table({"text": ["a", "b"], "doc": [1.5, 2.5]}), parquet)
@@ -217,6 +223,19 @@ def test_corrupt_and_truncated_gzip(tmp_path):
         result = encode(str(path), "-o", str(tmp_path / "s"))
         refused(result, f"{path}:", tmp_path / "s")
         assert "corrupt gzip data" in result.stderr
+
+
+def test_damaged_parquet_page_with_a_checksum(tmp_path):
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        pa.table({"text": [f"sentence {i}" for i in range(200)]}), sink, write_page_checksum=True, compression="none"
+    )
+    data = bytearray(sink.getvalue().to_pybytes())
+    data[data.find(b"sentence 100") + 2] ^= 0x20  # a flipped bit in a page: still valid UTF-8
+    path = tmp_path / "flipped.parquet"
+    path.write_bytes(data)
+    result = encode(str(path), "-o", str(tmp_path / "s"))
+    refused(result, f"{path}:1: unreadable Parquet data (could not verify page integrity", tmp_path / "s")
 
 
 def test_invalid_utf8_in_a_parquet_string_column(tmp_path):

@@ -40,8 +40,8 @@ def open_parquet(source: InputSource) -> pq.ParquetFile:
         raise InputError(located(source.name, None, f"corrupt gzip data ({described(exc)})")) from exc
     except OSError as exc:
         raise InputError(located(source.name, None, f"cannot read ({described(exc)})")) from exc
-    try:
-        return pq.ParquetFile(data)
+    try:  # pages written with checksums are checked: damage is an error, never text
+        return pq.ParquetFile(data, page_checksum_verification=True)
     except (pa.ArrowException, *PARQUET_ERRORS) as exc:
         raise InputError(located(source.name, None, f"not a readable Parquet file ({described(exc)})")) from exc
 
@@ -56,6 +56,10 @@ def resolve_columns(source: InputSource, pf: pq.ParquetFile, wanted: list[str]) 
             name = names[int(name)]
         if name not in names:
             raise InputError(located(source.name, None, f"no column {name!r} (columns: {shown_names(names)})"))
+        if names.count(name) > 1:
+            raise InputError(
+                located(source.name, None, f"column {name!r} appears {names.count(name)} times; rename one")
+            )
         _check_type(source, name, schema.field(name).type, role)
         resolved.append(name)
     return resolved
