@@ -56,7 +56,10 @@ def check_encoding(encoding: str) -> str:
 @functools.cache
 def ascii_compatible(encoding: str) -> bool:
     """Whether the encoding writes ASCII (newline included) byte for byte; a leading BOM is allowed."""
-    encoded = _ASCII_SAMPLE.encode(encoding)
+    try:
+        encoded = _ASCII_SAMPLE.encode(encoding)
+    except (UnicodeError, LookupError):  # idna and the like: decode whole, as the others
+        return False
     return encoded.endswith(_ASCII_SAMPLE.encode("ascii")) and len(encoded) - len(_ASCII_SAMPLE) <= 3
 
 
