@@ -76,15 +76,21 @@ class WindowEncoder:
     def describe(self) -> ModelRecord:
         raise NotImplementedError
 
-    def prepare(self, texts: Sequence[str], payload: Any = None) -> PreparedWindow:
+    def prepare(self, texts: Sequence[str], payload: Any = None, ids: Sequence[Any] | None = None) -> PreparedWindow:
+        """Tokenize and batch a window; `ids`, where given (not None), are a text's token ids
+        already made by the chunking stage, used instead of tokenizing it again."""
         raise NotImplementedError
+
+    def token_counter(self) -> Any:
+        """The chunking stage's `TokenCounter` for this model's tokenizer (None: it cannot chunk)."""
+        return None
 
     def run(self, window: PreparedWindow) -> EncodedWindow:
         raise NotImplementedError
 
     def encode_windows(
         self,
-        items: Iterable[tuple[Any, Sequence[str]]],
+        items: Iterable[tuple[Any, Sequence[str]] | tuple[Any, Sequence[str], Sequence[Any] | None]],
         prefetch: int = 2,
         clock: StageClock | None = None,
         workers: int | None = None,
@@ -107,8 +113,10 @@ class WindowEncoder:
         workers = workers or default_workers(device, getattr(self, "threads", None))
         busy = BusyTimer(clock, "tokenize")
 
-        def prepare(item: tuple[Any, Sequence[str]]) -> PreparedWindow:
+        def prepare(item: tuple) -> PreparedWindow:
             with busy:
+                if len(item) > 2 and item[2] is not None:  # token ids from the chunking stage
+                    return self.prepare(item[1], item[0], item[2])
                 return self.prepare(item[1], item[0])
 
         prepared = ordered_map(prepare, items, workers, depth=prefetch + workers)

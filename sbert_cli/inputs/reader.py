@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sbert_cli.errors import InputError, located
+from sbert_cli.inputs import fields
 from sbert_cli.inputs.decoding import decoded_lines, described, open_binary
 from sbert_cli.inputs.delimited import CSV_FIELD_LIMIT, column_index, delimited_rows
 from sbert_cli.inputs.parquet_reader import PARQUET_ERRORS, column_values, open_parquet, resolve_columns
@@ -28,6 +29,7 @@ class ReadOptions:
     header: bool | None = None
     encoding: str = "utf-8"
     errors: str = "strict"
+    keep_fields: tuple[str, ...] = ()  # stored as typed columns (inputs/fields.py)
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Record:
     line: int
     text: str
     key: str | None = None
+    fields: dict | None = None  # --keep-fields values, typed by inputs/fields.py
 
 
 @dataclass
@@ -43,6 +46,7 @@ class ReadStats:
 
     records: int = 0
     blank: int = 0
+    field_types: dict[str, str | None] | None = None  # --keep-fields: each field's type, from the data
 
 
 def _strip_newline(line: str) -> str:
@@ -109,7 +113,7 @@ def _read_jsonl(source: InputSource, options: ReadOptions, stats: ReadStats) -> 
             raise InputError(
                 located(source.name, lineno, f"field {options.text_field!r} is {_json_type(text)}, not a string")
             )
-        yield Record(lineno, text, key)
+        yield Record(lineno, text, key, fields.kept_json(obj, options.keep_fields, _json_value))
 
 
 def _json_type(value: object) -> str:
@@ -157,7 +161,7 @@ def _read_delimited(source: InputSource, options: ReadOptions, stats: ReadStats)
             if key_index >= len(row):
                 raise InputError(located(source.name, row_line, f"row has no id column {key_index}"))
             key = row[key_index]
-        yield Record(row_line, text, key)
+        yield Record(row_line, text, key, fields.kept_cells(source, header, row, options.keep_fields))
     if header is None and has_header:
         raise InputError(located(source.name, None, "empty file (expected a header row)"))
 
@@ -169,18 +173,20 @@ def _read_parquet(source: InputSource, options: ReadOptions, stats: ReadStats) -
     wanted = [options.text_column or "text"]
     if options.id_field:
         wanted.append(options.id_field)
+    kept = fields.parquet_columns(source, pf.schema_arrow, options.keep_fields)
     resolved = resolve_columns(source, pf, wanted)
     row = 0
     try:
-        for batch in pf.iter_batches(columns=resolved, batch_size=8192):
+        for batch in pf.iter_batches(columns=resolved + [c for c in kept if c not in resolved], batch_size=8192):
             texts = column_values(source, batch.column(0), resolved[0], row + 1, options.errors)
             keys = batch.column(1).to_pylist() if len(resolved) > 1 else [None] * len(texts)
-            for text, key in zip(texts, keys, strict=True):
+            values = fields.batch_values(batch, kept, len(texts))
+            for text, key, kept_values in zip(texts, keys, values, strict=True):
                 row += 1
                 if text is None or not text.strip():
                     stats.blank += 1
                     continue
-                yield Record(row, text, None if key is None else str(key))
+                yield Record(row, text, None if key is None else str(key), kept_values)
     except (pa.ArrowException, *PARQUET_ERRORS) as exc:
         raise InputError(located(source.name, row + 1, f"unreadable Parquet data ({described(exc)})")) from exc
 
@@ -197,7 +203,10 @@ _READERS = {
 def read_records(source: InputSource, options: ReadOptions, stats: ReadStats | None = None) -> Iterator[Record]:
     """Stream the non-blank records of one input, in order; blanks are counted in `stats`."""
     stats = stats if stats is not None else ReadStats()
-    for record in _READERS[source.format](source, options, stats):
+    records = _READERS[source.format](source, options, stats)
+    if options.keep_fields:
+        records = fields.typed_records(source, options.keep_fields, records, stats)
+    for record in records:
         if not record.text.isascii():
             record.text = _whole_characters(source, record, options.errors)
         stats.records += 1

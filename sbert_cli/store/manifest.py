@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import time
 import types
 import typing
@@ -22,7 +23,7 @@ from sbert_cli.errors import InputError
 from sbert_cli.store.atomic import write_atomic
 
 STORE_FORMAT = "sbert-store"
-STORE_VERSION = 2  # 2: records the sbert version that wrote the store
+STORE_VERSION = 3  # 2: records the sbert version that wrote the store; 3: chunking and kept fields
 INDEX_FORMAT = "sbert-hnsw-index"
 INDEX_VERSION = 2  # 2: records the dense index's quantization (none, int8, binary) and its further files
 KEYWORD_FORMAT = "sbert-bm25-index"
@@ -36,6 +37,8 @@ INDEX_MANIFEST = "index.json"
 COMPAT_KEYS = ("fingerprint", "dim", "pooling", "normalize", "max_seq_length", "dtype", "prompt")
 
 T = TypeVar("T")
+# Checksum fields, by name, and their only valid form.
+_DIGESTS = {"sha256": re.compile(r"sha256:[0-9a-f]{64}"), "xxh3": re.compile(r"xxh3:[0-9a-f]{16}")}
 
 
 def utc_now() -> str:
@@ -84,6 +87,9 @@ class InputEntry:
     shards: int = 0
     complete: bool = False
     blank: int | None = None
+    records_done: int = 0  # records whose rows are all committed (a long record is several rows)
+    id_offset: int = 0  # rows beyond one per record so far: a row's id is its line + the offset then
+    read: dict | None = None  # the ReadOptions it was read with (`sbert check --repair` re-reads it so)
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,31 @@ class ShardInfo:
     id_max: int
     sha256: str
     bytes: int
+    # Integrity (store/integrity.py): the fast checksum every read verifies, and whether the
+    # shard's Parquet pages carry CRCs (so a partial read, `Store.fetch`, is verified too). A
+    # shard written before these were recorded has neither: it is verified by its sha256.
+    xxh3: str | None = None
+    page_checksums: bool = False
+
+
+@dataclass
+class ChunkingRecord:
+    """How records longer than the model reads became rows: "chunk" (overlapping chunks of at
+    most `size` tokens, special tokens and prompt included) or "truncate" (one row each, cut at
+    `size` tokens by the encoder)."""
+
+    mode: str = "chunk"
+    size: int = 0
+    overlap: int = 0
+
+
+@dataclass
+class KeptField:
+    """A record field stored as a typed column (`--keep-fields`): string, integer, float,
+    boolean or timestamp; None while every value so far was null."""
+
+    name: str
+    type: str | None = None
 
 
 @dataclass
@@ -105,6 +136,9 @@ class StoreManifest:
     has_text: bool = True
     has_key: bool = False
     shard_size: int = 20_000
+    chunking: ChunkingRecord = field(default_factory=ChunkingRecord)
+    has_chunks: bool = True  # shards have the chunk, start and end columns (stores since version 3)
+    kept_fields: list[KeptField] = field(default_factory=list)
     inputs: list[InputEntry] = field(default_factory=list)
     shards: list[ShardInfo] = field(default_factory=list)
     format: str = STORE_FORMAT
@@ -147,6 +181,7 @@ class IndexFile:
     name: str
     bytes: int
     sha256: str
+    xxh3: str | None = None  # what a read verifies (store/integrity.py); None: written before, sha256 is
 
 
 @dataclass
@@ -159,6 +194,7 @@ class IndexPartition:
     sha256: str
     count: int
     shards: list[str] = field(default_factory=list)  # shard files, as the store's manifest names them
+    xxh3: str | None = None  # what a read verifies (store/integrity.py); None: written before, sha256 is
 
 
 @dataclass
@@ -184,6 +220,7 @@ class IndexManifest:
     quantize: str = "none"
     parts: list[IndexFile] = field(default_factory=list)
     calibration_rows: int = 0  # int8: rows the per-dimension ranges were measured on
+    xxh3: str | None = None  # `file`'s, what a read verifies (store/integrity.py); None: sha256 is
     # Empty: one graph. Else the graphs searched together; `file` is the first one's and `parts`
     # the others', so the checks every index file gets cover them all.
     partitions: list[IndexPartition] = field(default_factory=list)
@@ -261,6 +298,22 @@ def _migrate_store_v1(data: dict) -> dict:
     return {**data, "version": 2, "sbert_version": data.get("sbert_version")}
 
 
+def _migrate_store_v2(data: dict) -> dict:
+    # Version 2 stores truncated every record at max_seq_length, one row per record, and their
+    # shards have no chunk/start/end columns and no kept fields.
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    size = model.get("max_seq_length", 0)
+    inputs = data.get("inputs") if isinstance(data.get("inputs"), list) else []
+    return {
+        **data,
+        "version": 3,
+        "chunking": {"mode": "truncate", "size": size if isinstance(size, int) else 0, "overlap": 0},
+        "has_chunks": False,
+        "kept_fields": [],
+        "inputs": [{**e, "records_done": e.get("rows_done", 0)} if isinstance(e, dict) else e for e in inputs],
+    }
+
+
 def _migrate_index_v1(data: dict) -> dict:
     # Version 1 indexes were all hnswlib graphs of the full-precision vectors, one file each.
     return {**data, "version": 2, "quantize": "none", "parts": [], "calibration_rows": 0}
@@ -268,6 +321,7 @@ def _migrate_index_v1(data: dict) -> dict:
 
 _MIGRATIONS: dict[tuple[str, int], typing.Callable[[dict], dict]] = {
     (STORE_FORMAT, 1): _migrate_store_v1,
+    (STORE_FORMAT, 2): _migrate_store_v2,
     (INDEX_FORMAT, 1): _migrate_index_v1,
 }
 
@@ -346,4 +400,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     expected = {int: int, str: str, bool: bool, float: (int, float), dict: dict}[tp]
     if not isinstance(value, expected) or (tp is not bool and isinstance(value, bool)):
         raise ValueError(f"{where.rstrip('.')}: expected {tp.__name__}, found {type(value).__name__}")
+    digest = _DIGESTS.get(where.rsplit(".", 1)[-1])
+    if digest is not None and not digest.fullmatch(value):
+        # Damage inside a digest can still parse as JSON (a flipped byte pair is valid UTF-8):
+        # say the manifest is damaged rather than that a file changed.
+        raise ValueError(f"{where}: not a {where.rsplit('.', 1)[-1]} digest")
     return float(value) if tp is float else value
