@@ -94,6 +94,7 @@ OPTIONS = st.sampled_from(
         ["--no-header"],
         ["--text-column", "1"],
         ["--id-field", "id"],
+        ["--keep-fields", "id"],
     ]
 )
 
@@ -193,7 +194,11 @@ def parquet_tables(draw) -> tuple[bytes, list[str]]:
     if draw(st.booleans()) and kind in ("string", "bad-utf8"):
         column = column.dictionary_encode() if kind == "string" else column
     table = pa.table({"text": column, "id": column})
-    options = draw(st.sampled_from([[], ["--id-field", "id"], ["--errors", "replace"], ["--text-column", "1"]]))
+    options = draw(
+        st.sampled_from(
+            [[], ["--id-field", "id"], ["--errors", "replace"], ["--text-column", "1"], ["--keep-fields", "id"]]
+        )
+    )
     return _parquet_bytes(table), options
 
 
@@ -212,5 +217,7 @@ def test_parquet_columns_of_any_type_encode_or_name_the_file(case):
     )
 )
 def test_json_values_of_any_type_encode_or_name_the_file(value):
-    data = (json.dumps({"text": "fine", "id": "a"}) + "\n" + json.dumps({"text": value, "id": value}) + "\n").encode()
-    check_encode("typed.jsonl", data, ["--id-field", "id"])
+    data = (
+        json.dumps({"text": "fine", "id": "a"}) + "\n" + json.dumps({"text": value, "id": value, "other": value}) + "\n"
+    ).encode()
+    check_encode("typed.jsonl", data, ["--id-field", "id", "--keep-fields", "other"])

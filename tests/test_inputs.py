@@ -263,6 +263,24 @@ def test_json_that_python_cannot_hold(tmp_path, line, message):
     refused(encode(str(path), "-o", str(tmp_path / "s")), f"{path}:2: {message}", tmp_path / "s")
 
 
+@pytest.mark.parametrize(
+    ("args", "what"), [(["--keep-fields", "tag"], "field 'tag'"), (["--id-field", "tag"], "the id")]
+)
+def test_lone_surrogates_in_ids_and_kept_fields(tmp_path, args, what):
+    path = tmp_path / "half.jsonl"
+    path.write_text('{"text": "a", "tag": "b"}\n{"text": "c", "tag": "x\\udc00"}\n')
+    result = encode(str(path), "-o", str(tmp_path / "s"), *args)
+    refused(result, f"{path}:2: {what} holds an unpaired surrogate (U+DC00)", tmp_path / "s")
+
+
+def test_kept_parquet_column_named_twice(tmp_path):
+    path = tmp_path / "dup.parquet"
+    columns = [pa.array(["a"]), pa.array(["b"]), pa.array(["c"])]
+    pq.write_table(pa.Table.from_arrays(columns, names=["text", "tag", "tag"]), path)
+    result = encode(str(path), "-o", str(tmp_path / "s"), "--keep-fields", "tag")
+    refused(result, f"{path}: column 'tag' appears 2 times", tmp_path / "s")
+
+
 def test_lone_surrogate_is_replaced_under_errors_replace(tmp_path):
     path = tmp_path / "half.jsonl"
     path.write_text('{"text": "lone \\ud800 half"}\n')

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sbert_cli.errors import InputError, located
@@ -46,10 +47,16 @@ def open_parquet(source: InputSource) -> pq.ParquetFile:
         raise InputError(located(source.name, None, f"not a readable Parquet file ({described(exc)})")) from exc
 
 
-def resolve_columns(source: InputSource, pf: pq.ParquetFile, wanted: list[str]) -> list[str]:
-    """Column names for names or 0-based indexes, each checked for the type its role needs."""
+def resolve_columns(source: InputSource, pf: pq.ParquetFile, wanted: list[str], also: Sequence[str] = ()) -> list[str]:
+    """Column names for names or 0-based indexes, each checked for the type its role needs;
+    `also` (kept fields) are only checked for being named once."""
     schema = pf.schema_arrow
     names = schema.names
+    for name in also:
+        if names.count(name) > 1:
+            raise InputError(
+                located(source.name, None, f"column {name!r} appears {names.count(name)} times; rename one")
+            )
     resolved = []
     for role, name in zip(("text", "id"), wanted, strict=False):
         if name.isdigit() and int(name) < len(names):
