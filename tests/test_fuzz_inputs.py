@@ -47,12 +47,12 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 SEEDS = {
     "txt": b"The cat sat on the mat.\n\nA man is playing a guitar.\r\nStocks fell on Monday.\n",
     "jsonl": (
-        b'{"text": "The cat sat.", "id": 1}\n{"text": "A man \\u00e9", "meta": {"a": [1, 2]}, "id": "b"}\n\n'
-        b'{"text": null, "id": 3}\n'
+        b'{"text": "The cat sat.", "doc": 1}\n{"text": "A man \\u00e9", "meta": {"a": [1, 2]}, "doc": "b"}\n\n'
+        b'{"text": null, "doc": 3}\n'
     ),
-    "csv": b'id,text\n1,"The cat, sat"\n2,"multi\nline ""quoted"""\n3,plain text\n',
-    "tsv": b'id\ttext\n1\tThe cat "sat"\n2\tplain text\n\n3\tlast one\n',
-    "parquet": _parquet_bytes(pa.table({"id": [1, 2, 3], "text": ["The cat sat.", None, "A man is playing."]})),
+    "csv": b'doc,text\n1,"The cat, sat"\n2,"multi\nline ""quoted"""\n3,plain text\n',
+    "tsv": b'doc\ttext\n1\tThe cat "sat"\n2\tplain text\n\n3\tlast one\n',
+    "parquet": _parquet_bytes(pa.table({"doc": [1, 2, 3], "text": ["The cat sat.", None, "A man is playing."]})),
 }
 # Bytes that matter to some reader: quotes, newlines, NUL, broken UTF-8, a BOM, JSON brackets,
 # escapes that decode to lone surrogates, integers too long for Python, Parquet's magic.
@@ -93,8 +93,8 @@ OPTIONS = st.sampled_from(
         ["--format", "parquet"],
         ["--no-header"],
         ["--text-column", "1"],
-        ["--id-field", "id"],
-        ["--keep-fields", "id"],
+        ["--id-field", "doc"],
+        ["--keep-fields", "doc"],
     ]
 )
 
@@ -193,10 +193,10 @@ def parquet_tables(draw) -> tuple[bytes, list[str]]:
         column = pa.array(values, arrow_type)
     if draw(st.booleans()) and kind in ("string", "bad-utf8"):
         column = column.dictionary_encode() if kind == "string" else column
-    table = pa.table({"text": column, "id": column})
+    table = pa.table({"text": column, "doc": column})
     options = draw(
         st.sampled_from(
-            [[], ["--id-field", "id"], ["--errors", "replace"], ["--text-column", "1"], ["--keep-fields", "id"]]
+            [[], ["--id-field", "doc"], ["--errors", "replace"], ["--text-column", "1"], ["--keep-fields", "doc"]]
         )
     )
     return _parquet_bytes(table), options
@@ -218,6 +218,9 @@ def test_parquet_columns_of_any_type_encode_or_name_the_file(case):
 )
 def test_json_values_of_any_type_encode_or_name_the_file(value):
     data = (
-        json.dumps({"text": "fine", "id": "a"}) + "\n" + json.dumps({"text": value, "id": value, "other": value}) + "\n"
+        json.dumps({"text": "fine", "doc": "a"})
+        + "\n"
+        + json.dumps({"text": value, "doc": value, "other": value})
+        + "\n"
     ).encode()
-    check_encode("typed.jsonl", data, ["--id-field", "id", "--keep-fields", "other"])
+    check_encode("typed.jsonl", data, ["--id-field", "doc", "--keep-fields", "other"])
