@@ -169,7 +169,9 @@ class SbertCommand(TyperCommand):
 
 # -- messages, logging, errors ---------------------------------------------------------------------
 def error(message: str) -> None:
-    """One line on stderr, the way the user will grep for it."""
+    """One line on stderr, the way the user will grep for it (a library's message, or a name from
+    the data, may hold newlines: they are shown as \\n)."""
+    message = message.rstrip("\n").replace("\r", "\\r").replace("\n", "\\n")
     print(f"sbert: error: {message}", file=sys.stderr)
 
 

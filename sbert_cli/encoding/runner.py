@@ -126,14 +126,18 @@ def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeO
 
 
 def _store_layout(options: EncodeOptions, existing: Store | None) -> None:
-    """Storage dtype, texts kept or not, rows per shard: one of each per store. Appending takes
-    the store's; one given that differs is refused (it used to be ignored without a word)."""
+    """Storage dtype, texts kept or not, rows per shard, ids or none: one of each per store.
+    Appending takes the store's; one given that differs is refused (it used to be ignored)."""
     if existing is None:
         options.storage_dtype = options.storage_dtype or "float32"
         options.store_text = True if options.store_text is None else options.store_text
         options.shard_size = options.shard_size or DEFAULT_SHARD_SIZE
         return
     manifest = existing.manifest
+    if options.read.id_field and not manifest.has_key:
+        raise InputError(f"{existing.path}: --id-field given, but this store was made without ids; use a new store")
+    if not options.read.id_field and manifest.has_key and manifest.shards:
+        raise InputError(f"{existing.path}: this store keeps ids; give --id-field for the new inputs too")
     texts = {True: "--text", False: "--no-text"}
     given = {
         "--storage-dtype": (options.storage_dtype, manifest.storage_dtype, f"--storage-dtype {options.storage_dtype}"),
@@ -223,10 +227,6 @@ def encode_corpus(
         options.workers = options.workers or engine.workers
         manifest.model = describe_model(options.model_settings())
     counted = {item.source.name: item.records for item in plan}
-    if options.read.id_field and existing is not None and not existing.manifest.has_key:
-        raise InputError(f"{store_path}: --id-field given, but this store was made without ids; use a new store")
-    if not options.read.id_field and existing is not None and existing.manifest.has_key and existing.manifest.shards:
-        raise InputError(f"{store_path}: this store keeps ids; give --id-field for the new inputs too")
     created = not store_path.exists()
     try:
         with store_lock(store_path):
