@@ -190,3 +190,20 @@ def test_repair_records_xxh3_for_older_shards(store):
     result = sbert("check", store, "--repair")
     assert result.exit_code == 0 and "recorded the fast checksum (xxh3) of 5 older shard(s)" in result.stderr
     assert all(s.xxh3 for s in Store.open(store).shards)
+
+
+def test_repair_reads_an_input_the_way_it_was_read(tmp_path):
+    """A CSV encoded with --text-column: repair re-reads that column, so the shard comes back
+    byte for byte (with the defaults it would read another column, or refuse)."""
+    from sbert_cli.inputs.reader import ReadOptions
+
+    corpus = tmp_path / "reviews.csv"
+    corpus.write_text("stars,review\n" + "".join(f"{i % 5},review number {i} of a ship\n" for i in range(40)))
+    store = tmp_path / "store"
+    options = EncodeOptions(model=HASH, shard_size=15, read=ReadOptions(text_column="review"))
+    encode_corpus([str(corpus)], store, options)
+    before = Store.open(store).shards
+    (store / before[1].file).unlink()
+    result = sbert("check", store, "--repair")
+    assert result.exit_code == 0, result.output
+    assert Store.open(store).shards == before

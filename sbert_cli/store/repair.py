@@ -127,7 +127,9 @@ def _source(entry: InputEntry) -> InputSource:
 def _shard_records(entry: InputEntry, shard: ShardInfo) -> list[Record]:
     """The records a shard was made from: those of its input whose lines fall in its id range."""
     source = _source(entry)
-    read = ReadOptions(**{**(entry.read or {}), "format": source.format})
+    known = {f.name for f in dataclasses.fields(ReadOptions)}  # options a later sbert dropped are ignored
+    options = {k: v for k, v in (entry.read or {}).items() if k in known and k != "format"}
+    read = ReadOptions(**options, format=source.format)
     first, last = split_id(shard.id_min)[1], split_id(shard.id_max)[1]
     lines = itertools.takewhile(lambda r: r.line <= last, read_records(source, read))
     records = [r for r in lines if r.line >= first]
