@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _data import BOOKS, DEFAULT_DATA, STS_DEV, STS_TRAIN, add_data_option, require  # noqa: E402
 from bench_hybrid import read_paragraphs, read_sts  # noqa: E402
 
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus  # noqa: E402
@@ -37,7 +38,7 @@ from sbert_cli.store.manifest import IndexManifest, InputEntry, StoreManifest  #
 from sbert_cli.store.store import Store  # noqa: E402
 from sbert_cli.store.writer import ShardCommitter  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = DEFAULT_DATA  # --data DIR sets it
 RESCORES = {"none": (None,), "int8": (1, 2, 4), "binary": (4, 10, 20, 30, 40)}
 
 
@@ -137,7 +138,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000, help="Size of the blended set (0: skip it).")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--only", default="none,int8,binary", help="Indexes to measure (none takes minutes at 100k).")
+    add_data_option(parser)
     args = parser.parse_args()
+    require(args.data, BOOKS, STS_TRAIN, STS_DEV)
+    global DATA
+    DATA = args.data  # read by real_store
 
     args.work.mkdir(parents=True, exist_ok=True)
     kinds = args.only.split(",")

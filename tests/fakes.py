@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sbert_cli.chunking import Tokenized
 from sbert_cli.encoding.batching import plan_batches
 from sbert_cli.encoding.loader import ModelSettings
 from sbert_cli.encoding.windows import Batch, EncodedWindow, PreparedWindow, WindowEncoder
@@ -25,7 +26,7 @@ from sbert_cli.errors import InputError
 from sbert_cli.store.manifest import ModelRecord
 
 HASH_MODEL = "hash:64"  # the model plumbing tests use: 64 dimensions keep unrelated texts apart
-MAX_TOKENS = 128
+MAX_TOKENS = 1024  # above every sample_corpus paragraph (581 words): plumbing tests see one row per record
 HASH_POOLING = ("mean", "max", "cls")
 _WORD = re.compile(r"\w+")
 
@@ -48,9 +49,10 @@ def hash_embed(
     pooling: Sequence[str] = ("mean",),
     normalize: bool = True,
     max_tokens: int = MAX_TOKENS,
+    prompt: str | None = None,
 ) -> np.ndarray:
     """The vector HashEncoder gives `text`, computed directly: the reference tests compare with."""
-    distinct = list(dict.fromkeys(words(text)[:max_tokens])) or [""]
+    distinct = list(dict.fromkeys(words((prompt or "") + text)[:max_tokens])) or [""]
     matrix = np.stack([word_vector(w, dim) for w in distinct])
     parts = {"mean": matrix.mean(0), "max": matrix.max(0), "cls": matrix[0]}
     vector = np.concatenate([parts[mode] for mode in pooling])
@@ -59,12 +61,33 @@ def hash_embed(
     return vector.astype(np.float32)
 
 
+class WordCounter:
+    """The hash model's tokenizer for the chunking stage: words, with their character spans; the
+    prompt's words count (there are no special tokens)."""
+
+    def __init__(self, prompt: str | None) -> None:
+        self.prompt_words = len(words(prompt or ""))
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
+        out = []
+        for text in texts:
+            spans = np.array([m.span() for m in _WORD.finditer(text)], dtype=np.int64).reshape(-1, 2)
+            out.append(Tokenized(self.prompt_words + len(spans), None, spans))
+        return out
+
+
 class HashEncoder(WindowEncoder):
-    """Tokens are words (truncated at `max_tokens`); vectors as `hash_embed`."""
+    """Tokens are words (truncated at `max_tokens`, the prompt's included); vectors as `hash_embed`."""
 
     def __init__(
-        self, dim: int = 16, pooling: tuple[str, ...] = ("mean",), normalize: bool = True, max_tokens: int = MAX_TOKENS
+        self,
+        dim: int = 16,
+        pooling: tuple[str, ...] = ("mean",),
+        normalize: bool = True,
+        max_tokens: int = MAX_TOKENS,
+        prompt: str | None = None,
     ) -> None:
+        self.prompt = prompt or None
         self.word_dim = dim
         self.dim = dim * len(pooling)
         self.pooling = pooling
@@ -84,13 +107,17 @@ class HashEncoder(WindowEncoder):
             max_seq_length=self.max_tokens,
             dtype="fp32",
             backend="hash",
+            prompt=self.prompt,
         )
 
     def embed(self, text: str) -> np.ndarray:
-        return hash_embed(text, self.word_dim, self.pooling, self.normalize, self.max_tokens)
+        return hash_embed(text, self.word_dim, self.pooling, self.normalize, self.max_tokens, self.prompt)
 
-    def prepare(self, texts: Sequence[str], payload: Any = None) -> PreparedWindow:
-        counts = [len(words(t)) for t in texts]
+    def token_counter(self) -> WordCounter:
+        return WordCounter(self.prompt)
+
+    def prepare(self, texts: Sequence[str], payload: Any = None, ids: Sequence[Any] | None = None) -> PreparedWindow:
+        counts = [len(words((self.prompt or "") + t)) for t in texts]
         lengths = np.array([min(n, self.max_tokens) or 1 for n in counts], dtype=np.int64)
         truncated = sum(n > self.max_tokens for n in counts)
         batches = [
@@ -127,7 +154,7 @@ def hash_factory(settings: ModelSettings) -> HashEncoder:
             raise InputError(f"--pooling {mode}: unknown mode for the hash model (choose from {HASH_POOLING})")
     normalize = True if settings.normalize is None else settings.normalize
     max_tokens = settings.max_seq_length or MAX_TOKENS
-    key = (dim, pooling, normalize, max_tokens)
+    key = (dim, pooling, normalize, max_tokens, settings.prompt or None)
     if key not in _ENCODERS:
-        _ENCODERS[key] = HashEncoder(dim, pooling, normalize, max_tokens)
+        _ENCODERS[key] = HashEncoder(dim, pooling, normalize, max_tokens, settings.prompt)
     return _ENCODERS[key]

@@ -71,14 +71,14 @@ def test_encode_txt_writes_store_with_schema(txt, tmp_path):
     assert re.search(r"; bound by (read|tokenize|model|write)$", summary), summary
 
     manifest = json.loads((store / "manifest.json").read_text())
-    assert (manifest["format"], manifest["version"], manifest["sbert_version"]) == ("sbert-store", 2, "0.1.0")
+    assert (manifest["format"], manifest["version"], manifest["sbert_version"]) == ("sbert-store", 3, "0.1.0")
     assert manifest["model"] == {
         "name": HASH_MODEL,
         "fingerprint": f"hash-v2:{DIM}",
         "dim": DIM,
         "pooling": ["mean"],
         "normalize": True,
-        "max_seq_length": 128,
+        "max_seq_length": 1024,
         "dtype": "fp32",
         "backend": "hash",
         "do_lower_case": False,
@@ -95,7 +95,7 @@ def test_encode_txt_writes_store_with_schema(txt, tmp_path):
     assert sorted(p.name for p in store.iterdir()) == [".lock", "manifest.json", "shards"]
 
     table = pq.read_table(store / shard["file"])
-    assert table.column_names == ["id", "text", "source", "line", "embedding"]
+    assert table.column_names == ["id", "text", "source", "line", "chunk", "start", "end", "embedding"]
     assert table.schema.field("id").type == pa.int64()
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
     assert table.column("line").to_pylist() == [1, 3, 5, 6]

@@ -84,8 +84,8 @@ MANIFEST_DAMAGE = {
         "damaged sbert store manifest (unknown version 0)",
     ),
     "newer": (
-        lambda p: edit_json(p, set_item(("version",), 3)),
-        "format version 3 is newer than this sbert reads (2); upgrade sbert",
+        lambda p: edit_json(p, set_item(("version",), 4)),
+        "format version 4 is newer than this sbert reads (3); upgrade sbert",
     ),
     "missing field": (
         lambda p: edit_json(p, del_item(("model", "dim"))),
@@ -190,7 +190,7 @@ def test_format_1_store_of_the_previous_release_opens_and_searches(tmp_path, enc
     assert on_disk["version"] == 1 and "sbert_version" not in on_disk  # what sbert 0.1 wrote
 
     opened = Store.open(store)
-    assert (opened.manifest.version, opened.manifest.sbert_version, opened.rows, opened.dim) == (2, None, 5, 384)
+    assert (opened.manifest.version, opened.manifest.sbert_version, opened.rows, opened.dim) == (3, None, 5, 384)
     assert opened.model.fingerprint == encoder.describe().fingerprint  # the model is still recognized
     texts = [t for t in V1_CORPUS.read_text().splitlines() if t]
     ids, vectors = opened.load_embeddings()
@@ -220,7 +220,7 @@ def test_format_1_store_takes_new_rows_and_is_saved_as_format_2(tmp_path, encode
     result = sbert("encode", more, "-o", store, "-q", *REAL)
     assert result.exit_code == 0, result.output
     saved = json.loads((store / "manifest.json").read_text())
-    assert (saved["version"], saved["sbert_version"]) == (2, "0.1.0")
+    assert (saved["version"], saved["sbert_version"]) == (3, "0.1.0")
     assert [s["rows"] for s in saved["shards"]] == [3, 2, 1]
     updated = sbert("index", store)  # the old index is extended, not rebuilt: same model, same shards
     assert updated.exit_code == 0, updated.output
@@ -237,7 +237,7 @@ def test_format_1_manifest_written_from_a_current_one_opens(tmp_path, sample_sto
     edit_json(store / "manifest.json", lambda d: d.update(version=1) or d.pop("sbert_version"))
     current = StoreManifest.load(sample_store)
     migrated = StoreManifest.load(store)
-    assert migrated.version == 2 and migrated.sbert_version is None
+    assert migrated.version == 3 and migrated.sbert_version is None
     assert (migrated.model, migrated.inputs, migrated.shards) == (current.model, current.inputs, current.shards)
     result = sbert("search", store, "whale", "--exact", "-k", "3", "--format", "jsonl")
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3, result.output

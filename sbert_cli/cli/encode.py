@@ -79,6 +79,30 @@ def encode(
             "--header/--no-header", help="csv/tsv: first row is a header [default: when --text-column is a name]."
         ),
     ] = None,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            metavar="TOKENS",
+            help="Cut records longer than this many tokens (special tokens and prompt included) into "
+            "overlapping chunks [default: the model's max_seq_length].",
+        ),
+    ] = None,
+    chunk_overlap: Annotated[
+        int | None, typer.Option(metavar="TOKENS", help="Tokens shared by consecutive chunks [default: 32].")
+    ] = None,
+    truncate: Annotated[
+        bool,
+        typer.Option(
+            "--truncate", help="One row per record, cut at max_seq_length (the summary says how much was dropped)."
+        ),
+    ] = False,
+    keep_fields: Annotated[
+        str | None,
+        typer.Option(
+            metavar="A,B",
+            help="jsonl/csv/parquet: fields stored as typed columns (string, integer, float, boolean, timestamp).",
+        ),
+    ] = None,
     glob: Annotated[
         str | None, typer.Option(metavar="PATTERN", help="Files inside directory inputs, e.g. '**/*.jsonl'.")
     ] = None,
@@ -88,12 +112,23 @@ def encode(
         typer.Option(help="Undecodable bytes: strict stops with file and line."),
     ] = "strict",
     storage_dtype: Annotated[
-        Literal["float32", "float16"], typer.Option(help="How vectors are stored; float16 takes half the disk.")
-    ] = "float32",
-    no_text: Annotated[bool, typer.Option("--no-text", help="Do not store the texts, only source and line.")] = False,
+        Literal["float32", "float16"] | None,
+        typer.Option(help="How vectors are stored; float16 takes half the disk [default: the store's, or float32]."),
+    ] = None,
+    store_text: Annotated[
+        bool | None,
+        typer.Option(
+            "--text/--no-text",
+            help="Store the texts, or only source and line [default: the store's, or --text].",
+        ),
+    ] = None,
     shard_size: Annotated[
-        int, typer.Option(metavar="ROWS", help="Rows per Parquet shard (the unit of resumption).")
-    ] = 20_000,
+        int | None,
+        typer.Option(
+            metavar="ROWS",
+            help="Rows per Parquet shard (the unit of resumption) [default: the store's, or 20000].",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-encode inputs the store already has.")] = False,
     ray: Annotated[
         str | None,
@@ -121,6 +156,7 @@ def encode(
     from sbert_cli.cli.progress import CliReporter, stage_text
     from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
     from sbert_cli.errors import InputError
+    from sbert_cli.inputs.fields import parse_names
     from sbert_cli.inputs.reader import ReadOptions
 
     setup_logging(verbose, quiet)
@@ -140,10 +176,13 @@ def encode(
         prompt=prompt,
         prompt_name=prompt_name,
         storage_dtype=storage_dtype,
-        store_text=not no_text,
+        store_text=store_text,
         shard_size=shard_size,
         force=force,
         glob=glob,
+        chunk_mode="truncate" if truncate else None,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
         read=ReadOptions(
             format=input_format,
             text_field=text_field,
@@ -152,6 +191,7 @@ def encode(
             header=header,
             encoding=encoding,
             errors=errors,
+            keep_fields=parse_names(keep_fields),
         ),
     )
     with CliReporter(quiet=quiet, verbose=verbose, interval=progress_interval) as reporter:
@@ -169,6 +209,17 @@ def encode(
     say(
         f"encoded {summary.rows:,} texts from {summary.inputs_encoded} input(s) into {summary.shards} shard(s) "
         f"in {summary.elapsed:.1f} s ({rate}); skipped blank: {summary.blank:,}; "
-        f"truncated: {summary.truncated:,}; store {summary.store} now has {summary.store_rows:,} rows; "
+        f"{_rows_text(summary)}; store {summary.store} now has {summary.store_rows:,} rows; "
         f"stages: {stage_text(summary.stages, summary.tokens)}"
     )
+
+
+def _rows_text(summary) -> str:
+    """`truncated: N` (and what it dropped), plus how many records became several chunks."""
+    chunks = summary.chunking
+    text = f"truncated: {summary.truncated:,}"
+    if chunks.truncated:
+        text += f" (dropped {chunks.dropped_chars:,} characters, {chunks.dropped_tokens:,} tokens)"
+    if chunks.chunked:
+        text += f"; chunked: {chunks.chunked:,} records into {chunks.rows - (chunks.records - chunks.chunked):,} chunks"
+    return text

@@ -9,6 +9,8 @@ import typer
 from sbert_cli.cli._common import DeviceOpt, OutputFormat, Quiet, Verbose, handle_errors, setup_logging
 
 SEARCH_FORMATS = ("table", "jsonl", "tsv", "csv", "json")
+# The table's name for the score column: what the mode ranks by.
+SCORE_HEADERS = {"dense": "score:dense", "keyword": "score:bm25", "hybrid": "score:fused"}
 
 
 @handle_errors
@@ -33,7 +35,14 @@ def search(
     ] = False,
     min_score: Annotated[
         float | None,
-        typer.Option(help="Drop hits scoring below this: cosine similarity (dense), BM25 (keyword), fused (hybrid)."),
+        typer.Option(
+            help="Drop hits whose mode score is below this. Scales: dense cosine (-1 to 1); keyword BM25 "
+            "(0 up, unbounded); hybrid convex fusion (0 to 1), rrf (at most 2 / (rrf_k + 1)).",
+        ),
+    ] = None,
+    min_cosine: Annotated[
+        float | None,
+        typer.Option(help="Drop hits whose dense cosine similarity to the query (-1 to 1) is below this, any mode."),
     ] = None,
     mode: Annotated[
         Literal["dense", "keyword", "hybrid"] | None,
@@ -42,13 +51,34 @@ def search(
             "store has a keyword index, else dense].",
         ),
     ] = None,
-    rrf_k: Annotated[
-        int | None, typer.Option(help="Hybrid: fuse by reciprocal rank, 1/(rrf_k + rank) per list [default: 60].")
+    fusion: Annotated[
+        Literal["convex", "rrf"] | None,
+        typer.Option(
+            help="Hybrid: convex = alpha x dense + (1 - alpha) x BM25, each normalized per query (dense min-max, "
+            "BM25 / its max); rrf = reciprocal rank fusion [default: convex].",
+        ),
     ] = None,
     alpha: Annotated[
-        float | None,
-        typer.Option(help="Hybrid: fuse by alpha x dense + (1 - alpha) x keyword, each min-max normalized (0 to 1)."),
+        float | None, typer.Option(help="Hybrid convex: the dense weight, 0 to 1 [default: 0.4, measured].")
     ] = None,
+    rrf_k: Annotated[
+        int | None, typer.Option(help="Hybrid rrf: 1 / (rrf_k + rank) per list [default: 60]; implies --fusion rrf.")
+    ] = None,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SQL",
+            help="Only rows for which this SQL boolean expression holds, over the stored columns (source, line, "
+            "key, text, chunk and kept fields), e.g. \"year >= 2020 AND source LIKE '%news%'\" (DuckDB).",
+        ),
+    ] = None,
+    chunks: Annotated[
+        bool,
+        typer.Option(
+            "--chunks",
+            help="Return chunk rows; by default hits are records, each ranked by and showing its best chunk.",
+        ),
+    ] = False,
     rescore: Annotated[
         int | None,
         typer.Option(
@@ -67,11 +97,13 @@ def search(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Search a store: the rows closest in meaning (dense), sharing rare words (keyword), or both (hybrid)."""
+    """Search a store: the records closest in meaning (dense), sharing rare words (keyword), or both (hybrid).
+
+    Every hit has `score` (the mode's) and `cosine` (the dense similarity, whatever the mode)."""
     from sbert_cli.cli.output import default_format, write_rows
     from sbert_cli.errors import InputError
     from sbert_cli.inputs.reader import STDIN, read_text_lines
-    from sbert_cli.retrieval import FUSION_COLUMNS, HIT_COLUMNS, Index
+    from sbert_cli.retrieval import Index
 
     setup_logging(verbose, quiet)
     fmt = output_format or default_format()
@@ -91,14 +123,37 @@ def search(
     # Keyword search needs no dense index: open the store as exact search does (no graph loaded).
     index = Index.open(store, exact=exact or mode == "keyword", device=device)
     mode = index.resolve_mode(mode)
-    results = index.search(texts, k=k, ef=ef, min_score=min_score, mode=mode, rrf_k=rrf_k, alpha=alpha, rescore=rescore)
-    # Keyword and hybrid hits also say where they stood in each ranking.
-    extra = () if mode == "dense" else FUSION_COLUMNS
-    hits = [hit.as_dict() for per_query in results for hit in per_query]
+    results = index.search(
+        texts,
+        k=k,
+        ef=ef,
+        min_score=min_score,
+        mode=mode,
+        fusion=fusion,
+        rrf_k=rrf_k,
+        alpha=alpha,
+        rescore=rescore,
+        where=where,
+        chunks=chunks,
+        min_cosine=min_cosine,
+    )
+    columns = index.columns(mode)
     if fmt != "table":
-        write_rows(hits, HIT_COLUMNS + extra, fmt)
+        write_rows([hit.as_dict() for per_query in results for hit in per_query], columns, fmt)
         return
-    # On a terminal: one table per query, titled with it.
-    columns = ("rank", "score", "text", "source", "line", "id") + (("dense_rank", "keyword_rank") if extra else ())
+    # On a terminal: one table per query, titled with it and with what its score column is.
+    # The passage's offsets stay in the other formats: the table gives its width to the text.
+    extra = [c for c in index.layout.extra if c not in ("start", "end")]
+    shown = ("rank", "score", "cosine", "text", "source", "line", "key", *extra, "id")
+    if mode != "dense":
+        shown += ("dense_rank", "keyword_rank")
+    headers = {"score": SCORE_HEADERS[mode]}
     for query, per_query in zip(texts, results, strict=True):
-        write_rows([h.as_dict() for h in per_query], columns, fmt, query)
+        rows = [h.as_dict() for h in per_query]
+        write_rows(
+            rows,
+            [c for c in shown if c != "key" or any(r["key"] is not None for r in rows)],
+            fmt,
+            query,
+            headers=headers,
+        )

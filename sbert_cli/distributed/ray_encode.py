@@ -45,7 +45,7 @@ from sbert_cli.progress import NullReporter, ProgressUpdate, Reporter, StageCloc
 from sbert_cli.store.atomic import fsync_dir
 from sbert_cli.store.manifest import StoreManifest, sbert_version
 from sbert_cli.store.store import SHARD_DIR
-from sbert_cli.store.writer import record_shard, shard_file
+from sbert_cli.store.writer import ShardLayout, record_shard, shard_file
 
 QUEUED_PER_WORKER = 2  # a worker always has its next shard waiting while it runs one
 MANIFEST_EVERY_S = 0.5  # at most two manifest writes a second while shards keep arriving
@@ -188,11 +188,11 @@ def _shard_tasks(
 ) -> Iterator[tuple[PlannedInput, ShardTask | None]]:
     """The windows a local run on the workers' `device` makes, grouped into its shards: (input,
     task) per shard, in order, and (input, None) where an input ends."""
-    layout = (manifest.storage_dtype, manifest.has_text, manifest.has_key)
+    layout = ShardLayout.of(manifest)
     windows: list[list[Record]] = []
     rows = 0
     seq: dict[int, int] = {}
-    for (item, window), _texts in _windows(plan, options, stats, window_texts(device)):
+    for (item, window), *_ in _windows(plan, options, stats, window_texts(device)):
         if window is not None:
             windows.append(window)
             rows += len(window)
@@ -205,9 +205,7 @@ def _shard_tasks(
             yield item, None
 
 
-def _task(
-    store: Path, item: PlannedInput, seq: int, windows: list[list[Record]], layout: tuple[str, bool, bool]
-) -> ShardTask:
+def _task(store: Path, item: PlannedInput, seq: int, windows: list[list[Record]], layout: ShardLayout) -> ShardTask:
     records = [r for window in windows for r in window]
     return ShardTask(
         store=str(store),
@@ -216,7 +214,7 @@ def _task(
         seq=seq,
         texts=[r.text for r in records],
         lines=np.fromiter((r.line for r in records), dtype=np.int64, count=len(records)),
-        keys=[r.key for r in records] if layout[2] else None,
+        keys=[r.key for r in records] if layout.has_key else None,
         windows=[len(window) for window in windows],
         layout=layout,
     )

@@ -167,8 +167,30 @@ class Encoder(WindowEncoder):
         full = self.tokenizer(cleaned, truncation=False)["input_ids"]
         return ids, np.array([len(b) > len(a) for a, b in zip(ids, full, strict=True)], dtype=bool)
 
-    def prepare(self, texts: Sequence[str], payload: Any = None) -> PreparedWindow:
-        """Tokenize a window, sort it by length and pad each token-budget batch (CPU side only).
+    def token_counter(self):
+        """Counts tokens as `prepare` makes them, untruncated, with offsets (chunking/)."""
+        if self._fast_tokenizer is None:
+            return None
+        from sbert_cli.chunking import FastTokenCounter
+
+        return FastTokenCounter(self._fast_tokenizer, self.spec.prompt, self.spec.do_lower_case)
+
+    def _window_ids(self, distinct: list[str], firsts: list[int], given: Sequence[Any] | None):
+        """Token ids of the window's distinct texts: the chunking stage's where it made them."""
+        if given is None:
+            return self._tokenize(distinct)
+        ids = [given[p] for p in firsts]
+        truncated = np.zeros(len(distinct), dtype=bool)
+        missing = [i for i, x in enumerate(ids) if x is None]
+        if missing:
+            made, cut = self._tokenize([distinct[i] for i in missing])
+            for i, x, c in zip(missing, made, cut, strict=True):
+                ids[i], truncated[i] = x, c
+        return ids, truncated
+
+    def prepare(self, texts: Sequence[str], payload: Any = None, ids: Sequence[Any] | None = None) -> PreparedWindow:
+        """Tokenize a window (where `ids` does not already hold a text's), sort it by length and
+        pad each token-budget batch (CPU side only).
 
         Identical texts in a window are encoded once (corpora repeat headings, boilerplate,
         retweets): `inverse` maps every text back to its distinct row.
@@ -176,11 +198,16 @@ class Encoder(WindowEncoder):
         import torch
 
         first_seen: dict[str, int] = {}
-        inverse = np.fromiter(
-            (first_seen.setdefault(t, len(first_seen)) for t in texts), dtype=np.int64, count=len(texts)
-        )
+        firsts: list[int] = []
+        codes = []
+        for position, text in enumerate(texts):
+            code = first_seen.setdefault(text, len(first_seen))
+            if code == len(firsts):
+                firsts.append(position)
+            codes.append(code)
+        inverse = np.array(codes, dtype=np.int64)
         distinct = list(first_seen)
-        ids, truncated = self._tokenize(distinct)
+        ids, truncated = self._window_ids(distinct, firsts, ids)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         pin = self.device.startswith("cuda")
         batches = []

@@ -11,24 +11,25 @@ from __future__ import annotations
 import functools
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from sbert_cli.chunking import ChunkStats
 from sbert_cli.encoding.devices import window_texts
 from sbert_cli.encoding.loader import ModelSettings
 from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
+from sbert_cli.encoding.settings import chunker_for, kept_layout, merge_kept_types, resolve_chunking, resolve_kept
+from sbert_cli.encoding.stream import WINDOW_TEXTS, input_windows
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
-from sbert_cli.inputs.reader import ReadOptions, ReadStats, Record, expand_inputs, read_records, scan
-from sbert_cli.progress import NullReporter, ProgressUpdate, Reporter, StageClock
+from sbert_cli.inputs.reader import ReadOptions, ReadStats, Record, expand_inputs, has_records, scan
+from sbert_cli.progress import NullReporter, ProgressMeter, ProgressUpdate, Reporter, StageClock
 from sbert_cli.store.atomic import is_temp_name
 from sbert_cli.store.manifest import StoreManifest
 from sbert_cli.store.store import STORAGE_DTYPES, Store, store_lock
 
 DEFAULT_SHARD_SIZE = 20_000
-WINDOW_TEXTS = 2048
-WINDOW_CHARS = 4_000_000  # bounds memory for corpora of very long records
 PROGRESS_EVERY_S = 0.5  # how often the runner hands the reporter an update (it decides what to show)
 
 
@@ -39,12 +40,16 @@ class EncodeOptions(ModelSettings):
     batch_tokens: int | None = None
     threads: int | None = None
     workers: int | None = None  # prepare (tokenizer) threads; None: the cores the model does not need
-    storage_dtype: str = "float32"
-    store_text: bool = True
-    shard_size: int = DEFAULT_SHARD_SIZE
+    # Store-level settings: None takes the existing store's, or the default for a new store.
+    storage_dtype: str | None = None  # float32 by default
+    store_text: bool | None = None  # True by default
+    shard_size: int | None = None  # DEFAULT_SHARD_SIZE by default
     force: bool = False
     glob: str | None = None
     read: ReadOptions = field(default_factory=ReadOptions)
+    chunk_mode: str | None = None  # "chunk" or "truncate"; None: the store's, else chunk
+    chunk_size: int | None = None  # tokens per chunk; None: the store's, else the model's max_seq_length
+    chunk_overlap: int | None = None  # None: the store's, else 32
 
     def model_settings(self) -> ModelSettings:
         return ModelSettings(**{f.name: getattr(self, f.name) for f in fields(ModelSettings)})
@@ -58,6 +63,8 @@ class EncodeSummary:
     blank: int = 0
     truncated: int = 0
     tokens: int = 0
+    records: int = 0  # records encoded (rows: the chunks they became)
+    chunking: ChunkStats = field(default_factory=ChunkStats)
     elapsed: float = 0.0
     inputs_encoded: int = 0
     inputs_skipped: list[str] = field(default_factory=list)
@@ -76,10 +83,19 @@ EncodeLoop = Callable[[Path, StoreManifest, list[PlannedInput], EncodeOptions, i
 
 
 def _check_target(options: EncodeOptions, store_path: Path) -> None:
-    if options.storage_dtype not in STORAGE_DTYPES:
+    if options.storage_dtype is not None and options.storage_dtype not in STORAGE_DTYPES:
         raise InputError(f"--storage-dtype {options.storage_dtype}: choose float32 or float16")
-    if options.shard_size < 1:
-        raise InputError("--shard-size must be at least 1")
+    # 0 used to fall through `or` to the default: a number the user gave is used or refused.
+    counts = {
+        "--shard-size": options.shard_size,
+        "--batch-tokens": options.batch_tokens,
+        "--threads": options.threads,
+        "--workers": options.workers,
+        "--max-seq-length": options.max_seq_length,
+    }
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value}: must be at least 1")
     if store_path.exists() and not store_path.is_dir():
         raise InputError(f"{store_path}: exists and is not a store directory")
     if store_path.is_dir() and not Store.exists(store_path) and any(p.name != ".lock" for p in store_path.iterdir()):
@@ -88,6 +104,7 @@ def _check_target(options: EncodeOptions, store_path: Path) -> None:
 
 def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeOptions:
     """Settings not given explicitly come from an existing store, so appending 'just works'."""
+    _store_layout(options, existing)
     if existing is None:
         return options
     model = existing.model
@@ -101,14 +118,51 @@ def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeO
     return options
 
 
-def _count_records(plan: list[PlannedInput], options: EncodeOptions) -> int:
+def _store_layout(options: EncodeOptions, existing: Store | None) -> None:
+    """Storage dtype, texts kept or not, rows per shard: one of each per store. Appending takes
+    the store's; one given that differs is refused (it used to be ignored without a word)."""
+    if existing is None:
+        options.storage_dtype = options.storage_dtype or "float32"
+        options.store_text = True if options.store_text is None else options.store_text
+        options.shard_size = options.shard_size or DEFAULT_SHARD_SIZE
+        return
+    manifest = existing.manifest
+    texts = {True: "--text", False: "--no-text"}
+    given = {
+        "--storage-dtype": (options.storage_dtype, manifest.storage_dtype, f"--storage-dtype {options.storage_dtype}"),
+        "texts": (options.store_text, manifest.has_text, texts.get(options.store_text)),
+        "--shard-size": (options.shard_size, manifest.shard_size, f"--shard-size {options.shard_size}"),
+    }
+    made = {
+        "--storage-dtype": f"keeps {manifest.storage_dtype} vectors",
+        "texts": "keeps its texts" if manifest.has_text else "was made with --no-text",
+        "--shard-size": f"has {manifest.shard_size:,} rows per shard",
+    }
+    for name, (value, stored, words) in given.items():
+        if value is not None and value != stored:
+            raise InputError(
+                f"{words}: {existing.path} {made[name]}, and a store has one such setting; "
+                "leave the option out to append, or encode into a new store"
+            )
+    options.storage_dtype, options.store_text, options.shard_size = (
+        manifest.storage_dtype,
+        manifest.has_text,
+        manifest.shard_size,
+    )
+
+
+def _count_records(plan: list[PlannedInput], options: EncodeOptions, types: dict[str, dict]) -> int:
     """Read every file input in full (stdin can only be read once): bad input stops here, before
-    anything is written."""
+    anything is written. `types` gets each input's kept-field types."""
     total = 0
     for item in plan:
         if not item.source.is_stdin:
-            item.records = scan(item.source, options.read).records
+            stats = scan(item.source, options.read)
+            item.records = stats.records
+            types[item.source.name] = stats.field_types or {}
             total += item.records
+        elif not has_records(item.source, options.read):  # read up to its first record only
+            item.records = 0
     if all(item.records == 0 for item in plan):
         raise InputError(
             f"{plan[0].source.name}: empty input (no non-blank records)"
@@ -147,10 +201,12 @@ def encode_corpus(
         existing.check_compatible(record, "this run's model")
     manifest = existing.manifest if existing else StoreManifest(record, options.storage_dtype, options.store_text)
     manifest.shard_size = manifest.shard_size if existing else options.shard_size
+    _row_settings(options, manifest, existing, loop is not None)
     plan = plan_inputs(sources, manifest.copy(), options.force, reporter.message)
     if not plan:
         return EncodeSummary(str(store_path), inputs_skipped=[s.name for s in sources], store_rows=manifest.rows)
-    total = _count_records(plan, options)
+    types: dict[str, dict] = {}
+    total = _count_records(plan, options, types)
     if existing is None and encoder is None and loop is None and options.dtype == "auto":
         from sbert_cli.encoding.calibrate import dtype_for_run  # bf16 or fp32, by measurement
 
@@ -159,12 +215,16 @@ def encode_corpus(
     counted = {item.source.name: item.records for item in plan}
     if options.read.id_field and existing is not None and not existing.manifest.has_key:
         raise InputError(f"{store_path}: --id-field given, but this store was made without ids; use a new store")
+    if not options.read.id_field and existing is not None and existing.manifest.has_key and existing.manifest.shards:
+        raise InputError(f"{store_path}: this store keeps ids; give --id-field for the new inputs too")
     created = not store_path.exists()
     try:
         with store_lock(store_path):
             # Re-read under the lock: another writer may have committed since we looked.
             if Store.exists(store_path):
                 manifest = Store.open(store_path).manifest
+            for name, found in types.items():
+                merge_kept_types(manifest, found, name)
             manifest.has_key = manifest.has_key or bool(options.read.id_field and not manifest.shards)
             plan = plan_inputs([item.source for item in plan], manifest, options.force, lambda _: None)
             for item in plan:
@@ -181,6 +241,20 @@ def encode_corpus(
         raise
 
 
+def _row_settings(options: EncodeOptions, manifest: StoreManifest, existing: Store | None, ray: bool) -> None:
+    """Chunking and kept fields: this run's for a new store, the store's (checked) for an append."""
+    stored = existing.manifest if existing else None
+    if ray and (options.chunk_size or options.chunk_overlap is not None or options.read.keep_fields):
+        raise InputError("--ray runs do not chunk or keep fields yet; run without --ray, or with --truncate only")
+    mode = "truncate" if ray and stored is None else options.chunk_mode
+    chunking = resolve_chunking(mode, options.chunk_size, options.chunk_overlap, manifest.model, stored)
+    if ray and chunking.mode != "truncate":
+        raise InputError("--ray runs do not chunk long records yet; this store chunks them, so run without --ray")
+    options.read.keep_fields = resolve_kept(options.read.keep_fields, stored)
+    if stored is None:
+        manifest.chunking, manifest.kept_fields = chunking, kept_layout(options.read.keep_fields)
+
+
 def _prepare_store(store_path: Path, manifest: StoreManifest, plan: list[PlannedInput], options, summary) -> int:
     """Reset --force inputs, note resumed ones, remove what a crash left; returns rows already done."""
     stale_files: list[str] = []
@@ -190,7 +264,7 @@ def _prepare_store(store_path: Path, manifest: StoreManifest, plan: list[Planned
             stale_files += reset_entry(manifest, item.entry, item.source)
         elif item.entry.rows_done:
             summary.inputs_resumed.append(item.source.name)
-            done_before += item.entry.rows_done if item.records is not None else 0
+            done_before += item.entry.records_done if item.records is not None else 0
     if stale_files:
         manifest.save(store_path)  # forget first, delete after: a crash between is harmless
         for name in stale_files:
@@ -230,34 +304,15 @@ def begin_run(
     return total - done_before
 
 
-def _aligned_windows(records: Iterator[Record], shard_size: int, texts: int = WINDOW_TEXTS) -> Iterator[list[Record]]:
-    """Windows that never straddle a shard boundary: a resumed run (which starts at a boundary)
-    then forms exactly the same batches as an uninterrupted one, so its vectors are identical."""
-    window: list[Record] = []
-    chars = 0
-    in_shard = 0
-    for record in records:
-        window.append(record)
-        chars += len(record.text)
-        in_shard += 1
-        if len(window) >= texts or chars >= WINDOW_CHARS or in_shard == shard_size:
-            yield window
-            window, chars = [], 0
-            in_shard %= shard_size
-    if window:
-        yield window
-
-
-def _windows(plan: list[PlannedInput], options: EncodeOptions, stats: dict[int, ReadStats], texts: int = WINDOW_TEXTS):
-    """(payload, texts) for the encoder: each input's windows (of at most `texts` texts), then an
-    end marker per input."""
-    for item in plan:
-        input_stats = stats.setdefault(item.entry.index, ReadStats())
-        skip = item.entry.last_line
-        records = (r for r in read_records(item.source, options.read, input_stats) if r.line > skip)
-        for window in _aligned_windows(records, options.shard_size, texts):
-            yield (item, window), [r.text for r in window]
-        yield (item, None), []
+def _windows(
+    plan: list[PlannedInput],
+    options: EncodeOptions,
+    stats: dict[int, ReadStats],
+    texts: int = WINDOW_TEXTS,
+    chunker=None,
+):
+    """(payload, texts, token ids) for the encoder: see `stream.input_windows`."""
+    return input_windows(plan, options.read, options.shard_size, stats, texts, chunker)
 
 
 def _run_with_settings(encoder: WindowEncoder, *args) -> EncodeSummary:
@@ -288,26 +343,35 @@ def _run(
 
     summary = EncodeSummary(str(store_path))
     total = begin_run(store_path, manifest, plan, options, total, reporter, summary)
-    clock, stats, started, last_report = StageClock(), {}, time.perf_counter(), 0.0
+    clock, stats, started = StageClock(), {}, time.perf_counter()
     committers: dict[int, ShardCommitter] = {}
     size = window_texts(getattr(encoder, "device", "cpu"))  # larger on a GPU: less padding
-    windows = clock.timed("read", _windows(plan, options, stats, size))
-    for done in encoder.encode_windows(windows, clock=clock, workers=options.workers, say=reporter.message):
+    chunker = chunker_for(encoder, manifest.chunking, summary.chunking)
+    windows = clock.timed("read", _windows(plan, options, stats, size, chunker))
+    # Progress per batch, not per window: a log gets its line every interval whatever the window.
+    meter = ProgressMeter(reporter, "encoding", total or None, clock, PROGRESS_EVERY_S)
+
+    def in_model(payload: tuple[PlannedInput, list[Record] | None], texts: int) -> None:
+        meter.in_work(payload[0].source.name, texts)
+
+    batches = encoder.encode_windows(
+        windows, clock=clock, workers=options.workers, say=reporter.message, on_batch=in_model
+    )
+    for done in batches:
         item, records = done.payload
         entry = item.entry
         committer = committers.setdefault(entry.index, ShardCommitter(store_path, manifest, entry, options.shard_size))
         with clock.stage("write"):
+            merge_kept_types(manifest, stats[entry.index].field_types, item.source.name)
             if records is not None:
                 committer.add(records, done.embeddings)
             else:
                 _finish_input(committer, item, stats[entry.index], manifest, store_path, summary, reporter)
         summary.rows += len(records or ())
+        summary.records += sum(getattr(r, "last", True) for r in records or ())
         summary.tokens += done.tokens
         summary.truncated += done.truncated
-        now = time.perf_counter()
-        if now - last_report >= PROGRESS_EVERY_S:
-            last_report = now
-            reporter.progress(_update(summary, total, now - started, clock, item.source.name, False))
+        meter.advance(len(records or ()), done.tokens, item.source.name)
     summary.elapsed = time.perf_counter() - started
     summary.stages = clock.snapshot()
     summary.store_rows = manifest.rows
@@ -331,5 +395,5 @@ def _finish_input(
 
 def _update(summary: EncodeSummary, total: int, elapsed: float, clock: StageClock, current, final: bool):
     return ProgressUpdate(
-        "encoding", summary.rows, total or None, elapsed, summary.tokens, current, clock.snapshot(), final
+        "encoding", summary.records, total or None, elapsed, summary.tokens, current, clock.snapshot(), final
     )

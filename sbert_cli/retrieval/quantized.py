@@ -281,6 +281,7 @@ class QuantizedIndex:
         self.ids = ids
         self.vectors = vectors
         self.default_rescore = DEFAULT_RESCORE[manifest.quantize]
+        self._order: np.ndarray | None = None  # argsort of ids, made on first use
 
     @classmethod
     def load(cls, store_path: Path, manifest: IndexManifest) -> QuantizedIndex:
@@ -298,20 +299,51 @@ class QuantizedIndex:
             )
         return cls(manifest, codes, ids, vectors)
 
-    def search(self, vectors: np.ndarray, k: int, rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, exact scores), each (queries, k), best first, for query vectors like the store's."""
+    def search(
+        self, vectors: np.ndarray, k: int, rescore: int | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, exact scores), each (queries, k), best first, for query vectors like the store's.
+        With `allowed` (sorted row ids: a `--where` filter's) only those rows are returned: the
+        scan takes candidates in proportion to 1 / the share allowed, deeper until k are found."""
         rescore = self.default_rescore if rescore is None else rescore
         queries = prepare_queries(vectors, self.manifest.space)
-        candidates = min(self.manifest.count, max(k, rescore * k))
+        keep = None if allowed is None else np.isin(self.ids, allowed)
+        share = 1.0 if keep is None else max(float(keep.mean()), 1.0 / max(self.manifest.count, 1))
+        candidates = min(self.manifest.count, int(np.ceil(max(k, rescore * k) / share)))
+        while True:
+            ids, scores = self._scan(queries, k, candidates, keep)
+            found = int(np.isfinite(scores).sum(1).min()) if len(scores) else k
+            if keep is None or found >= min(k, int(keep.sum())) or candidates >= self.manifest.count:
+                return ids, scores
+            candidates = min(self.manifest.count, candidates * 4)
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The full-precision vectors of the given row ids (all in the index), float32."""
+        if self._order is None:
+            self._order = np.argsort(self.ids, kind="stable")
+        positions = self._order[np.searchsorted(self.ids[self._order], ids)]
+        order = np.argsort(positions)  # read the memory-mapped file in its order
+        out = np.empty((len(ids), self.vectors.shape[1]), dtype=np.float32)
+        out[order] = self.vectors[positions[order]]
+        return out
+
+    def _scan(
+        self, queries: np.ndarray, k: int, candidates: int, keep: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         found = binary_codes(queries) if self.manifest.quantize == "binary" else queries
         with _faiss_threads(1 if len(queries) < FEW_QUERIES else None):
             _, positions = self.codes.search(found, candidates)
         step = max(1, RESCORE_ROWS // candidates)
-        parts = [self._rescore(queries[i : i + step], positions[i : i + step], k) for i in range(0, len(queries), step)]
+        parts = [
+            self._rescore(queries[i : i + step], positions[i : i + step], k, keep) for i in range(0, len(queries), step)
+        ]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _rescore(self, queries: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k best of each query's candidates by exact score, on exact search's scale."""
+    def _rescore(
+        self, queries: np.ndarray, positions: np.ndarray, k: int, keep: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of each query's candidates by exact score, on exact search's scale (rows
+        a filter does not keep score -inf)."""
         # Each distinct candidate row is read once, in file order (the vectors are memory-mapped).
         rows, inverse = np.unique(positions, return_inverse=True)
         candidates = np.asarray(self.vectors[rows], dtype=np.float32)[inverse.reshape(positions.shape)]
@@ -322,4 +354,6 @@ class QuantizedIndex:
         if space == "l2":
             squared = (queries * queries).sum(1)[:, None] - 2 * dots + (candidates * candidates).sum(2)
             dots = -np.sqrt(np.maximum(squared, 0.0))
+        if keep is not None:
+            dots = np.where(keep[positions], dots, -np.inf)
         return _top_k(self.ids[positions], dots.astype(np.float32), k)

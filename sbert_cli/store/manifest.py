@@ -23,7 +23,7 @@ from sbert_cli.errors import InputError
 from sbert_cli.store.atomic import write_atomic
 
 STORE_FORMAT = "sbert-store"
-STORE_VERSION = 2  # 2: records the sbert version that wrote the store
+STORE_VERSION = 3  # 2: records the sbert version that wrote the store; 3: chunking and kept fields
 INDEX_FORMAT = "sbert-hnsw-index"
 INDEX_VERSION = 2  # 2: records the dense index's quantization (none, int8, binary) and its further files
 KEYWORD_FORMAT = "sbert-bm25-index"
@@ -87,6 +87,8 @@ class InputEntry:
     shards: int = 0
     complete: bool = False
     blank: int | None = None
+    records_done: int = 0  # records whose rows are all committed (a long record is several rows)
+    id_offset: int = 0  # rows beyond one per record so far: a row's id is its line + the offset then
     read: dict | None = None  # the ReadOptions it was read with (`sbert check --repair` re-reads it so)
 
 
@@ -108,12 +110,35 @@ class ShardInfo:
 
 
 @dataclass
+class ChunkingRecord:
+    """How records longer than the model reads became rows: "chunk" (overlapping chunks of at
+    most `size` tokens, special tokens and prompt included) or "truncate" (one row each, cut at
+    `size` tokens by the encoder)."""
+
+    mode: str = "chunk"
+    size: int = 0
+    overlap: int = 0
+
+
+@dataclass
+class KeptField:
+    """A record field stored as a typed column (`--keep-fields`): string, integer, float,
+    boolean or timestamp; None while every value so far was null."""
+
+    name: str
+    type: str | None = None
+
+
+@dataclass
 class StoreManifest:
     model: ModelRecord
     storage_dtype: str = "float32"
     has_text: bool = True
     has_key: bool = False
     shard_size: int = 20_000
+    chunking: ChunkingRecord = field(default_factory=ChunkingRecord)
+    has_chunks: bool = True  # shards have the chunk, start and end columns (stores since version 3)
+    kept_fields: list[KeptField] = field(default_factory=list)
     inputs: list[InputEntry] = field(default_factory=list)
     shards: list[ShardInfo] = field(default_factory=list)
     format: str = STORE_FORMAT
@@ -273,6 +298,22 @@ def _migrate_store_v1(data: dict) -> dict:
     return {**data, "version": 2, "sbert_version": data.get("sbert_version")}
 
 
+def _migrate_store_v2(data: dict) -> dict:
+    # Version 2 stores truncated every record at max_seq_length, one row per record, and their
+    # shards have no chunk/start/end columns and no kept fields.
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    size = model.get("max_seq_length", 0)
+    inputs = data.get("inputs") if isinstance(data.get("inputs"), list) else []
+    return {
+        **data,
+        "version": 3,
+        "chunking": {"mode": "truncate", "size": size if isinstance(size, int) else 0, "overlap": 0},
+        "has_chunks": False,
+        "kept_fields": [],
+        "inputs": [{**e, "records_done": e.get("rows_done", 0)} if isinstance(e, dict) else e for e in inputs],
+    }
+
+
 def _migrate_index_v1(data: dict) -> dict:
     # Version 1 indexes were all hnswlib graphs of the full-precision vectors, one file each.
     return {**data, "version": 2, "quantize": "none", "parts": [], "calibration_rows": 0}
@@ -280,6 +321,7 @@ def _migrate_index_v1(data: dict) -> dict:
 
 _MIGRATIONS: dict[tuple[str, int], typing.Callable[[dict], dict]] = {
     (STORE_FORMAT, 1): _migrate_store_v1,
+    (STORE_FORMAT, 2): _migrate_store_v2,
     (INDEX_FORMAT, 1): _migrate_index_v1,
 }
 

@@ -32,7 +32,7 @@ from sbert_cli.store.check import CheckReport, check_store
 from sbert_cli.store.integrity import digest_file
 from sbert_cli.store.manifest import IndexManifest, InputEntry, KeywordManifest, ShardInfo
 from sbert_cli.store.store import Store, make_id, split_id, store_lock
-from sbert_cli.store.writer import write_shard
+from sbert_cli.store.writer import ShardLayout, write_shard
 
 
 @dataclass
@@ -141,15 +141,15 @@ def _shard_records(entry: InputEntry, shard: ShardInfo) -> list[Record]:
 def _encode(encoder, records: list[Record]) -> np.ndarray:
     """Vectors in the windows the encode run used: a shard starts at a window boundary."""
     from sbert_cli.encoding.devices import window_texts
-    from sbert_cli.encoding.runner import _aligned_windows
+    from sbert_cli.encoding.stream import aligned_windows
 
-    windows = _aligned_windows(iter(records), len(records), window_texts(getattr(encoder, "device", "cpu")))
+    windows = aligned_windows(iter(records), len(records), window_texts(getattr(encoder, "device", "cpu")))
     done = encoder.encode_windows((None, [r.text for r in window]) for window in windows)
     return np.concatenate([w.embeddings for w in done])
 
 
 def _write_again(store: Store, entry: InputEntry, shard: ShardInfo, records: list[Record], vectors) -> ShardInfo:
-    layout = (store.storage_dtype, store.has_text, store.manifest.has_key)
+    layout = ShardLayout.of(store.manifest)
     with atomic_path(store.shard_path(shard)) as tmp:
         return write_shard(tmp, shard.file, entry, shard.seq, records, vectors, layout)
 

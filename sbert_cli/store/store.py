@@ -209,12 +209,12 @@ class Store:
         return out
 
     def columns(self) -> list[str]:
-        cols = ["id", "source", "line", "embedding"]
-        if self.has_text:
-            cols.insert(1, "text")
-        if self.manifest.has_key:
-            cols.append("key")
-        return cols
+        """Every shard's columns, in the writer's order (store/writer.py `shard_schema`)."""
+        manifest = self.manifest
+        cols = ["id"] + (["text"] if self.has_text else []) + ["source", "line"]
+        cols += ["key"] if manifest.has_key else []
+        cols += ["chunk", "start", "end"] if manifest.has_chunks else []
+        return cols + [kept.name for kept in manifest.kept_fields] + ["embedding"]
 
 
 def embeddings_to_numpy(column, dim: int) -> np.ndarray:

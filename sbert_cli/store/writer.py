@@ -1,13 +1,19 @@
-"""Write stage: embedded records -> Parquet shards, committed to the store one at a time.
+"""Write stage: embedded rows -> Parquet shards, committed to the store one at a time.
 
 A commit is: shard to a temp name, fsync, rename, then the manifest (atomically replaced) lists
 it together with how far its input is done. A crash before the manifest write leaves at most an
 unlisted file, which the next run overwrites or removes.
+
+A row is a record or one chunk of it (chunking/); a shard ends only at the end of a record, so
+an input's resume point (its last committed line) is always a record boundary. Ids stay
+`input << 40 | line` for the first row of every record in stores of short texts; each further
+chunk shifts the ids after it by one (`InputEntry.id_offset`), so ids are unique and rise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,55 +22,90 @@ from sbert_cli.errors import SbertError
 from sbert_cli.inputs.reader import Record
 from sbert_cli.store.atomic import atomic_path
 from sbert_cli.store.integrity import digest_file
-from sbert_cli.store.manifest import InputEntry, ShardInfo, StoreManifest
-from sbert_cli.store.store import SHARD_DIR, make_id
+from sbert_cli.store.manifest import InputEntry, KeptField, ShardInfo, StoreManifest
+from sbert_cli.store.store import LINE_BITS, SHARD_DIR, make_id
 
 ROW_GROUP_ROWS = 2048  # small row groups let `Store.fetch` read a few KB instead of a whole shard
 
 
-def shard_schema(dim: int, storage_dtype: str, has_text: bool, has_key: bool):
+@dataclass(frozen=True)
+class ShardLayout:
+    """The store's columns: what every shard of it holds."""
+
+    storage_dtype: str
+    has_text: bool
+    has_key: bool
+    has_chunks: bool = False
+    kept: tuple[KeptField, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, manifest: StoreManifest) -> ShardLayout:
+        return cls(
+            manifest.storage_dtype,
+            manifest.has_text,
+            manifest.has_key,
+            manifest.has_chunks,
+            tuple(manifest.kept_fields),
+        )
+
+
+def shard_schema(dim: int, layout: ShardLayout):
     import pyarrow as pa
 
-    value = pa.float16() if storage_dtype == "float16" else pa.float32()
+    from sbert_cli.inputs.fields import arrow_column
+
+    value = pa.float16() if layout.storage_dtype == "float16" else pa.float32()
     fields = [pa.field("id", pa.int64(), nullable=False)]
-    if has_text:
+    if layout.has_text:
         fields.append(pa.field("text", pa.string()))
     fields += [pa.field("source", pa.string()), pa.field("line", pa.int64())]
-    if has_key:
+    if layout.has_key:
         fields.append(pa.field("key", pa.string()))
+    if layout.has_chunks:
+        fields += [pa.field(name, pa.int32()) for name in ("chunk", "start", "end")]
+    fields += [pa.field(k.name, arrow_column(k.name, k.type, []).type) for k in layout.kept]
     fields.append(pa.field("embedding", pa.list_(value, dim), nullable=False))
     return pa.schema(fields)
 
 
-def build_table(
-    input_index: int,
-    source: str,
-    records: Sequence[Record],
-    embeddings: np.ndarray,
-    storage_dtype: str,
-    has_text: bool,
-    has_key: bool,
-):
+def row_ids(input_index: int, id_offset: int, records: Sequence[Record]) -> np.ndarray:
+    """`input << 40 | (line + id_offset + further chunks so far)`: unique, rising, and the old
+    line-based ids wherever every record is one row."""
+    lines = np.fromiter((r.line for r in records), dtype=np.int64, count=len(records))
+    further = np.fromiter((getattr(r, "chunk", 0) > 0 for r in records), dtype=np.int64, count=len(records))
+    return make_id(input_index, 0) | (lines + id_offset + np.cumsum(further))
+
+
+def build_table(input_index: int, source: str, records: Sequence[Record], embeddings: np.ndarray, layout, id_offset=0):
     import pyarrow as pa
 
+    from sbert_cli.inputs.fields import arrow_column
+
+    layout = layout if isinstance(layout, ShardLayout) else ShardLayout(*layout)
     dim = embeddings.shape[1]
-    schema = shard_schema(dim, storage_dtype, has_text, has_key)
-    lines = np.fromiter((r.line for r in records), dtype=np.int64, count=len(records))
-    ids = make_id(input_index, 0) | lines
-    flat = np.ascontiguousarray(embeddings, dtype=np.float16 if storage_dtype == "float16" else np.float32).reshape(-1)
-    columns = {"id": pa.array(ids, pa.int64())}
-    if has_text:
+    schema = shard_schema(dim, layout)
+    flat = np.ascontiguousarray(embeddings, dtype=np.float16 if layout.storage_dtype == "float16" else np.float32)
+    columns = {"id": pa.array(row_ids(input_index, id_offset, records), pa.int64())}
+    if layout.has_text:
         columns["text"] = pa.array([r.text for r in records], pa.string())
     columns["source"] = pa.DictionaryArray.from_arrays(np.zeros(len(records), np.int32), [source]).cast(pa.string())
-    columns["line"] = pa.array(lines, pa.int64())
-    if has_key:
+    columns["line"] = pa.array([r.line for r in records], pa.int64())
+    if layout.has_key:
         columns["key"] = pa.array([r.key for r in records], pa.string())
-    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
+    if layout.has_chunks:
+        columns["chunk"] = pa.array([getattr(r, "chunk", 0) for r in records], pa.int32())
+        columns["start"] = pa.array([getattr(r, "start", 0) for r in records], pa.int32())
+        columns["end"] = pa.array([getattr(r, "end", len(r.text)) for r in records], pa.int32())
+    for kept in layout.kept:
+        values = [(r.fields or {}).get(kept.name) for r in records]
+        columns[kept.name] = arrow_column(kept.name, kept.type, values)
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim)
     return pa.Table.from_arrays(list(columns.values()), schema=schema)
 
 
 class ShardCommitter:
-    """Accumulates one input's rows and commits a shard every `shard_size` rows."""
+    """Accumulates one input's rows and commits a shard at the first record end at or after
+    `shard_size` rows (the runner's windows end there too)."""
 
     def __init__(self, store_path: Path, manifest: StoreManifest, input_entry: InputEntry, shard_size: int) -> None:
         self.store_path = store_path
@@ -80,7 +121,7 @@ class ShardCommitter:
         self.records.extend(records)
         self.vectors.append(embeddings)
         self.pending += len(records)
-        if self.pending >= self.shard_size:
+        if self.pending >= self.shard_size and getattr(self.records[-1], "last", True):
             self.commit()
 
     def commit(self) -> None:
@@ -93,15 +134,9 @@ class ShardCommitter:
         final.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(final) as tmp:
             shard = write_shard(
-                tmp,
-                name,
-                entry,
-                entry.shards,
-                self.records,
-                np.concatenate(self.vectors),
-                (manifest.storage_dtype, manifest.has_text, manifest.has_key),
+                tmp, name, entry, entry.shards, self.records, np.concatenate(self.vectors), ShardLayout.of(manifest)
             )
-        record_shard(manifest, entry, shard, self.records[-1].line)
+        record_shard(manifest, entry, shard, self.records[-1].line, sum(getattr(r, "last", True) for r in self.records))
         manifest.save(self.store_path)
         self.shards_written += 1
         self.records, self.vectors, self.pending = [], [], 0
@@ -119,15 +154,15 @@ def write_shard(
     seq: int,
     records: Sequence[Record],
     embeddings: np.ndarray,
-    layout: tuple[str, bool, bool],
+    layout: ShardLayout | tuple,
 ) -> ShardInfo:
     """Write one shard's rows to `path` (a temp name: the caller commits it) and describe it as
-    `name`. `layout` is the store's (storage_dtype, has_text, has_key). Shared by the local
-    writer and Ray workers, so both make the same bytes."""
+    `name`. `layout` is the store's (`ShardLayout.of(manifest)`). Shared by the local writer and
+    Ray workers, so both make the same bytes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = build_table(entry.index, entry.source, records, embeddings, *layout)
+    table = build_table(entry.index, entry.source, records, embeddings, layout, entry.id_offset)
     pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="zstd", write_page_checksum=True)
     # Read it back before it is committed: what the manifest records must be what is on disk.
     digest = digest_file(path)
@@ -155,10 +190,14 @@ def write_shard(
     )
 
 
-def record_shard(manifest: StoreManifest, entry: InputEntry, shard: ShardInfo, last_line: int) -> None:
+def record_shard(
+    manifest: StoreManifest, entry: InputEntry, shard: ShardInfo, last_line: int, records: int | None = None
+) -> None:
     """List a written shard and move its input's resume point past it (saving is the caller's:
-    the manifest write is the commit)."""
+    the manifest write is the commit). `records`: whole records in it (default: one per row)."""
     manifest.shards.append(shard)
     entry.shards = shard.seq + 1
     entry.rows_done += shard.rows
+    entry.records_done += shard.rows if records is None else records
     entry.last_line = last_line
+    entry.id_offset = (shard.id_max & ((1 << LINE_BITS) - 1)) - last_line
