@@ -88,7 +88,7 @@ def unverified_reads() -> dict:
         check_present(path, expected_of(record, "index file", ""))
         return path
 
-    return {"read_shard": read_shard, "_read_rows": read_rows, "check_index_file": check_index_file}
+    return {"read_shard": read_shard, "read_rows": read_rows, "check_index_file": check_index_file}
 
 
 def use(mode: str, saved: dict) -> None:
@@ -99,7 +99,7 @@ def use(mode: str, saved: dict) -> None:
     from sbert_cli.store.store import Store
 
     funcs = saved["unverified"] if mode == "unverified" else saved["verified"]
-    Store.read_shard, Store._read_rows = funcs["read_shard"], funcs["_read_rows"]
+    Store.read_shard, Store.read_rows = funcs["read_shard"], funcs["read_rows"]
     graph.check_index_file = funcs["check_index_file"]
     integrity.forget_verified()
 
@@ -113,7 +113,7 @@ def child(task: str, path: str, rounds: int, mode: str | None = None) -> None:
     saved = {
         "verified": {
             "read_shard": Store.read_shard,
-            "_read_rows": Store._read_rows,
+            "read_rows": Store.read_rows,
             "check_index_file": graph.check_index_file,
         },
         "unverified": unverified_reads(),
