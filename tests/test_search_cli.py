@@ -99,7 +99,8 @@ def test_every_output_format_parses(indexed, fmt):
         return
     assert len(rows) == 8
     assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4] * 2
-    assert list(rows[0]) == ["query", "rank", "id", "score", "cosine", "text", "source", "line", "key"]
+    columns = ["query", "rank", "id", "score", "cosine", "text", "source", "line", "key", "chunk", "start", "end"]
+    assert list(rows[0]) == columns
     assert all(0 < float(r["score"]) <= 1.0 for r in rows)
     assert all(float(r["score"]) == pytest.approx(float(r["cosine"]), abs=1e-4) for r in rows)
 
@@ -283,8 +284,9 @@ def test_exact_output_of_a_small_store(tmp_path):
     scores = {line: float(query @ hash_embed(text, 64)) for line, text in texts.items()}
     ranked = sorted(scores, key=lambda line: -scores[line])
     assert ranked[0] == 1  # the text with both words
-    expected = "query\trank\tid\tscore\tcosine\ttext\tsource\tline\tkey\n" + "".join(
-        f"red apples\t{rank}\t{line}\t{scores[line]:.4f}\t{scores[line]:.4f}\t{texts[line]}\t{corpus}\t{line}\t\n"
+    expected = "query\trank\tid\tscore\tcosine\ttext\tsource\tline\tkey\tchunk\tstart\tend\n" + "".join(
+        f"red apples\t{rank}\t{line}\t{scores[line]:.4f}\t{scores[line]:.4f}\t{texts[line]}\t{corpus}\t{line}\t"
+        f"\t0\t0\t{len(texts[line])}\n"
         for rank, line in enumerate(ranked, start=1)
     )
     for extra in (["--exact"], ["--mode", "dense"]):

@@ -53,10 +53,14 @@ DtypeOpt = Annotated[
         "measures it faster on a CPU with native bf16 (see README).",
     ),
 ]
-Backend = Literal["auto", "torch", "onnx"]
+Backend = Literal["auto", "torch", "onnx", "openvino"]
 BackendOpt = Annotated[
     Backend,
-    typer.Option("--backend", help="onnx runs fp32 and int8 on the CPU. auto: onnx for int8, torch otherwise."),
+    typer.Option(
+        "--backend",
+        help="onnx runs fp32 and int8 on the CPU; openvino (extra) fp32 and bf16 on the CPU. auto: onnx "
+        "for int8; for a new store with --dtype auto, the engine `sbert encode` measures fastest; else torch.",
+    ),
 ]
 PoolingOpt = Annotated[
     str | None,

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from sbert_cli.chunking import ChunkStats
+from sbert_cli.encoding.chunk_settings import chunker_for, kept_layout, merge_kept_types, resolve_chunking, resolve_kept
 from sbert_cli.encoding.devices import window_texts
 from sbert_cli.encoding.loader import ModelSettings
 from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
-from sbert_cli.encoding.settings import chunker_for, kept_layout, merge_kept_types, resolve_chunking, resolve_kept
 from sbert_cli.encoding.stream import WINDOW_TEXTS, input_windows
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
@@ -208,9 +208,13 @@ def encode_corpus(
     types: dict[str, dict] = {}
     total = _count_records(plan, options, types)
     if existing is None and encoder is None and loop is None and options.dtype == "auto":
-        from sbert_cli.encoding.calibrate import dtype_for_run  # bf16 or fp32, by measurement
+        from sbert_cli.encoding.calibrate import engine_for_run  # backend and dtype, by measurement
 
-        options.dtype = dtype_for_run(options, plan, total, reporter.message)
+        engine = engine_for_run(
+            options.model_settings(), plan, total, options.read, options.threads, options.batch_tokens, reporter.message
+        )
+        options.dtype, options.backend = engine.dtype, engine.backend
+        options.workers = options.workers or engine.workers
         manifest.model = describe_model(options.model_settings())
     counted = {item.source.name: item.records for item in plan}
     if options.read.id_field and existing is not None and not existing.manifest.has_key:
