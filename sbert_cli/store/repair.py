@@ -4,9 +4,11 @@ indexes, then check again.
 A shard is re-encoded only from its input as it was: the file at the path the manifest records,
 with the size and modification time it had when it was encoded, read with the options it was
 read with (`InputEntry.read`; a store from before those were recorded is read with the defaults,
-and the records must still land on the shard's ids and row count). The shard's records are
-encoded in the windows the encode run formed (they start at a shard boundary), so the vectors
-are the ones written before (exactly so on the CPU; the checksum says which). An input that
+and the rows must still land on the shard's ids and row count). The input is read and cut into
+rows by the store's chunking stage from its start (a chunk beyond a record's first shifts the ids
+after it), the shard's rows picked by id, and encoded in the windows the encode run formed (they
+start at a shard boundary), so the vectors are the ones written before (exactly so on the CPU;
+the checksum says which). An input that
 changed or is gone cannot be repaired from: the error names each one needed.
 
 Indexes are rebuilt by `sbert index`'s own code, which rebuilds what is damaged or stale (a
