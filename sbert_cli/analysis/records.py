@@ -165,13 +165,4 @@ def _record_starts(lines: np.ndarray) -> np.ndarray:
 
 def _shard_columns(store: Store, shard) -> set[str]:
     """The columns a shard holds (from its footer): the chunking stage adds some."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from sbert_cli.errors import SbertError
-
-    path = store.shard_path(shard)
-    try:
-        return set(pq.read_schema(path).names)
-    except (OSError, pa.ArrowException) as exc:
-        raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
+    return set(store.shard_columns(shard))  # verified present and whole-footed (store/integrity.py)
