@@ -51,6 +51,8 @@ RUNS = {
     "int8": ["--dtype", "int8"],
     "fp32-w2": ["--dtype", "fp32", "--workers", "2"],
     "torch-fp32": ["--dtype", "fp32", "--backend", "torch"],
+    "ov-fp32": ["--dtype", "fp32", "--backend", "openvino"],  # the openvino extra (bench_engine.py: all engines)
+    "ov-bf16": ["--dtype", "bf16", "--backend", "openvino"],
 }
 
 

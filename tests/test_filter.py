@@ -162,3 +162,19 @@ def test_kept_and_key_columns_can_be_filtered(tmp_path):
     result = sbert("search", store, "whales", "--exact", "--where", "key IN ('doc-3', 'doc-4')", "--format", "jsonl")
     assert result.exit_code == 0, result.output
     assert sorted(h["key"] for h in jsonl(result)) == ["doc-3", "doc-4"]
+
+
+def test_timestamp_fields_print_as_iso_text_and_filter_by_sql(tmp_path):
+    records = tmp_path / "events.jsonl"
+    rows = [
+        {"text": "a whale at sea", "when": "2020-05-01T10:00:00"},
+        {"text": "a ball", "when": "2021-01-02T00:00:00"},
+    ]
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = tmp_path / "store"
+    encoded = sbert("encode", records, "-o", store, "--model", HASH_MODEL, "--keep-fields", "when", "-q")
+    assert encoded.exit_code == 0, encoded.output
+    result = sbert("search", store, "whale", "--exact", "--where", 'year("when") = 2020', "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    [hit] = jsonl(result)
+    assert hit["text"] == "a whale at sea" and hit["when"].startswith("2020-05-01T10:00:00")

@@ -139,9 +139,10 @@ def test_hybrid_hits_report_both_ranks_from_the_shell(store):
     assert [(h["id"], h["score"]) for h in default[:5]] == [(h["id"], h["score"]) for h in hits[:5]]
     # Dense results keep their columns; the table shows the ranks too, and names its score.
     dense = jsonl(sbert("search", store, "the old prince", "--mode", "dense", "--format", "jsonl"))
-    assert list(dense[0]) == [
-        *("query", "rank", "id", "score", "cosine", "text", "source", "line", "key"),
-        *("chunk", "start", "end"),
+    assert list(dense[0]) == ["query", "rank", "id", "score", "cosine", "text", "source", "line", "key"] + [
+        "chunk",
+        "start",
+        "end",
     ]
     assert all(h["score"] == pytest.approx(h["cosine"], abs=1e-5) for h in dense)
     table = sbert("search", store, "the old prince", "--mode", "hybrid", "--format", "table")

@@ -284,7 +284,8 @@ def test_exact_output_of_a_small_store(tmp_path):
     scores = {line: float(query @ hash_embed(text, 64)) for line, text in texts.items()}
     ranked = sorted(scores, key=lambda line: -scores[line])
     assert ranked[0] == 1  # the text with both words
-    expected = "query\trank\tid\tscore\tcosine\ttext\tsource\tline\tkey\tchunk\tstart\tend\n" + "".join(
+    head = "query\trank\tid\tscore\tcosine\ttext\tsource\tline\tkey\tchunk\tstart\tend\n"
+    expected = head + "".join(
         f"red apples\t{rank}\t{line}\t{scores[line]:.4f}\t{scores[line]:.4f}\t{texts[line]}\t{corpus}\t{line}\t"
         f"\t0\t0\t{len(texts[line])}\n"
         for rank, line in enumerate(ranked, start=1)

@@ -141,7 +141,7 @@ def test_table_names_its_score_and_shows_the_passage(chunked):
     header = result.stdout.splitlines()[1]
     assert header.split()[:3] == ["rank", "score:fused", "cosine"] and "chunk" in header
     result = sbert("search", chunked, QUERY, "-k", "2", "--mode", "dense", "--format", "table")
-    assert result.stdout.splitlines()[1].split()[:3] == ["rank", "score:dense", "cosine"]
+    assert result.stdout.splitlines()[1].split()[:3] == ["rank", "score:dense", "text"]  # cosine = score here
 
 
 def test_min_cosine_and_min_score_name_their_scale(chunked):

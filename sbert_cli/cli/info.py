@@ -71,7 +71,7 @@ def text_lines(data: dict) -> list[str]:
 
 
 def _chunking_line(chunking: dict) -> str:
-    from sbert_cli.encoding.settings import describe
+    from sbert_cli.encoding.chunk_settings import describe
     from sbert_cli.store.manifest import ChunkingRecord
 
     return describe(ChunkingRecord(**chunking))

@@ -37,12 +37,12 @@ from sbert_cli.encoding.runner import (
     _windows,
     begin_run,
     encode_corpus,
-    remove_leftovers,
 )
 from sbert_cli.errors import InputError, SbertError
 from sbert_cli.inputs.reader import ReadStats, Record
 from sbert_cli.progress import NullReporter, ProgressUpdate, Reporter, StageClock
 from sbert_cli.store.atomic import fsync_dir
+from sbert_cli.store.delete import remove_unlisted
 from sbert_cli.store.manifest import StoreManifest, sbert_version
 from sbert_cli.store.store import SHARD_DIR
 from sbert_cli.store.writer import ShardLayout, record_shard, shard_file
@@ -273,7 +273,7 @@ class _Driver:
             self.queue.append((item, ref))
             self.commit(block=False)
         self.commit(block=True)
-        remove_leftovers(self.store_path, self.manifest)  # what killed attempts of retried tasks wrote
+        remove_unlisted(self.store_path, self.manifest)  # what killed attempts of retried tasks wrote
         summary = self.summary
         summary.elapsed = time.perf_counter() - self.started
         summary.stages = self.clock.snapshot()

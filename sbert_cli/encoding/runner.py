@@ -16,16 +16,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from sbert_cli.chunking import ChunkStats
+from sbert_cli.encoding.chunk_settings import chunker_for, merge_kept_types, merge_scanned_types, row_settings
 from sbert_cli.encoding.devices import window_texts
 from sbert_cli.encoding.loader import ModelSettings
 from sbert_cli.encoding.plan import PlannedInput, SyncCounts, plan_inputs, reset_entry
-from sbert_cli.encoding.settings import chunker_for, merge_kept_types, row_settings
 from sbert_cli.encoding.stream import WINDOW_TEXTS, input_windows
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
 from sbert_cli.inputs.reader import InputSource, ReadOptions, ReadStats, Record, expand_inputs, has_records, scan
 from sbert_cli.progress import NullReporter, ProgressMeter, ProgressUpdate, Reporter, StageClock
-from sbert_cli.store.atomic import is_temp_name
+from sbert_cli.store.delete import remove_unlisted
 from sbert_cli.store.manifest import StoreManifest
 from sbert_cli.store.store import STORAGE_DTYPES, Store, store_lock
 
@@ -121,14 +121,18 @@ def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeO
 
 
 def _store_layout(options: EncodeOptions, existing: Store | None) -> None:
-    """Storage dtype, texts kept or not, rows per shard: one of each per store. Appending takes
-    the store's; one given that differs is refused (it used to be ignored without a word)."""
+    """Storage dtype, texts kept or not, rows per shard, ids or none: one of each per store.
+    Appending takes the store's; one given that differs is refused (it used to be ignored)."""
     if existing is None:
         options.storage_dtype = options.storage_dtype or "float32"
         options.store_text = True if options.store_text is None else options.store_text
         options.shard_size = options.shard_size or DEFAULT_SHARD_SIZE
         return
     manifest = existing.manifest
+    if options.read.id_field and not manifest.has_key:
+        raise InputError(f"{existing.path}: --id-field given, but this store was made without ids; use a new store")
+    if not options.read.id_field and manifest.has_key and manifest.shards:
+        raise InputError(f"{existing.path}: this store keeps ids; give --id-field for the new inputs too")
     texts = {True: "--text", False: "--no-text"}
     given = {
         "--storage-dtype": (options.storage_dtype, manifest.storage_dtype, f"--storage-dtype {options.storage_dtype}"),
@@ -153,10 +157,10 @@ def _store_layout(options: EncodeOptions, existing: Store | None) -> None:
     )
 
 
-def _count_records(plan: list[PlannedInput], options: EncodeOptions, types: dict[str, dict]) -> int:
+def _count_records(plan: list[PlannedInput], options: EncodeOptions) -> tuple[int, dict[str, dict]]:
     """Read every file input in full (stdin can only be read once): bad input stops here, before
-    anything is written. `types` gets each input's kept-field types."""
-    total = 0
+    anything is written. Returns the records and each input's kept-field types."""
+    total, types = 0, {}
     for item in plan:
         if not item.source.is_stdin:
             stats = scan(item.source, options.read)
@@ -171,7 +175,7 @@ def _count_records(plan: list[PlannedInput], options: EncodeOptions, types: dict
             if len(plan) == 1
             else "all inputs are empty (no non-blank records)"
         )
-    return total
+    return total, types
 
 
 def encode_corpus(
@@ -193,12 +197,7 @@ def encode_corpus(
     options, reporter, store_path = options or EncodeOptions(), reporter or NullReporter(), Path(store_path)
     _check_target(options, store_path)
     existing = Store.open(store_path) if Store.exists(store_path) else None
-    sources = expand_inputs(inputs, options.glob, options.read.format)
-    if options.sync and any(s.is_stdin for s in sources):
-        raise InputError("-: --sync follows files and folders; standard input has no name to follow")
-    if existing is not None:  # a missing or cut shard is an error, not "nothing to do"
-        forced = {str(s.path.resolve()) for s in sources if s.path} if options.force else set()
-        existing.check_shard_files(frozenset(e.index for e in existing.manifest.inputs if e.path in forced))
+    sources = _sources(inputs, options, existing)
     options = _inherit_settings(options, existing)
     record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
     if existing is not None:
@@ -207,30 +206,23 @@ def encode_corpus(
     manifest.shard_size = manifest.shard_size if existing else options.shard_size
     row_settings(options, manifest, existing.manifest if existing else None, loop is not None)
     if existing is not None and options.sync:  # the store follows its inputs (a new one is encoded as usual)
-        return _sync(store_path, sources, options, reporter, encoder)
+        from sbert_cli.encoding.sync import sync_corpus  # imports this module: loaded on use
+
+        return sync_corpus(store_path, sources, options, reporter, encoder)
     plan = plan_inputs(sources, manifest.copy(), options.force, reporter.message)
     if not plan:
         return EncodeSummary(str(store_path), inputs_skipped=[s.name for s in sources], store_rows=manifest.rows)
-    types: dict[str, dict] = {}
-    total = _count_records(plan, options, types)
+    total, types = _count_records(plan, options)
     if existing is None and encoder is None and loop is None and options.dtype == "auto":
-        from sbert_cli.encoding.calibrate import dtype_for_run  # bf16 or fp32, by measurement
-
-        options.dtype = dtype_for_run(options, plan, total, reporter.message)
-        manifest.model = describe_model(options.model_settings())
+        _choose_engine(options, plan, total, manifest, reporter)
     counted = {item.source.name: item.records for item in plan}
-    if options.read.id_field and existing is not None and not existing.manifest.has_key:
-        raise InputError(f"{store_path}: --id-field given, but this store was made without ids; use a new store")
-    if not options.read.id_field and existing is not None and existing.manifest.has_key and existing.manifest.shards:
-        raise InputError(f"{store_path}: this store keeps ids; give --id-field for the new inputs too")
     created = not store_path.exists()
     try:
         with store_lock(store_path):
             # Re-read under the lock: another writer may have committed since we looked.
             if Store.exists(store_path):
                 manifest = Store.open(store_path).manifest
-            for name, found in types.items():
-                merge_kept_types(manifest, found, name)
+            merge_scanned_types(manifest, types)
             manifest.has_key = manifest.has_key or bool(options.read.id_field and not manifest.shards)
             plan = plan_inputs([item.source for item in plan], manifest, options.force, lambda _: None)
             for item in plan:
@@ -247,10 +239,29 @@ def encode_corpus(
         raise
 
 
-def _sync(store_path: Path, sources: list[InputSource], options: EncodeOptions, reporter, encoder) -> EncodeSummary:
-    from sbert_cli.encoding.sync import sync_corpus  # imports this module: loaded on use
+def _sources(inputs: list[str], options: EncodeOptions, existing: Store | None) -> list[InputSource]:
+    """The inputs, checked: --sync needs named files; a missing or cut shard of the store is an
+    error, not "nothing to do" (except one of an input --force encodes again)."""
+    sources = expand_inputs(inputs, options.glob, options.read.format)
+    if options.sync and any(s.is_stdin for s in sources):
+        raise InputError("-: --sync follows files and folders; standard input has no name to follow")
+    if existing is not None:
+        forced = {str(s.path.resolve()) for s in sources if s.path} if options.force else set()
+        existing.check_shard_files(frozenset(e.index for e in existing.manifest.inputs if e.path in forced))
+    return sources
 
-    return sync_corpus(store_path, sources, options, reporter, encoder)
+
+def _choose_engine(options: EncodeOptions, plan, total: int, manifest: StoreManifest, reporter: Reporter) -> None:
+    """--dtype auto on a new store: the backend, dtype and workers, by measurement."""
+    from sbert_cli.encoding.calibrate import engine_for_run
+    from sbert_cli.encoding.loader import describe_model
+
+    engine = engine_for_run(
+        options.model_settings(), plan, total, options.read, options.threads, options.batch_tokens, reporter.message
+    )
+    options.dtype, options.backend = engine.dtype, engine.backend
+    options.workers = options.workers or engine.workers
+    manifest.model = describe_model(options.model_settings())
 
 
 def _prepare_store(store_path: Path, manifest: StoreManifest, plan: list[PlannedInput], options, summary) -> int:
@@ -267,18 +278,8 @@ def _prepare_store(store_path: Path, manifest: StoreManifest, plan: list[Planned
         manifest.save(store_path)  # forget first, delete after: a crash between is harmless
         for name in stale_files:
             (store_path / name).unlink(missing_ok=True)
-    remove_leftovers(store_path, manifest)
+    remove_unlisted(store_path, manifest)  # what a crash left: temp names, shards never listed
     return done_before
-
-
-def remove_leftovers(store_path: Path, manifest: StoreManifest) -> None:
-    """Delete files a crash left behind: temp names, and shards written but never listed."""
-    listed = {s.file for s in manifest.shards}
-    shard_dir = store_path / "shards"
-    if shard_dir.is_dir():
-        for f in shard_dir.iterdir():
-            if f"shards/{f.name}" not in listed or is_temp_name(f.name):
-                f.unlink(missing_ok=True)
 
 
 def begin_run(

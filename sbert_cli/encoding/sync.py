@@ -24,10 +24,10 @@ from sbert_cli.encoding.plan import (
     plan_inputs,
     plan_sync,
 )
-from sbert_cli.encoding.runner import EncodeOptions, EncodeSummary, _run_with_settings, remove_leftovers
+from sbert_cli.encoding.runner import EncodeOptions, EncodeSummary, _run_with_settings
 from sbert_cli.inputs.reader import InputSource, scan
 from sbert_cli.progress import Reporter
-from sbert_cli.store.delete import commit, drop_inputs
+from sbert_cli.store.delete import commit, drop_inputs, remove_unlisted
 from sbert_cli.store.manifest import InputEntry, StoreManifest
 from sbert_cli.store.store import Store, store_lock
 from sbert_cli.store.sync import Rewrite, RewriteCommitter, plan_rewrite
@@ -42,7 +42,7 @@ def sync_corpus(
     with store_lock(store_path):
         store = Store.open(store_path)
         manifest = store.manifest
-        remove_leftovers(store_path, manifest)
+        remove_unlisted(store_path, manifest)
         plan = plan_sync(sources, manifest)
         new_records = {s.name: scan(s, options.read) for s in plan.new}  # bad input stops here
         rewrites = _plan_rewrites(store, plan, options)

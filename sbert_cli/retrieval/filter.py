@@ -134,7 +134,7 @@ def matching_vectors(
         inside = ids[(ids >= shard.id_min) & (ids <= shard.id_max)]
         if not len(inside):
             continue
-        table = store.read_rows(shard, ["id", "embedding"], inside.tolist())  # verified; ShardGone if removed
+        table = store.read_rows(shard, ["id", "embedding"], pa.array(inside))  # verified (store/integrity.py)
         table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
         if table.num_rows:
             found_ids.append(table.column("id").to_numpy())

@@ -10,12 +10,16 @@ the compressed codes no longer hold them, and the keyword index is rebuilt witho
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
-from sbert_cli.store.store import LINE_BITS
+from sbert_cli.store.store import LINE_BITS, ShardGone
 
+READ_RETRIES = 4  # reopenings when a writer deletes a shard a search was reading
+T = TypeVar("T")
 Search = Callable[[int], tuple[np.ndarray, np.ndarray]]  # k -> (ids, scores), each (queries, k)
 
 
@@ -37,3 +41,20 @@ def without_gone(search: Search, k: int, limit: int, gone: set[int]) -> tuple[np
     ids = np.where(kept, np.take_along_axis(ids, order, 1), -1)
     scores = np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32)
     return ids, scores
+
+
+def reopening(search: Callable[..., T]) -> Callable[..., T]:
+    """A writer that deleted a shard a search was reading committed a newer state: reopen the
+    store and search that (a few times, for writers that commit back to back). The signature
+    stays the search's (`sbert serve` reads its parameters)."""
+
+    @functools.wraps(search)
+    def retried(self, *args, **kwargs) -> T:
+        for _ in range(READ_RETRIES):
+            try:
+                return search(self, *args, **kwargs)
+            except ShardGone:
+                self._reopen()
+        return search(self, *args, **kwargs)
+
+    return retried

@@ -9,6 +9,7 @@ chunk as the passage; `chunks=True` returns the rows themselves.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -103,6 +104,13 @@ def best_per_record(ranked: list[Ranked], keys: dict[int, tuple[int, int]]) -> l
             seen.add(record)
             out.append(r)
     return out
+
+
+def plain(value):
+    """A stored value as JSON writes it: timestamps (kept fields) as ISO 8601 text."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    return value
 
 
 def cosines(query: np.ndarray, rows: list[dict | None], dim: int) -> list[float | None]:

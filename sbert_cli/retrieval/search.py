@@ -3,10 +3,9 @@ over shards added since the build, and its keyword index, alone or fused (retrie
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,34 +24,16 @@ from sbert_cli.retrieval.graph import (
     uncovered_shards,
 )
 from sbert_cli.retrieval.keyword import KeywordIndex
-from sbert_cli.retrieval.live import without_gone
+from sbert_cli.retrieval.live import reopening, without_gone
 from sbert_cli.retrieval.quantized import QuantizedIndex
 from sbert_cli.retrieval.ranking import Request, rank_records
-from sbert_cli.retrieval.records import FUSION_COLUMNS, HIT_COLUMNS, Hit, Layout, cosines, fetch_rows
+from sbert_cli.retrieval.records import FUSION_COLUMNS, HIT_COLUMNS, Hit, Layout, cosines, fetch_rows, plain
 from sbert_cli.store.integrity import DamagedFileError
 from sbert_cli.store.manifest import IndexManifest, KeywordManifest
-from sbert_cli.store.store import ShardGone, Store
+from sbert_cli.store.store import Store
 
 log = logging.getLogger("sbert")
-READ_RETRIES = 4  # reopenings when a writer deletes a shard this search was reading
 __all__ = ["FUSION_COLUMNS", "HIT_COLUMNS", "Hit", "Index"]
-
-
-def _reopening(search: Callable[..., list[list[Hit]]]) -> Callable[..., list[list[Hit]]]:
-    """A writer that deleted a shard a search was reading committed a newer state: reopen the
-    store and search that (a few times, for writers that commit back to back). The signature
-    stays the search's (`sbert serve` reads its parameters)."""
-
-    @functools.wraps(search)
-    def retried(self: Index, *args, **kwargs) -> list[list[Hit]]:
-        for _ in range(READ_RETRIES):
-            try:
-                return search(self, *args, **kwargs)
-            except ShardGone:
-                self._reopen()
-        return search(self, *args, **kwargs)
-
-    return retried
 
 
 class Index:
@@ -277,7 +258,7 @@ class Index:
         fresh._encoder = self._encoder
         self.__dict__.update(fresh.__dict__)
 
-    @_reopening
+    @reopening
     def search(
         self,
         queries: Sequence[str],
@@ -362,7 +343,7 @@ class Index:
             *fused,
             cosine=cosine,
             key=row.get("key"),
-            extra={c: row.get(c) for c in self.layout.extra},
+            extra={c: plain(row.get(c)) for c in self.layout.extra},
             mode=mode,
         )
 

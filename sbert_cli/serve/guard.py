@@ -93,6 +93,10 @@ class Guard:
             if self.api_key is not None and route not in OPEN_ROUTES and not self._authorized(scope):
                 raise ApiError(401, "a valid API key is required: Authorization: Bearer <key>", "authentication_error")
             await asyncio.wait_for(self.app(scope, receive, watched), self.timeout_s)
+        except asyncio.CancelledError:  # the connection went away (or the server is being stopped)
+            if not state["started"]:
+                state["status"] = 499  # nginx's "client closed request", so metrics do not count a 500
+            raise
         except asyncio.TimeoutError:
             if not state["started"]:
                 message = f"the request took longer than {self.timeout_s:g} s"

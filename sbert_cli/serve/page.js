@@ -19,9 +19,11 @@ function element(tag, className, text) {
   return node;
 }
 
+const given = (value) => value !== undefined && value !== null;
+
 function where(hit) {
   // A record's key where the input had one, else its line; the source file first.
-  const place = hit.key !== undefined && hit.key !== null ? `key ${hit.key}` : hit.line !== null ? `line ${hit.line}` : "";
+  const place = given(hit.key) ? `key ${hit.key}` : given(hit.line) ? `line ${hit.line}` : "";
   return [hit.source, place].filter(Boolean).join(", ");
 }
 
@@ -31,7 +33,7 @@ function show(data) {
   say(`${hits.length} hit${hits.length === 1 ? "" : "s"} (${data.mode}) from ${data.store.rows.toLocaleString()} rows`);
   for (const hit of hits) {
     const item = element("li", "hit");
-    item.appendChild(element("div", "text", hit.text === null ? `(row ${hit.id}: stored without text)` : hit.text));
+    item.appendChild(element("div", "text", given(hit.text) ? hit.text : `(row ${hit.id}: stored without text)`));
     const meta = element("div", "meta");
     meta.appendChild(element("span", "score", `score ${Number(hit.score).toFixed(4)}`));
     meta.appendChild(document.createTextNode(" · "));

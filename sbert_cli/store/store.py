@@ -174,9 +174,10 @@ class Store:
                 f"{self.shard_path(shard)}: shard is missing; {self.shard_expected(shard).fix}"
             ) from None
 
-    def read_rows(self, shard: ShardInfo, columns: list[str], row_ids: list[int]):
-        """Some rows of a shard, verified at the cost of reading them: their Parquet pages' CRCs
-        (older shards, without page CRCs, are hashed whole, once per process)."""
+    def read_rows(self, shard: ShardInfo, columns: list[str], row_ids):
+        """Some rows of a shard (`row_ids`: a list or an Arrow array of ids), verified at the cost
+        of reading them: their Parquet pages' CRCs (older shards, without page CRCs, are hashed
+        whole, once per process). Every partial read of a shard goes through here."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -237,6 +238,21 @@ class Store:
             for row in table.to_pylist():
                 out[row["id"]] = row
         return out
+
+    def shard_columns(self, shard: ShardInfo) -> list[str]:
+        """The columns one shard holds, from its footer (shards of older stores lack some)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path, expected = self.shard_path(shard), self.shard_expected(shard)
+        try:
+            check_present(path, expected)
+            return pq.read_schema(path).names
+        except (DamagedFileError, FileNotFoundError) as exc:
+            self._raise_if_gone(shard, exc)
+            raise
+        except (OSError, pa.ArrowException) as exc:
+            raise DamagedFileError(f"{path}: shard is damaged ({exc}); {expected.fix}") from exc
 
     def columns(self) -> list[str]:
         """Every shard's columns, in the writer's order (store/writer.py `shard_schema`)."""
