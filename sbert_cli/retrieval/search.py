@@ -29,7 +29,7 @@ from sbert_cli.store.manifest import IndexManifest, KeywordManifest
 from sbert_cli.store.store import ShardGone, Store
 
 log = logging.getLogger("sbert")
-READ_RETRIES = 4  # reopenings when a writer deletes a shard this search was reading
+READ_RETRIES = 10  # reopenings when a writer deletes a shard this search was reading
 
 
 @dataclass(frozen=True)
