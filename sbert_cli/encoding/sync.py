@@ -70,6 +70,10 @@ def sync_corpus(
 
             encoder = encoder or load_encoder(options.model_settings())
             summary = _run_with_settings(encoder, store_path, manifest, items, options, total, reporter)
+            # The loop saved the manifest as it finished each edited input: now its old files go.
+            for item in items:
+                for name in getattr(item.committer, "old_files", ()):
+                    (store_path / name).unlink(missing_ok=True)
     summary.sync = counts
     return summary
 
@@ -85,15 +89,17 @@ def _plan_rewrites(store: Store, plan: SyncPlan, options: EncodeOptions) -> list
 
 
 def _commit_without_model(store_path: Path, manifest: StoreManifest, plan: SyncPlan, rewrites: list[Rewrite]) -> None:
-    """Removals, touches, renames and edits with nothing new to encode: no model time."""
+    """Removals, touches, renames and edits with nothing new to encode, in one commit: no model time."""
+    old_files = drop_inputs(manifest, plan.removed)
     for rewrite in rewrites:
         if not rewrite.encode:
-            RewriteCommitter(store_path, manifest, rewrite).commit()
-    old_files = drop_inputs(manifest, plan.removed)
+            committer = RewriteCommitter(store_path, manifest, rewrite)
+            committer.commit()
+            old_files += committer.old_files
     for source, entry in plan.touched:
         entry.path, entry.size, entry.mtime_ns = file_identity(source)
         entry.content_sha256 = plan.hashes.get(source.name) or entry.content_sha256
-    if old_files or plan.touched or plan.removed:
+    if old_files or plan.touched or plan.removed or any(not r.encode for r in rewrites):
         commit(store_path, manifest, old_files)
 
 

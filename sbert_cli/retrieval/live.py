@@ -18,7 +18,7 @@ import numpy as np
 
 from sbert_cli.store.store import LINE_BITS, ShardGone
 
-READ_RETRIES = 4  # reopenings when a writer deletes a shard a search was reading
+READ_RETRIES = 10  # reopenings when a writer deletes a shard a search was reading
 T = TypeVar("T")
 Search = Callable[[int], tuple[np.ndarray, np.ndarray]]  # k -> (ids, scores), each (queries, k)
 

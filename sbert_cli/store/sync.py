@@ -19,7 +19,7 @@ import numpy as np
 
 from sbert_cli.inputs.hashing import content_hash, record_hash
 from sbert_cli.inputs.reader import InputSource, ReadOptions, ReadStats, Record, read_records
-from sbert_cli.store.delete import commit, input_table, next_local, replace_input_rows
+from sbert_cli.store.delete import input_table, next_local, replace_input_rows
 from sbert_cli.store.manifest import InputEntry, StoreManifest
 from sbert_cli.store.store import Store, make_id
 from sbert_cli.store.writer import ShardLayout, build_table, shard_schema
@@ -115,7 +115,10 @@ def kept_rows(plan: Rewrite, schema):
 
 class RewriteCommitter:
     """Collects an edited input's newly encoded rows (the runner's loop feeds it like a
-    ShardCommitter) and, at the end of the input, writes the input's rows afresh and commits."""
+    ShardCommitter) and, at the end of the input, writes the input's rows afresh and lists them
+    in the manifest. Saving the manifest (the commit) is the caller's: the runner saves it as it
+    finishes each input, and `--sync` commits all changes that need no model in one save; the
+    old files (`old_files`) are deleted after that."""
 
     def __init__(self, store_path: Path, manifest: StoreManifest, plan: Rewrite) -> None:
         self.store_path = store_path
@@ -123,6 +126,7 @@ class RewriteCommitter:
         self.plan = plan
         self.tables: list = []
         self.shards_written = 0
+        self.old_files: list[str] = []
         self.local = next_local(manifest, plan.entry)
 
     def add(self, records: list[Record], embeddings: np.ndarray) -> None:
@@ -142,14 +146,13 @@ class RewriteCommitter:
         schema = shard_schema(self.manifest.model.dim, ShardLayout.of(self.manifest))
         parts = [t for t in [kept_rows(self.plan, schema), *(t.cast(schema) for t in self.tables)] if t is not None]
         entry = self.plan.entry
-        old_files: list[str] = []
         if parts:
             table = pa.concat_tables(parts)
             table = table.take(pc.sort_indices(table, [("line", "ascending")]))  # stable: chunks stay in order
-            old_files = replace_input_rows(self.store_path, self.manifest, entry, table)
+            self.old_files = replace_input_rows(self.store_path, self.manifest, entry, table)
             self.shards_written = sum(1 for s in self.manifest.shards if s.input == entry.index)
         else:  # the input became empty: it keeps its entry, with no rows
-            old_files = [s.file for s in self.manifest.shards if s.input == entry.index]
+            self.old_files = [s.file for s in self.manifest.shards if s.input == entry.index]
             self.manifest.shards = [s for s in self.manifest.shards if s.input != entry.index]
             entry.rows_done = 0
         path, size, mtime_ns, sha = self.plan.identity
@@ -167,4 +170,3 @@ class RewriteCommitter:
             self.local,
         )
         entry.records_done = self.plan.records
-        commit(self.store_path, self.manifest, old_files)
