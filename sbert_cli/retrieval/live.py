@@ -50,11 +50,14 @@ def reopening(search: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(search)
     def retried(self, *args, **kwargs) -> T:
-        for _ in range(READ_RETRIES):
+        for attempt in range(READ_RETRIES):
             try:
+                if attempt:
+                    self._reopen()  # may itself find a shard gone: the next writer committed meanwhile
                 return search(self, *args, **kwargs)
             except ShardGone:
-                self._reopen()
+                continue
+        self._reopen()
         return search(self, *args, **kwargs)
 
     return retried

@@ -126,7 +126,11 @@ class Store:
         inputs about to be encoded again (--force), whose shards are replaced anyway."""
         for shard in self.shards:
             if shard.input not in skip_inputs:
-                check_present(self.shard_path(shard), self.shard_expected(shard))
+                try:
+                    check_present(self.shard_path(shard), self.shard_expected(shard))
+                except DamagedFileError as exc:
+                    self._raise_if_gone(shard, exc)  # a writer's commit since this store was opened
+                    raise
 
     def read_shard(self, shard: ShardInfo, columns: list[str] | None = None):
         """A shard's columns, verified: the first read in a process hashes the whole file from the
