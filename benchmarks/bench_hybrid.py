@@ -215,9 +215,12 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=200, help="Name and rare-word queries each.")
     parser.add_argument("--work", type=Path, default=None, help="Keep the store here (re-runs skip encoding).")
     args = parser.parse_args()
+    from _data import require_file
+
     sts, books = args.data / "stsb" / f"{args.split}.csv", args.data / "books"
-    if not sts.is_file() or not books.is_dir():
-        sys.exit(f"bench_hybrid: needs {sts} and {books}/*.txt (the shared data); give --data DIR")
+    require_file(sts, "STS-benchmark pairs (--data DIR)")
+    if not any(books.glob("*.txt")):
+        require_file(books / "*.txt", "book paragraphs, one per line (--data DIR)")
 
     pairs = read_sts(sts)
     sentences = list(dict.fromkeys(s for _, s1, s2 in pairs for s in (s1, s2) if s))

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _data import BOOKS, DEFAULT_DATA, STS_DEV, STS_TRAIN, require  # noqa: E402
 from bench_hybrid import WORD, read_paragraphs, read_sts  # noqa: E402
 
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus  # noqa: E402
@@ -40,7 +41,7 @@ from sbert_cli.store.manifest import IndexManifest, InputEntry, StoreManifest  #
 from sbert_cli.store.store import Store  # noqa: E402
 from sbert_cli.store.writer import ShardCommitter  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = DEFAULT_DATA  # --data DIR sets it
 RESCORES = {"none": (None,), "int8": (1, 2, 4), "binary": (10, 20, 30, 50, 80, 120, 200)}
 
 
@@ -160,8 +161,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500, help="Queries of each kind.")
     parser.add_argument("--only", default="none,int8,binary", help="Indexes to measure (none takes minutes at 100k).")
     args = parser.parse_args()
-    if not (args.data / "stsb" / "sts-dev.csv").is_file():
-        sys.exit(f"bench_quantized: needs {args.data}/stsb/sts-dev.csv and books/ (the shared data); give --data DIR")
+    require(args.data, BOOKS, STS_TRAIN, STS_DEV)
 
     args.work.mkdir(parents=True, exist_ok=True)
     kinds = args.only.split(",")

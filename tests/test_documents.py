@@ -186,10 +186,12 @@ def make_format_2(store: Path) -> None:
         path = store / shard["file"]
         pq.write_table(pq.read_table(path).drop_columns(["chunk", "start", "end"]), path)
         shard["sha256"], shard["bytes"] = sha256_file(path), path.stat().st_size
+        shard.pop("xxh3", None), shard.pop("page_checksums", None)  # recorded since version 3
     for key in ("chunking", "has_chunks", "kept_fields"):
         del manifest[key]
     for entry in manifest["inputs"]:
         del entry["records_done"], entry["id_offset"]
+        entry.pop("read", None)
     manifest["version"] = 2
     (store / "manifest.json").write_text(json.dumps(manifest))
 

@@ -16,6 +16,7 @@ from sbert_cli.errors import InputError
 from sbert_cli.retrieval import BuildSummary, Index, build_index, exact_search
 from sbert_cli.retrieval.exact import _top_k
 from sbert_cli.retrieval.graph import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, index_dir
+from sbert_cli.store.integrity import DamagedFileError
 from sbert_cli.store.manifest import INDEX_MANIFEST, IndexManifest
 from sbert_cli.store.store import Store
 
@@ -183,7 +184,7 @@ def test_damaged_index_file_is_refused(store, damage):
         graph.write_bytes(graph.read_bytes()[:1000])
     else:
         graph.unlink()
-    with pytest.raises(InputError, match="--rebuild"):
+    with pytest.raises(DamagedFileError, match="--rebuild"):
         Index.open(store)
     assert build(store).rebuilt
     assert Index.open(store).search(["whale"], k=1)

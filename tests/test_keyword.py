@@ -209,15 +209,15 @@ def test_damaged_keyword_index_is_refused_then_rebuilt(store, damage):
     elif damage == "garbage manifest":
         victim = KeywordManifest.path_in(store)
         victim.write_text("{not json")
-    else:  # same size, other bytes: only the checksum (checked by `sbert index`) tells
+    else:  # same size, other bytes: the checksum verified as it is loaded tells
         victim = folder / "indptr.csc.index.npy"
         data = bytearray(victim.read_bytes())
         data[-4:] = b"\xff\xff\xff\x7f"
         victim.write_bytes(bytes(data))
     result = sbert("search", store, RARE, "--mode", "keyword")
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == (2 if damage == "garbage manifest" else 1), result.output  # damage: exit 1
     assert len(result.stderr.strip().splitlines()) == 1 and "--rebuild" in result.stderr
-    assert str(folder if damage == "bad array" else victim) in result.stderr
+    assert str(victim) in result.stderr
     rebuilt = sbert("index", store)
     assert rebuilt.exit_code == 0 and "rebuilding the keyword index" in rebuilt.stderr
     assert jsonl(sbert("search", store, RARE, "--mode", "keyword", "--format", "jsonl"))[0]["text"].endswith("signed.")

@@ -1,158 +1,137 @@
-"""Record-level search over chunked stores: hits are records ranked by their best chunk (max-sim),
-no record twice, k counts records (the lists are searched deeper until k records are found),
-each hit shows its best chunk with its offsets, key and kept fields; `--chunks` gives the rows."""
+"""Records: a store's rows sharing (input, line), as `cluster` and `similarity --store` see them.
+
+The chunking stage writes several rows per long record (shard columns `chunk`, `start`, `end`);
+`chunked_store` writes such a store by hand (shards of 2 rows, so records run across shards), and
+the tests check each record's vector (the mean of its chunks', normalized) and that outputs carry
+`source`, `line` and `key`. Stores without chunk columns: every row is its own record."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import HASH_MODEL, hash_embed
-from typer.testing import CliRunner
+from fakes import HASH_MODEL
+from test_cluster import PLANTED, jsonl, run
 
-from sbert_cli.cli import app
-from sbert_cli.retrieval import Index
+from sbert_cli.store.store import Store
 
-runner = CliRunner()
-WHALE = "The whale swam in the deep sea. "
-DOCS = [
-    # Many near-identical chunks: a chunk-level top 8 is this record alone.
-    {"id": "a", "year": 2020, "title": "Whales", "text": WHALE * 12 + "In the end the captain gave up the hunt."},
-    {"id": "b", "year": 2021, "title": "Moscow", "text": "Officers danced at a ball in Moscow. The sea was far. " * 2},
-    {"id": "c", "year": 2019, "title": "Crime", "text": "A student killed an old pawnbroker with an axe by the sea."},
-    {"id": "d", "year": 2022, "title": "Ships", "text": "Old ships sail the deep sea and the whale follows them. " * 3},
+# (record line, its chunks): a long record is several store rows sharing its line.
+CHUNKED = [
+    (1, ["whale sea ship harpoon", "whale ocean sea storm", "the sea ship and the whale"]),
+    (2, ["tea cup milk sugar"]),
+    (3, ["a ship on the sea", "whale and harpoon"]),
+    (4, ["milk tea in a cup", "sugar for the tea", "a cup of tea with milk"]),
 ]
-QUERY = "the whale in the deep sea"
 
 
-def sbert(*args):
-    return runner.invoke(app, [str(a) for a in args])
+def chunked_store(root: Path, model: str = "hash:32") -> Path:
+    """A store as the chunking stage writes it: several rows per (input, line), with `chunk`,
+    `start`, `end` columns, in shards of 2 rows so records run across shard boundaries."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
+    from sbert_cli.store.integrity import digest_file
+    from sbert_cli.store.manifest import StoreManifest
 
-def jsonl(result) -> list[dict]:
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-@pytest.fixture(scope="module")
-def chunked(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("records")
-    source = folder / "docs.jsonl"
-    source.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    store = folder / "store"
-    args = ["--model", HASH_MODEL, "--chunk-size", "12", "--chunk-overlap", "2", "--keep-fields", "year,title"]
-    result = sbert("encode", source, "-o", store, *args, "--id-field", "id", "-q")
-    assert result.exit_code == 0, result.output
-    assert sbert("index", store, "-q").exit_code == 0
+    chunks = [(line, n, text) for line, texts in CHUNKED for n, text in enumerate(texts)]
+    corpus = root / "docs.txt"
+    corpus.write_text("".join(text + "\n" for _, _, text in chunks), encoding="utf-8")
+    store = root / "chunked"
+    encode_corpus([str(corpus)], store, EncodeOptions(model=model, shard_size=2))
+    manifest = StoreManifest.load(store)
+    for position, shard in enumerate(manifest.shards):
+        path = store / shard.file
+        table = pq.read_table(path)
+        rows = [chunks[line - 1] for line in table.column("line").to_pylist()]
+        offsets = [sum(len(t) + 1 for t in texts[:n]) for line, n, _ in rows for texts in [dict(CHUNKED)[line]]]
+        table = table.set_column(
+            table.schema.get_field_index("line"), "line", pa.array([r[0] for r in rows], pa.int64())
+        )
+        ends = [o + len(r[2]) for o, r in zip(offsets, rows, strict=True)]
+        for name, values in (("chunk", [r[1] for r in rows]), ("start", offsets), ("end", ends)):
+            column = pa.array(values, pa.int32())
+            at = table.schema.get_field_index(name)
+            table = table.set_column(at, name, column) if at >= 0 else table.append_column(name, column)
+        pq.write_table(table, path)
+        digest = digest_file(path)
+        manifest.shards[position] = dataclasses.replace(
+            shard, sha256=digest.sha256, bytes=digest.bytes, xxh3=digest.xxh3, page_checksums=False
+        )
+    manifest.save(store)
     return store
 
 
-def chunk_rows(store: Path) -> list[dict]:
-    index = Index.open(store, exact=True)
-    return [r for s in index.store.shards for r in index.store.read_shard(s).drop(["embedding"]).to_pylist()]
+def record_vectors(dim: int = 32) -> np.ndarray:
+    """Each record's vector: the mean of its chunks' (unit) vectors, normalized."""
+    from fakes import hash_embed
+
+    means = np.stack([np.mean([hash_embed(t, dim) for t in texts], axis=0) for _, texts in CHUNKED])
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
 
 
-def test_the_store_has_several_chunks_per_record(chunked):
-    rows = chunk_rows(chunked)
-    per_record = {line: sum(r["line"] == line for r in rows) for line in range(1, 5)}
-    assert per_record[1] >= 9 and per_record[2] >= 2
-    for row in rows:
-        assert DOCS[row["line"] - 1]["text"][row["start"] : row["end"]] == row["text"]
-
-
-@pytest.mark.parametrize("mode", ["dense", "keyword", "hybrid"])
-@pytest.mark.parametrize("exact", [False, True])
-def test_hits_are_records_ranked_by_their_best_chunk(chunked, mode, exact):
-    args = ["--exact"] if exact else []
-    result = sbert("search", chunked, QUERY, "-k", "3", "--mode", mode, "--format", "jsonl", *args)
+def test_cluster_works_on_records_and_on_chunks(tmp_path):
+    store = chunked_store(tmp_path)
+    result = run("cluster", str(store), "--k", "2", "--format", "jsonl", "-q")
     assert result.exit_code == 0, result.output
-    hits = jsonl(result)
-    assert len(hits) == 3  # k counts records, though record a alone has more than 3 x 4 chunk rows
-    assert len({(h["source"], h["line"]) for h in hits}) == 3
-    rows = chunk_rows(chunked)
-    q = hash_embed(QUERY, 64)
-    for hit in hits:
-        doc = DOCS[hit["line"] - 1]
-        assert (hit["key"], hit["year"], hit["title"]) == (doc["id"], doc["year"], doc["title"])
-        assert doc["text"][hit["start"] : hit["end"]] == hit["text"]
-        assert hit["cosine"] == pytest.approx(float(q @ hash_embed(hit["text"], 64)), abs=1e-5)
-        if mode == "dense":  # max-sim: the passage shown is the record's best chunk
-            best = max(float(q @ hash_embed(r["text"], 64)) for r in rows if r["line"] == hit["line"])
-            assert hit["score"] == pytest.approx(best, abs=1e-5)
+    rows = jsonl(result.stdout)
+    assert [(r["source"], r["line"], r["key"]) for r in rows] == [
+        (str(tmp_path / "docs.txt"), n, None) for n in (1, 2, 3, 4)
+    ]
+    assert [r["text"] for r in rows] == [texts[0] for _, texts in CHUNKED]  # the record's first chunk
+    assert list(rows[0]) == ["id", "source", "line", "key", "cluster", "distance", "text"]
+    labels = [r["cluster"] for r in rows]
+    assert labels[0] == labels[2] != labels[1] == labels[3]  # whales and tea
+    vectors = record_vectors()
+    for row, vector in zip(rows, vectors, strict=True):
+        members = vectors[[i for i, label in enumerate(labels) if label == row["cluster"]]]
+        centre = members.mean(0) / np.linalg.norm(members.mean(0))
+        assert row["distance"] == pytest.approx(1 - float(vector @ centre), abs=1e-5)
+    per_chunk = run("cluster", str(store), "--k", "2", "--chunks", "--format", "jsonl", "-q")
+    assert per_chunk.exit_code == 0, per_chunk.output
+    chunk_rows = jsonl(per_chunk.stdout)
+    assert list(chunk_rows[0]) == [
+        "id",
+        "source",
+        "line",
+        "key",
+        "chunk",
+        "start",
+        "end",
+        "cluster",
+        "distance",
+        "text",
+    ]
+    assert [(r["line"], r["chunk"]) for r in chunk_rows] == [
+        (line, n) for line, texts in CHUNKED for n in range(len(texts))
+    ]
+    too_many = run("cluster", str(store), "--k", "5")
+    assert (too_many.exit_code, too_many.stderr) == (2, "sbert: error: --k 5 is larger than the store (4 records)\n")
 
 
-def test_the_dense_record_ranking_is_max_sim_over_chunks(chunked):
-    rows = chunk_rows(chunked)
-    q = hash_embed(QUERY, 64)
-    best: dict[int, float] = {}
-    for r in rows:
-        best[r["line"]] = max(best.get(r["line"], -2.0), float(q @ hash_embed(r["text"], 64)))
-    expected = sorted(best, key=lambda line: -best[line])
-    hits = Index.open(chunked).search([QUERY], k=10, mode="dense")[0]
-    assert [h.line for h in hits] == expected  # all 4 records, once each, k larger than them
-    assert [h.rank for h in hits] == [1, 2, 3, 4]
+def test_store_records_group_rows_across_shards(tmp_path):
+    from sbert_cli.analysis.records import StoreRecords
+
+    store = Store.open(chunked_store(tmp_path))
+    records = StoreRecords(store)
+    assert records.rows == 4 and records.chunk_columns == ["chunk", "start", "end"]
+    loaded = records.load()
+    np.testing.assert_allclose(loaded.vectors, record_vectors(), atol=1e-6)
+    assert loaded.meta["line"] == [1, 2, 3, 4]
+    assert StoreRecords(store, chunks=True).rows == store.rows == 9
 
 
-@pytest.mark.parametrize("mode", ["dense", "keyword", "hybrid"])
-def test_k_records_come_back_when_the_first_rows_are_one_record(chunked, mode):
-    # The first lists are k x 4 rows deep (hybrid: 100); when one record fills them the search
-    # goes deeper until k records are found.
-    query = "whale swam in the deep sea"
-    index = Index.open(chunked)
-    first = index.search([query], k=8 if mode == "dense" else 9, mode=mode, chunks=True)[0]
-    if mode == "dense":
-        assert {h.line for h in first} == {1}
-    records = index.search([query], k=2, mode=mode)[0]  # dense: a first list of 8 rows, all record a
-    assert len(records) == 2 and len({h.line for h in records}) == 2 and records[0].line == 1
-
-
-def test_chunks_returns_the_rows(chunked):
-    result = sbert("search", chunked, QUERY, "-k", "6", "--mode", "dense", "--chunks", "--format", "jsonl")
+def test_assignments_carry_source_line_and_key(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(
+        "".join(json.dumps({"id": f"doc-{i}", "text": t}) + "\n" for i, t in enumerate(PLANTED[0] + PLANTED[1]))
+    )
+    store = tmp_path / "store"
+    assert run("encode", str(docs), "-o", str(store), "--id-field", "id", "--model", HASH_MODEL).exit_code == 0
+    result = run("cluster", str(store), "--k", "2", "--format", "jsonl", "-q")
     assert result.exit_code == 0, result.output
-    hits = jsonl(result)
-    assert len(hits) == 6 and len({h["id"] for h in hits}) == 6
-    assert sum(h["line"] == 1 for h in hits) > 1  # record a's chunks, each its own hit
-
-
-def test_where_filters_records_by_a_kept_field(chunked):
-    result = sbert("search", chunked, QUERY, "--where", "year >= 2021", "--format", "jsonl")
-    assert result.exit_code == 0, result.output
-    hits = jsonl(result)
-    assert sorted(h["key"] for h in hits) == ["b", "d"]
-    result = sbert("search", chunked, QUERY, "--where", "chunk > 0 AND title = 'Whales'", "--format", "jsonl")
-    assert [h["key"] for h in jsonl(result)] == ["a"] and jsonl(result)[0]["chunk"] > 0
-
-
-def test_as_dict_is_the_jsonl_line(chunked):
-    for mode in ("dense", "hybrid"):
-        index = Index.open(chunked)
-        hits = index.search([QUERY], k=2, mode=mode, where="year > 2000")[0]
-        result = sbert(
-            "search", chunked, QUERY, "-k", "2", "--mode", mode, "--where", "year > 2000", "--format", "jsonl"
-        )
-        assert result.stdout == "".join(json.dumps(h.as_dict(), ensure_ascii=False) + "\n" for h in hits)
-        assert list(hits[0].as_dict()) == list(index.columns(mode))
-
-
-def test_table_names_its_score_and_shows_the_passage(chunked):
-    result = sbert("search", chunked, QUERY, "-k", "2", "--format", "table")
-    assert result.exit_code == 0, result.output
-    header = result.stdout.splitlines()[1]
-    assert header.split()[:3] == ["rank", "score:fused", "cosine"] and "chunk" in header
-    result = sbert("search", chunked, QUERY, "-k", "2", "--mode", "dense", "--format", "table")
-    assert result.stdout.splitlines()[1].split()[:3] == ["rank", "score:dense", "text"]  # cosine = score here
-
-
-def test_min_cosine_and_min_score_name_their_scale(chunked):
-    hybrid = Index.open(chunked).search([QUERY], k=4)[0]
-    assert all(0.0 <= h.score <= 1.0 for h in hybrid) and hybrid[0].score == pytest.approx(1.0)
-    result = sbert("search", chunked, QUERY, "--min-score", "0.5", "--format", "jsonl")  # hybrid: 0 to 1
-    hits = jsonl(result)
-    assert result.exit_code == 0 and hits and all(h["score"] >= 0.5 for h in hits)
-    result = sbert("search", chunked, QUERY, "--mode", "keyword", "--min-cosine", "0.3", "--format", "jsonl")
-    cos = [h["cosine"] for h in jsonl(result)]
-    assert cos and all(c >= 0.3 for c in cos)
-    everything = [h.cosine for h in Index.open(chunked).search([QUERY], k=4, mode="keyword")[0]]
-    assert len(cos) == sum(c >= 0.3 for c in everything) < len(everything)
-    assert np.isfinite(cos).all()
+    rows = jsonl(result.stdout)
+    assert [(r["source"], r["line"], r["key"]) for r in rows] == [(str(docs), i + 1, f"doc-{i}") for i in range(8)]

@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-from sbert_cli.cli import cluster, encode, index, search, similarity, train
+from sbert_cli.cli import check, cluster, encode, index, search, similarity, train
 from sbert_cli.cli import eval as eval_cli
+from sbert_cli.cli import serve as serve_cli
 from sbert_cli.cli._common import SbertCommand
 
 
@@ -44,6 +45,8 @@ app.command(no_args_is_help=True)(cluster.cluster)
 app.command(no_args_is_help=True)(similarity.similarity)
 app.command(no_args_is_help=True)(train.train)
 app.add_typer(eval_cli.app, name="eval")
+app.command(no_args_is_help=True)(check.check)
+app.command(no_args_is_help=True)(serve_cli.serve)
 
 
 def _print_version(value: bool) -> None:

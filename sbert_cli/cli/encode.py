@@ -112,12 +112,23 @@ def encode(
         typer.Option(help="Undecodable bytes: strict stops with file and line."),
     ] = "strict",
     storage_dtype: Annotated[
-        Literal["float32", "float16"], typer.Option(help="How vectors are stored; float16 takes half the disk.")
-    ] = "float32",
-    no_text: Annotated[bool, typer.Option("--no-text", help="Do not store the texts, only source and line.")] = False,
+        Literal["float32", "float16"] | None,
+        typer.Option(help="How vectors are stored; float16 takes half the disk [default: the store's, or float32]."),
+    ] = None,
+    store_text: Annotated[
+        bool | None,
+        typer.Option(
+            "--text/--no-text",
+            help="Store the texts, or only source and line [default: the store's, or --text].",
+        ),
+    ] = None,
     shard_size: Annotated[
-        int, typer.Option(metavar="ROWS", help="Rows per Parquet shard (the unit of resumption).")
-    ] = 20_000,
+        int | None,
+        typer.Option(
+            metavar="ROWS",
+            help="Rows per Parquet shard (the unit of resumption) [default: the store's, or 20000].",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-encode inputs the store already has.")] = False,
     ray: Annotated[
         str | None,
@@ -165,7 +176,7 @@ def encode(
         prompt=prompt,
         prompt_name=prompt_name,
         storage_dtype=storage_dtype,
-        store_text=not no_text,
+        store_text=store_text,
         shard_size=shard_size,
         force=force,
         glob=glob,

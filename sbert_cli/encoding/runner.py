@@ -12,14 +12,11 @@ import functools
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from sbert_cli.chunking import ChunkStats
-from sbert_cli.encoding.devices import window_texts
-from sbert_cli.encoding.loader import ModelSettings
-from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
-from sbert_cli.encoding.settings import (
+from sbert_cli.encoding.chunk_settings import (
     chunker_for,
     kept_layout,
     merge_kept_types,
@@ -27,11 +24,14 @@ from sbert_cli.encoding.settings import (
     resolve_chunking,
     resolve_kept,
 )
+from sbert_cli.encoding.devices import window_texts
+from sbert_cli.encoding.loader import ModelSettings
+from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
 from sbert_cli.encoding.stream import WINDOW_TEXTS, input_windows
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
-from sbert_cli.inputs.reader import ReadOptions, ReadStats, expand_inputs, scan
-from sbert_cli.progress import NullReporter, ProgressUpdate, Reporter, StageClock
+from sbert_cli.inputs.reader import ReadOptions, ReadStats, Record, expand_inputs, has_records, scan
+from sbert_cli.progress import NullReporter, ProgressMeter, ProgressUpdate, Reporter, StageClock
 from sbert_cli.store.atomic import is_temp_name
 from sbert_cli.store.manifest import StoreManifest
 from sbert_cli.store.store import STORAGE_DTYPES, Store, store_lock
@@ -47,9 +47,10 @@ class EncodeOptions(ModelSettings):
     batch_tokens: int | None = None
     threads: int | None = None
     workers: int | None = None  # prepare (tokenizer) threads; None: the cores the model does not need
-    storage_dtype: str = "float32"
-    store_text: bool = True
-    shard_size: int = DEFAULT_SHARD_SIZE
+    # Store-level settings: None takes the existing store's, or the default for a new store.
+    storage_dtype: str | None = None  # float32 by default
+    store_text: bool | None = None  # True by default
+    shard_size: int | None = None  # DEFAULT_SHARD_SIZE by default
     force: bool = False
     glob: str | None = None
     read: ReadOptions = field(default_factory=ReadOptions)
@@ -89,10 +90,19 @@ EncodeLoop = Callable[[Path, StoreManifest, list[PlannedInput], EncodeOptions, i
 
 
 def _check_target(options: EncodeOptions, store_path: Path) -> None:
-    if options.storage_dtype not in STORAGE_DTYPES:
+    if options.storage_dtype is not None and options.storage_dtype not in STORAGE_DTYPES:
         raise InputError(f"--storage-dtype {options.storage_dtype}: choose float32 or float16")
-    if options.shard_size < 1:
-        raise InputError("--shard-size must be at least 1")
+    # 0 used to fall through `or` to the default: a number the user gave is used or refused.
+    counts = {
+        "--shard-size": options.shard_size,
+        "--batch-tokens": options.batch_tokens,
+        "--threads": options.threads,
+        "--workers": options.workers,
+        "--max-seq-length": options.max_seq_length,
+    }
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value}: must be at least 1")
     if store_path.exists() and not store_path.is_dir():
         raise InputError(f"{store_path}: exists and is not a store directory")
     if store_path.is_dir() and not Store.exists(store_path) and any(p.name != ".lock" for p in store_path.iterdir()):
@@ -101,6 +111,7 @@ def _check_target(options: EncodeOptions, store_path: Path) -> None:
 
 def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeOptions:
     """Settings not given explicitly come from an existing store, so appending 'just works'."""
+    _store_layout(options, existing)
     if existing is None:
         return options
     model = existing.model
@@ -114,6 +125,43 @@ def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeO
     return options
 
 
+def _store_layout(options: EncodeOptions, existing: Store | None) -> None:
+    """Storage dtype, texts kept or not, rows per shard, ids or none: one of each per store.
+    Appending takes the store's; one given that differs is refused (it used to be ignored)."""
+    if existing is None:
+        options.storage_dtype = options.storage_dtype or "float32"
+        options.store_text = True if options.store_text is None else options.store_text
+        options.shard_size = options.shard_size or DEFAULT_SHARD_SIZE
+        return
+    manifest = existing.manifest
+    if options.read.id_field and not manifest.has_key:
+        raise InputError(f"{existing.path}: --id-field given, but this store was made without ids; use a new store")
+    if not options.read.id_field and manifest.has_key and manifest.shards:
+        raise InputError(f"{existing.path}: this store keeps ids; give --id-field for the new inputs too")
+    texts = {True: "--text", False: "--no-text"}
+    given = {
+        "--storage-dtype": (options.storage_dtype, manifest.storage_dtype, f"--storage-dtype {options.storage_dtype}"),
+        "texts": (options.store_text, manifest.has_text, texts.get(options.store_text)),
+        "--shard-size": (options.shard_size, manifest.shard_size, f"--shard-size {options.shard_size}"),
+    }
+    made = {
+        "--storage-dtype": f"keeps {manifest.storage_dtype} vectors",
+        "texts": "keeps its texts" if manifest.has_text else "was made with --no-text",
+        "--shard-size": f"has {manifest.shard_size:,} rows per shard",
+    }
+    for name, (value, stored, words) in given.items():
+        if value is not None and value != stored:
+            raise InputError(
+                f"{words}: {existing.path} {made[name]}, and a store has one such setting; "
+                "leave the option out to append, or encode into a new store"
+            )
+    options.storage_dtype, options.store_text, options.shard_size = (
+        manifest.storage_dtype,
+        manifest.has_text,
+        manifest.shard_size,
+    )
+
+
 def _count_records(plan: list[PlannedInput], options: EncodeOptions) -> tuple[int, dict[str, dict]]:
     """Read every file input in full (stdin can only be read once): bad input stops here, before
     anything is written. Returns the records and each input's kept-field types."""
@@ -124,6 +172,8 @@ def _count_records(plan: list[PlannedInput], options: EncodeOptions) -> tuple[in
             item.records = stats.records
             types[item.source.name] = stats.field_types or {}
             total += item.records
+        elif not has_records(item.source, options.read):  # read up to its first record only
+            item.records = 0
     if all(item.records == 0 for item in plan):
         raise InputError(
             f"{plan[0].source.name}: empty input (no non-blank records)"
@@ -153,6 +203,9 @@ def encode_corpus(
     _check_target(options, store_path)
     existing = Store.open(store_path) if Store.exists(store_path) else None
     sources = expand_inputs(inputs, options.glob, options.read.format)
+    if existing is not None:  # a missing or cut shard is an error, not "nothing to do"
+        forced = {str(s.path.resolve()) for s in sources if s.path} if options.force else set()
+        existing.check_shard_files(frozenset(e.index for e in existing.manifest.inputs if e.path in forced))
     options = _inherit_settings(options, existing)
     record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
     if existing is not None:
@@ -165,13 +218,15 @@ def encode_corpus(
         return EncodeSummary(str(store_path), inputs_skipped=[s.name for s in sources], store_rows=manifest.rows)
     total, types = _count_records(plan, options)
     if existing is None and encoder is None and loop is None and options.dtype == "auto":
-        from sbert_cli.encoding.calibrate import dtype_for_run  # bf16 or fp32, by measurement
+        from sbert_cli.encoding.calibrate import engine_for_run  # backend and dtype, by measurement
 
-        options.dtype = dtype_for_run(options, plan, total, reporter.message)
+        engine = engine_for_run(
+            options.model_settings(), plan, total, options.read, options.threads, options.batch_tokens, reporter.message
+        )
+        options.dtype, options.backend = engine.dtype, engine.backend
+        options.workers = options.workers or engine.workers
         manifest.model = describe_model(options.model_settings())
     counted = {item.source.name: item.records for item in plan}
-    if options.read.id_field and existing is not None and not existing.manifest.has_key:
-        raise InputError(f"{store_path}: --id-field given, but this store was made without ids; use a new store")
     created = not store_path.exists()
     try:
         with store_lock(store_path):
@@ -252,7 +307,10 @@ def begin_run(
             reporter.message(
                 f"{item.source.name}: resuming after line {item.entry.last_line} ({item.entry.rows_done} rows done)"
             )
-    return total - _prepare_store(store_path, manifest, plan, options, summary)
+    done_before = _prepare_store(store_path, manifest, plan, options, summary)
+    for item in plan:  # how it was read: `sbert check --repair` re-reads an input the same way
+        item.entry.read = asdict(options.read)
+    return total - done_before
 
 
 def _windows(
@@ -294,12 +352,21 @@ def _run(
 
     summary = EncodeSummary(str(store_path))
     total = begin_run(store_path, manifest, plan, options, total, reporter, summary)
-    clock, stats, started, last_report = StageClock(), {}, time.perf_counter(), 0.0
+    clock, stats, started = StageClock(), {}, time.perf_counter()
     committers: dict[int, ShardCommitter] = {}
     size = window_texts(getattr(encoder, "device", "cpu"))  # larger on a GPU: less padding
     chunker = chunker_for(encoder, manifest.chunking, summary.chunking)
     windows = clock.timed("read", _windows(plan, options, stats, size, chunker))
-    for done in encoder.encode_windows(windows, clock=clock, workers=options.workers, say=reporter.message):
+    # Progress per batch, not per window: a log gets its line every interval whatever the window.
+    meter = ProgressMeter(reporter, "encoding", total or None, clock, PROGRESS_EVERY_S)
+
+    def in_model(payload: tuple[PlannedInput, list[Record] | None], texts: int) -> None:
+        meter.in_work(payload[0].source.name, texts)
+
+    batches = encoder.encode_windows(
+        windows, clock=clock, workers=options.workers, say=reporter.message, on_batch=in_model
+    )
+    for done in batches:
         item, records = done.payload
         entry = item.entry
         committer = committers.setdefault(entry.index, ShardCommitter(store_path, manifest, entry, options.shard_size))
@@ -313,10 +380,7 @@ def _run(
         summary.records += sum(getattr(r, "last", True) for r in records or ())
         summary.tokens += done.tokens
         summary.truncated += done.truncated
-        now = time.perf_counter()
-        if now - last_report >= PROGRESS_EVERY_S:
-            last_report = now
-            reporter.progress(_update(summary, total, now - started, clock, item.source.name, False))
+        meter.advance(len(records or ()), done.tokens, item.source.name)
     summary.elapsed = time.perf_counter() - started
     summary.stages = clock.snapshot()
     summary.store_rows = manifest.rows

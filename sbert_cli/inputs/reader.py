@@ -6,50 +6,20 @@ point back at the source. Bad input raises InputError naming the file and line.
 
 from __future__ import annotations
 
-import csv
-import gzip
+import contextlib
 import json
-import sys
-import zlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from sbert_cli.errors import InputError, located
 from sbert_cli.inputs import fields
-
-FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
-_EXTENSIONS = {
-    ".txt": "txt",
-    ".text": "txt",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
-STDIN = "-"
-# Paragraphs can exceed csv's 128 KiB field limit; raised while a CSV is read, then put back
-# (csv keeps it process-wide).
-CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
-
-
-@dataclass(frozen=True)
-class InputSource:
-    """One input as the user named it: a file path, or `-` for standard input."""
-
-    name: str  # what messages and the `source` column show
-    path: Path | None  # None for stdin
-    format: str
-    gzipped: bool
-
-    @property
-    def is_stdin(self) -> bool:
-        return self.path is None
+from sbert_cli.inputs.decoding import decoded_lines, described, open_binary
+from sbert_cli.inputs.delimited import CSV_FIELD_LIMIT, column_index, delimited_rows
+from sbert_cli.inputs.parquet_reader import PARQUET_ERRORS, column_values, open_parquet, resolve_columns
+from sbert_cli.inputs.sources import FORMATS, STDIN, InputSource, detect_format, expand_inputs
+from sbert_cli.inputs.stdin import peeking
 
 
 @dataclass
@@ -79,98 +49,6 @@ class ReadStats:
     records: int = 0
     blank: int = 0
     field_types: dict[str, str | None] | None = None  # --keep-fields: each field's type, from the data
-
-
-def detect_format(path: str, forced: str | None) -> tuple[str, bool]:
-    lower = path.lower()
-    gzipped = lower.endswith(".gz")
-    if gzipped:
-        lower = lower[:-3]
-    if forced:
-        if forced not in FORMATS:
-            raise InputError(f"--format {forced}: choose from {', '.join(FORMATS)}")
-        return forced, gzipped
-    return _EXTENSIONS.get(Path(lower).suffix, "txt"), gzipped
-
-
-def _known_extension(path: Path) -> bool:
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    return Path(name).suffix in _EXTENSIONS
-
-
-def expand_inputs(inputs: list[str], glob: str | None = None, forced_format: str | None = None) -> list[InputSource]:
-    """Turn the command line's INPUT... into sources: files, directory members, or stdin."""
-    if not inputs:
-        raise InputError("no input given (name files or directories, or - for stdin)")
-    sources: list[InputSource] = []
-    for given in inputs:
-        if given == STDIN:
-            fmt, gz = detect_format("stdin.txt", forced_format)
-            sources.append(InputSource("<stdin>", None, fmt, gz))
-            continue
-        path = Path(given)
-        if path.is_dir():
-            members = sorted(
-                p
-                for p in (path.glob(glob) if glob else path.rglob("*"))
-                if p.is_file() and not p.name.startswith(".") and (glob or _known_extension(p))
-            )
-            if not members:
-                what = f"matching {glob!r}" if glob else "with a known extension (.txt, .jsonl, .csv, .tsv, .parquet)"
-                raise InputError(f"{given}: directory has no files {what}")
-            for member in members:
-                fmt, gz = detect_format(str(member), forced_format)
-                sources.append(InputSource(str(member), member, fmt, gz))
-        elif path.is_file():
-            fmt, gz = detect_format(given, forced_format)
-            sources.append(InputSource(given, path, fmt, gz))
-        elif path.exists():
-            raise InputError(f"{given}: not a regular file")
-        else:
-            raise InputError(f"{given}: no such file or directory")
-    return sources
-
-
-def _open_binary(source: InputSource) -> BinaryIO:
-    try:
-        raw: BinaryIO = sys.stdin.buffer if source.path is None else open(source.path, "rb")
-    except OSError as exc:
-        raise InputError(located(source.name, None, f"cannot open ({exc.strerror})")) from exc
-    if source.gzipped:
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw
-
-
-def decoded_lines(source: InputSource, options: ReadOptions) -> Iterator[tuple[int, str]]:
-    """(line number, decoded line with its newline) for line-oriented formats."""
-    fh = _open_binary(source)
-    lineno = 0
-    try:
-        for lineno, raw in enumerate(fh, start=1):  # noqa: B007 - lineno is used after an error too
-            if b"\0" in raw and options.encoding.lower().replace("-", "") in ("utf8", "ascii", "latin1"):
-                raise InputError(located(source.name, lineno, "binary data (NUL byte); is this a text file?"))
-            try:
-                yield lineno, raw.decode(options.encoding, options.errors)
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    located(
-                        source.name,
-                        lineno,
-                        f"not valid {options.encoding} (byte {exc.start + 1} of the line); "
-                        "use --encoding to name the right one or --errors replace to go on",
-                    )
-                ) from exc
-            except LookupError as exc:
-                raise InputError(f"--encoding {options.encoding}: unknown encoding") from exc
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise InputError(located(source.name, lineno + 1, f"corrupt gzip data ({exc})")) from exc
-    except OSError as exc:
-        raise InputError(located(source.name, lineno + 1, f"read error ({exc})")) from exc
-    finally:
-        if source.path is not None:
-            fh.close()
 
 
 def _strip_newline(line: str) -> str:
@@ -204,8 +82,10 @@ def json_objects(source: InputSource, options: ReadOptions) -> Iterator[tuple[in
             continue
         try:
             obj = json.loads(line)
-        except ValueError as exc:
-            raise InputError(located(source.name, lineno, f"invalid JSON ({exc.msg})")) from exc
+        except ValueError as exc:  # JSONDecodeError has .msg; an over-long integer only its text
+            raise InputError(located(source.name, lineno, f"invalid JSON ({getattr(exc, 'msg', exc)})")) from exc
+        except RecursionError:
+            raise InputError(located(source.name, lineno, "JSON nested too deeply to read")) from None
         if not isinstance(obj, dict):
             raise InputError(located(source.name, lineno, "expected a JSON object per line"))
         yield lineno, obj
@@ -225,58 +105,33 @@ def _read_jsonl(source: InputSource, options: ReadOptions, stats: ReadStats) -> 
         key = None
         if options.id_field:
             try:
-                key = str(_json_value(obj, options.id_field))
+                key = _json_key(source, lineno, _json_value(obj, options.id_field), options.id_field)
             except KeyError:
                 raise InputError(located(source.name, lineno, f"no field {options.id_field!r} (--id-field)")) from None
         if text is None or (isinstance(text, str) and not text.strip()):
             stats.blank += 1
             continue
         if not isinstance(text, str):
-            raise InputError(located(source.name, lineno, f"field {options.text_field!r} is not a string"))
+            raise InputError(
+                located(source.name, lineno, f"field {options.text_field!r} is {_json_type(text)}, not a string")
+            )
         yield Record(lineno, text, key, fields.kept_json(obj, options.keep_fields, _json_value))
 
 
-def column_index(source: InputSource, header: list[str] | None, column: str, what: str) -> int:
-    """A column given by 0-based index or by header name; `what` names the option in errors."""
-    if column.isdigit():
-        return int(column)
-    if header is None:
-        raise InputError(located(source.name, 1, f"{what} {column!r} given by name, but the file has no header"))
-    try:
-        return header.index(column)
-    except ValueError:
-        raise InputError(
-            located(source.name, 1, f"no column {column!r} in the header ({', '.join(header)}); choose with {what}")
-        ) from None
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "an array", int: "a number", float: "a number"}.get(type(value), "not text")
 
 
-def delimited_rows(source: InputSource, lines: Iterator[tuple[int, str]], tsv: bool) -> Iterator[tuple[int, list[str]]]:
-    """(line where the record starts, cells) from decoded lines.
-
-    TSV is split on tabs and nothing else: quotes are text (real STS files contain `"`). CSV
-    follows RFC 4180 quoting, so one record may span several lines.
-    """
-    if tsv:
-        for lineno, line in lines:
-            yield lineno, line.rstrip("\r\n").split("\t")
-        return
-    current = [0]
-
-    def text() -> Iterator[str]:
-        for lineno, line in lines:
-            current[0] = lineno
-            yield line
-
-    start = 1
-    previous_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
-    try:
-        for row in csv.reader(text()):
-            yield start, row
-            start = current[0] + 1
-    except csv.Error as exc:
-        raise InputError(located(source.name, current[0], f"malformed CSV ({exc})")) from exc
-    finally:
-        csv.field_size_limit(previous_limit)
+def _json_key(source: InputSource, lineno: int, value: object, name: str) -> str | None:
+    """Ids are strings or integers in every format (parquet_reader.py): `1.5`, `true` or `{...}`
+    as an id is a mistake, not data."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InputError(located(source.name, lineno, f"field {name!r} is {_json_type(value)}, not a string or integer"))
 
 
 def _read_delimited(source: InputSource, options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
@@ -315,43 +170,27 @@ def _read_delimited(source: InputSource, options: ReadOptions, stats: ReadStats)
 
 def _read_parquet(source: InputSource, options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    if source.path is None:
-        data = pa.BufferReader(sys.stdin.buffer.read())
-    else:
-        data = source.path if not source.gzipped else pa.BufferReader(gzip.decompress(source.path.read_bytes()))
-    try:
-        pf = pq.ParquetFile(data)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(located(source.name, None, f"not a readable Parquet file ({exc})")) from exc
-    names = pf.schema_arrow.names
-    column = options.text_column or "text"
-    wanted = [column]
+    pf = open_parquet(source)
+    wanted = [options.text_column or "text"]
     if options.id_field:
         wanted.append(options.id_field)
+    resolved = resolve_columns(source, pf, wanted, also=options.keep_fields)
     kept = fields.parquet_columns(source, pf.schema_arrow, options.keep_fields)
-    resolved = []
-    for name in wanted:
-        if name.isdigit() and int(name) < len(names):
-            name = names[int(name)]
-        if name not in names:
-            raise InputError(located(source.name, None, f"no column {name!r} (columns: {', '.join(names)})"))
-        resolved.append(name)
     row = 0
     try:
         for batch in pf.iter_batches(columns=resolved + [c for c in kept if c not in resolved], batch_size=8192):
-            texts = batch.column(0).to_pylist()
+            texts = column_values(source, batch.column(0), resolved[0], row + 1, options.errors)
             keys = batch.column(1).to_pylist() if len(resolved) > 1 else [None] * len(texts)
             values = fields.batch_values(batch, kept, len(texts))
             for text, key, kept_values in zip(texts, keys, values, strict=True):
                 row += 1
-                if text is None or not str(text).strip():
+                if text is None or not text.strip():
                     stats.blank += 1
                     continue
-                yield Record(row, str(text), None if key is None else str(key), kept_values)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(located(source.name, row + 1, f"unreadable Parquet data ({exc})")) from exc
+                yield Record(row, text, None if key is None else str(key), kept_values)
+    except (pa.ArrowException, *PARQUET_ERRORS) as exc:
+        raise InputError(located(source.name, row + 1, f"unreadable Parquet data ({described(exc)})")) from exc
 
 
 _READERS = {
@@ -370,8 +209,37 @@ def read_records(source: InputSource, options: ReadOptions, stats: ReadStats | N
     if options.keep_fields:
         records = fields.typed_records(source, options.keep_fields, records, stats)
     for record in records:
+        _check_characters(source, record, options.errors)
         stats.records += 1
         yield record
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_characters(source: InputSource, record: Record, errors: str) -> None:
+    """Text, key and kept strings that UTF-8 cannot hold (a lone surrogate, written `\\ud800` in
+    JSON) would fail the Parquet write mid-run: bad input, named here, or replaced under --errors."""
+    if not record.text.isascii():
+        record.text = _whole_characters(source, record.line, record.text, "text", errors)
+    if record.key is not None and not record.key.isascii():
+        record.key = _whole_characters(source, record.line, record.key, "the id", errors)
+    for name, value in (record.fields or {}).items():
+        if isinstance(value, str) and not value.isascii():
+            record.fields[name] = _whole_characters(source, record.line, value, f"field {name!r}", errors)
+
+
+def _whole_characters(source: InputSource, line: int, value: str, what: str, errors: str) -> str:
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError as exc:
+        if errors == "strict":
+            code = f"U+{ord(value[exc.start]):04X}"
+            raise InputError(
+                located(source.name, line, f"{what} holds an unpaired surrogate ({code}), which is not valid Unicode")
+            ) from None
+    return _SURROGATE.sub("\ufffd" if errors == "replace" else "", value)
 
 
 def scan(source: InputSource, options: ReadOptions) -> ReadStats:
@@ -380,6 +248,12 @@ def scan(source: InputSource, options: ReadOptions) -> ReadStats:
     for _ in read_records(source, options, stats):
         pass
     return stats
+
+
+def has_records(source: InputSource, options: ReadOptions) -> bool:
+    """Whether the input holds a non-blank record; stdin is read only up to it (and replayed)."""
+    with peeking() if source.is_stdin else contextlib.nullcontext():
+        return next(read_records(source, options), None) is not None
 
 
 def read_text_lines(path: str, encoding: str = "utf-8") -> list[str]:
@@ -394,4 +268,23 @@ def read_text_lines(path: str, encoding: str = "utf-8") -> list[str]:
     return [r.text for r in read_records(source, ReadOptions(encoding=encoding))]
 
 
-__all__ = ["InputSource", "ReadOptions", "Record", "ReadStats", "expand_inputs", "read_records", "scan"]
+# The names other stages import from here (the pieces live in sources, decoding, delimited, parquet_reader).
+__all__ = [
+    "CSV_FIELD_LIMIT",
+    "FORMATS",
+    "STDIN",
+    "InputSource",
+    "ReadOptions",
+    "ReadStats",
+    "Record",
+    "column_index",
+    "decoded_lines",
+    "delimited_rows",
+    "detect_format",
+    "expand_inputs",
+    "json_objects",
+    "open_binary",
+    "read_records",
+    "read_text_lines",
+    "scan",
+]

@@ -22,6 +22,7 @@ from sbert_cli.retrieval.graph import (
     DEFAULT_M,
     IndexParams,
     check_graph_file,
+    check_graph_written,
     default_space,
     index_dir,
     iter_shard_vectors,
@@ -32,7 +33,8 @@ from sbert_cli.retrieval.graph import (
 )
 from sbert_cli.retrieval.keyword import KeywordSummary, build_keyword_index
 from sbert_cli.retrieval.quantized import check_quantize, extend_quantized, recalibration_reason
-from sbert_cli.store.atomic import atomic_path, sha256_file
+from sbert_cli.store.atomic import atomic_path
+from sbert_cli.store.integrity import DamagedFileError
 from sbert_cli.store.manifest import INDEX_MANIFEST, CoveredShard, IndexManifest
 from sbert_cli.store.store import Store, store_lock
 
@@ -74,8 +76,8 @@ def _rebuild_reason(store: Store, old: IndexManifest, requested: dict, rebuild: 
     reason = reason or recalibration_reason(store, old)
     if reason is None:
         try:
-            check_graph_file(store.path, old, verify_checksum=True)
-        except InputError as exc:
+            check_graph_file(store.path, old)
+        except (InputError, DamagedFileError) as exc:
             reason = str(exc).split("; rebuild")[0]
     return reason
 
@@ -137,6 +139,7 @@ def build_index(
     started = time.perf_counter()
     with store_lock(store_path):
         store = Store.open(store_path)  # re-read under the lock: an encode may have committed since
+        store.check_shard_files()  # a missing or cut shard is an error here, not "up to date"
         old = _read_old(store_path, reporter)
         wanted_space = resolve_space(space, store) if space is not None else None
         requested = {"quantize": quantize, "space": wanted_space, "M": M, "ef_construction": ef_construction}
@@ -200,11 +203,13 @@ def _commit(store: Store, graph, params: IndexParams, covered: list[CoveredShard
     name = f"hnsw-{generation:06d}.bin"
     with atomic_path(directory / name) as tmp:
         graph.save_index(str(tmp))
+        digest = check_graph_written(tmp, directory / name, count, store.dim)
     manifest = IndexManifest(
         generation=generation,
         file=name,
-        bytes=(directory / name).stat().st_size,
-        sha256=sha256_file(directory / name),
+        bytes=digest.bytes,
+        sha256=digest.sha256,
+        xxh3=digest.xxh3,
         space=params.space,
         M=params.M,
         ef_construction=params.ef_construction,

@@ -129,7 +129,6 @@ def matching_vectors(
     the given ones) by id: only shards whose id range holds some of them are read."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     found_ids, vectors = [], []
     wanted = pa.array(ids, type=pa.int64())
@@ -137,11 +136,7 @@ def matching_vectors(
         inside = ids[(ids >= shard.id_min) & (ids <= shard.id_max)]
         if not len(inside):
             continue
-        path = store.shard_path(shard)
-        try:
-            table = pq.read_table(path, columns=["id", "embedding"], filters=[("id", "in", pa.array(inside))])
-        except (OSError, pa.ArrowException) as exc:
-            raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
+        table = store.read_rows(shard, ["id", "embedding"], pa.array(inside))  # verified (store/integrity.py)
         table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
         if table.num_rows:
             found_ids.append(table.column("id").to_numpy())

@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.errors import InputError, SbertError
-from sbert_cli.store.atomic import sha256_file
+from sbert_cli.store.integrity import (
+    DamagedFileError,
+    Digest,
+    check_written,
+    expected_of,
+    index_fix,
+    verify_file,
+)
 from sbert_cli.store.manifest import INDEX_DIR, CoveredShard, IndexManifest, ShardInfo
 from sbert_cli.store.store import Store, embeddings_to_numpy
 
@@ -98,29 +105,24 @@ def uncovered_shards(store: Store, manifest: IndexManifest | None) -> list[Shard
     return [s for s in store.shards if s.file not in covered]
 
 
-def check_graph_file(store_path: Path, manifest: IndexManifest, verify_checksum: bool) -> Path:
-    """The graph file named by the manifest, refusing a missing, truncated or altered one (and
-    the same for the further files of a compressed index)."""
+def check_graph_file(store_path: Path, manifest: IndexManifest) -> Path:
+    """The graph file named by the manifest, verified (size and checksum, store/integrity.py)
+    before any library reads it, and the same for every further file of the index: hnswlib's
+    loader trusts its input, and damaged link lists crash it."""
     folder = index_dir(store_path)
     for part in manifest.parts:
-        check_index_file(folder / part.name, part, verify_checksum, store_path)
-    return check_index_file(folder / manifest.file, manifest, verify_checksum, store_path)
+        check_index_file(folder / part.name, part, store_path)
+    return check_index_file(folder / manifest.file, manifest, store_path)
 
 
-def check_index_file(path: Path, record, verify_checksum: bool, store_path: Path) -> Path:
-    """Refuse a missing, truncated or altered index file; `record` has its `bytes` and `sha256`."""
-    rebuild = f"rebuild it with: sbert index {store_path} --rebuild"
-    if not path.is_file():
-        raise InputError(f"{path}: index file is missing; {rebuild}")
-    size = path.stat().st_size
-    if size != record.bytes:
-        raise InputError(f"{path}: index file is damaged ({size:,} bytes, expected {record.bytes:,}); {rebuild}")
-    if verify_checksum and sha256_file(path) != record.sha256:
-        raise InputError(f"{path}: index file is damaged (checksum differs); {rebuild}")
-    return path
+def check_index_file(path: Path, record, store_path: Path) -> Path:
+    """Refuse a missing, resized or altered index file; `record` has its `bytes`, `sha256` and
+    `xxh3` (hashed once per process)."""
+    return verify_file(path, expected_of(record, "index file", index_fix(store_path)))
 
 
 def load_graph(path: Path, space: str, dim: int, max_elements: int):
+    """An hnswlib graph from a file its caller verified (check_graph_file)."""
     import hnswlib
 
     graph = hnswlib.Index(space=space, dim=dim)
@@ -128,10 +130,58 @@ def load_graph(path: Path, space: str, dim: int, max_elements: int):
         graph.load_index(str(path), max_elements=max_elements)
     except (RuntimeError, ValueError, MemoryError) as exc:
         store_path = path.parent.parent
-        raise InputError(
-            f"{path}: unreadable index file ({exc}); rebuild it with: sbert index {store_path} --rebuild"
-        ) from exc
+        raise DamagedFileError(f"{path}: unreadable index file ({exc}); {index_fix(store_path)}") from exc
     return graph
+
+
+# hnswlib's file: a header (6 size_t, int maxlevel, uint32 entry point, 3 size_t, double mult,
+# size_t ef_construction), the base layer (count x size_data_per_element), then per element a
+# uint32 byte count and its upper-layer links. Everything is 4-byte aligned.
+_HNSW_HEADER = np.dtype(
+    [(n, "<u8") for n in ("offset0", "max_elements", "count", "element_bytes", "label_offset", "data_offset")]
+    + [("maxlevel", "<i4"), ("entry", "<u4"), ("maxM", "<u8"), ("maxM0", "<u8"), ("M", "<u8")]
+    + [("mult", "<f8"), ("ef_construction", "<u8")]
+)
+
+
+def graph_file_size(path: Path, count: int, dim: int) -> int:
+    """The size an hnswlib file of `count` elements of `dim` floats must have, walked from its own
+    header and link-list sizes; the file's size when it is whole. Raises ValueError otherwise."""
+    header = np.fromfile(path, dtype=_HNSW_HEADER, count=1)
+    if len(header) != 1:
+        raise ValueError("no header")
+    h = header[0]
+    element_bytes = int(h["maxM0"]) * 4 + 4 + dim * 4 + 8
+    if int(h["count"]) != count or int(h["element_bytes"]) != element_bytes:
+        raise ValueError(f"header says {int(h['count']):,} elements of {int(h['element_bytes'])} bytes")
+    start = _HNSW_HEADER.itemsize + count * element_bytes
+    words = np.fromfile(path, dtype="<u4", offset=start) if path.stat().st_size > start else np.empty(0, "<u4")
+    position, seen = 0, 0
+    while seen < count:  # jump over the (mostly empty) link lists, a window at a time
+        window = words[position : position + min(count - seen, 4096)]
+        if len(window) == 0:
+            raise ValueError(f"ends after {seen:,} of {count:,} link lists")
+        nonzero = np.flatnonzero(window)
+        if len(nonzero) == 0:
+            position, seen = position + len(window), seen + len(window)
+            continue
+        first = int(nonzero[0])
+        position += first + 1 + int(window[first]) // 4
+        seen += first + 1
+    return start + position * 4
+
+
+def check_graph_written(tmp: Path, final: Path, count: int, dim: int) -> Digest:
+    """hnswlib writes through a stream whose errors it never checks: read the file back and
+    require the size its own structure implies, before it is committed as `final`."""
+    try:
+        size = graph_file_size(tmp, count, dim)
+    except (ValueError, OSError) as exc:
+        raise SbertError(
+            f"{final}: the graph read back is incomplete ({exc}; is the disk full?); nothing was committed, "
+            "the previous index stays in use"
+        ) from exc
+    return check_written(tmp, final, size)
 
 
 def iter_shard_vectors(store: Store, shards: Sequence[ShardInfo]) -> Iterator[tuple[ShardInfo, np.ndarray, np.ndarray]]:
@@ -139,8 +189,9 @@ def iter_shard_vectors(store: Store, shards: Sequence[ShardInfo]) -> Iterator[tu
     for shard in shards:
         table = store.read_shard(shard, ["id", "embedding"])
         ids = table.column("id").to_numpy()
-        if len(ids) != shard.rows:
-            raise SbertError(
-                f"{store.shard_path(shard)}: has {len(ids)} rows, the manifest says {shard.rows}; the store is damaged"
+        if len(ids) != shard.rows:  # Store.read_shard checks this too: keep the guard where it is used
+            raise DamagedFileError(
+                f"{store.shard_path(shard)}: has {len(ids)} rows, the manifest says {shard.rows}; "
+                f"repair with: sbert check --repair {store.path}"
             )
         yield shard, ids, embeddings_to_numpy(table.column("embedding"), store.dim)

@@ -42,10 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sbert_cli.errors import InputError
+from sbert_cli.errors import InputError, SbertError
 from sbert_cli.progress import ProgressUpdate, Reporter
 from sbert_cli.retrieval.graph import check_index_file, shard_change, uncovered_shards
-from sbert_cli.store.atomic import atomic_path, fsync_dir, sha256_file, temp_path_for
+from sbert_cli.store.atomic import atomic_path, fsync_dir, temp_path_for
+from sbert_cli.store.integrity import DamagedFileError, check_written, index_fix
 from sbert_cli.store.manifest import (
     KEYWORD_DIR,
     KEYWORD_MANIFEST,
@@ -113,8 +114,8 @@ def _why_rebuild(store: Store, old: KeywordManifest, rebuild: bool) -> str | Non
     if reason is None:
         try:
             for part in old.files:
-                check_index_file(keyword_dir(store.path) / old.folder / part.name, part, True, store.path)
-        except InputError as exc:
+                check_index_file(keyword_dir(store.path) / old.folder / part.name, part, store.path)
+        except (InputError, DamagedFileError) as exc:
             reason = str(exc).split("; rebuild")[0]
     return reason
 
@@ -183,16 +184,27 @@ def _commit(store: Store, retriever, ids: np.ndarray, old: KeywordManifest | Non
     name = f"bm25-{generation:06d}"
     staging = temp_path_for(folder / name)
     shutil.rmtree(staging, ignore_errors=True)
-    retriever.save(str(staging), show_progress=False)
-    with open(staging / IDS_FILE, "wb") as fh:
-        np.save(fh, ids)
+    try:
+        retriever.save(str(staging), show_progress=False)
+        with open(staging / IDS_FILE, "wb") as fh:
+            np.save(fh, ids)
+        # bm25s's files are committed only once they load back whole (a full disk cuts them short).
+        _load_arrays(staging, len(ids), len(retriever.vocab_dict), store.path)
+    except (OSError, DamagedFileError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        detail = exc.strerror if isinstance(exc, OSError) else "it does not load back whole"
+        raise SbertError(
+            f"{folder / name}: the keyword index could not be written ({detail}); nothing was committed, "
+            "the previous keyword index stays in use"
+        ) from exc
     target = folder / name
     target.mkdir()
     files = []
     for src in sorted(staging.iterdir()):
         with atomic_path(target / src.name) as tmp:
             os.replace(src, tmp)
-        files.append(IndexFile(src.name, (target / src.name).stat().st_size, sha256_file(target / src.name)))
+            digest = check_written(tmp, target / src.name)
+        files.append(IndexFile(src.name, digest.bytes, digest.sha256, digest.xxh3))
     staging.rmdir()
     fsync_dir(folder)
     manifest = KeywordManifest(
@@ -240,7 +252,7 @@ class KeywordIndex:
         manifest = _current_manifest(store)
         try:
             return cls._load(store, manifest)
-        except InputError:
+        except DamagedFileError:
             # A build may have committed a new generation (and removed this one) meanwhile.
             fresh = KeywordManifest.load(where)
             if fresh is None or fresh.folder == manifest.folder:
@@ -249,32 +261,10 @@ class KeywordIndex:
 
     @classmethod
     def _load(cls, store: Store, manifest: KeywordManifest) -> KeywordIndex:
-        bm25s = _bm25s()
         folder = keyword_dir(store.path) / manifest.folder
-        for part in manifest.files:
-            check_index_file(folder / part.name, part, False, store.path)
-        try:
-            retriever = bm25s.BM25.load(str(folder), mmap=True, show_progress=False)
-            ids = np.load(folder / IDS_FILE, mmap_mode="r")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(
-                f"{folder}: unreadable keyword index ({exc}); rebuild it with: sbert index {store.path} --rebuild"
-            ) from exc
-        scores = retriever.scores
-        indptr = np.asarray(scores["indptr"])
-        # Sizes match (checked above), so look at the structure too: a damaged pointer array would
-        # otherwise read the wrong terms' postings, quietly. Checksums are `sbert index`'s job.
-        whole = len(indptr) == manifest.terms + 1 and indptr[-1] == len(scores["data"]) == len(scores["indices"])
-        if (
-            len(ids) != manifest.docs
-            or int(scores["num_docs"]) != manifest.docs
-            or not whole
-            or np.any(indptr[1:] < indptr[:-1])
-        ):
-            raise InputError(
-                f"{folder}: the keyword index is damaged (it does not match keyword.json); "
-                f"rebuild it with: sbert index {store.path} --rebuild"
-            )
+        for part in manifest.files:  # verified before bm25s maps them
+            check_index_file(folder / part.name, part, store.path)
+        retriever, ids = _load_arrays(folder, manifest.docs, manifest.terms, store.path)
         return cls(store, manifest, retriever, ids)
 
     def search(
@@ -293,6 +283,25 @@ class KeywordIndex:
         scores = np.where(found, scores, -np.inf).astype(np.float32)
         order = np.lexsort((np.where(found, ids, np.iinfo(np.int64).max), -scores), axis=1)
         return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def _load_arrays(folder: Path, docs: int, terms: int, store_path: Path):
+    """bm25s's arrays (memory-mapped) and the row ids, refusing any whose shape is not `docs`
+    documents of `terms` terms."""
+    bm25s = _bm25s()
+    try:
+        retriever = bm25s.BM25.load(str(folder), mmap=True, show_progress=False)
+        ids = np.load(folder / IDS_FILE, mmap_mode="r")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DamagedFileError(f"{folder}: unreadable keyword index ({exc}); {index_fix(store_path)}") from exc
+    scores = retriever.scores
+    indptr = np.asarray(scores["indptr"])
+    whole = len(indptr) == terms + 1 and indptr[-1] == len(scores["data"]) == len(scores["indices"])
+    if len(ids) != docs or int(scores["num_docs"]) != docs or not whole or np.any(indptr[1:] < indptr[:-1]):
+        raise DamagedFileError(
+            f"{folder}: the keyword index is damaged (it does not match keyword.json); {index_fix(store_path)}"
+        )
+    return retriever, ids
 
 
 def _current_manifest(store: Store) -> KeywordManifest:

@@ -32,6 +32,7 @@ from sbert_cli.progress import NullReporter, ProgressUpdate, Reporter
 from sbert_cli.retrieval.build import BuildSummary, _check_params, _params, _read_old, build_index
 from sbert_cli.retrieval.graph import (
     IndexParams,
+    check_graph_written,
     check_index_file,
     index_dir,
     iter_shard_vectors,
@@ -41,7 +42,8 @@ from sbert_cli.retrieval.graph import (
     uncovered_shards,
 )
 from sbert_cli.retrieval.keyword import build_keyword_index
-from sbert_cli.store.atomic import atomic_path, sha256_file
+from sbert_cli.store.atomic import atomic_path
+from sbert_cli.store.integrity import DamagedFileError
 from sbert_cli.store.manifest import INDEX_MANIFEST, CoveredShard, IndexFile, IndexManifest, IndexPartition, ShardInfo
 from sbert_cli.store.store import Store, store_lock
 
@@ -69,6 +71,7 @@ class PartitionResult:
     sha256: str
     count: int
     seconds: float
+    xxh3: str | None = None
 
 
 # (jobs, called with each result as it comes) -> all results: local processes, or Ray tasks.
@@ -99,9 +102,9 @@ def build_partition(job: PartitionJob) -> PartitionResult:
     path = folder / job.target
     with atomic_path(path) as tmp:
         graph.save_index(str(tmp))
-    return PartitionResult(
-        job.part, job.target, path.stat().st_size, sha256_file(path), count, time.perf_counter() - started
-    )
+        digest = check_graph_written(tmp, path, count, job.dim)
+    seconds = time.perf_counter() - started
+    return PartitionResult(job.part, job.target, digest.bytes, digest.sha256, count, seconds, digest.xxh3)
 
 
 def local_executor(jobs: list[PartitionJob], done: Callable[[PartitionResult], None]) -> list[PartitionResult]:
@@ -148,8 +151,8 @@ def _why_rebuild(store: Store, old: IndexManifest, params: IndexParams, partitio
             reason = f"{key} changes from {getattr(old, key)} to {getattr(params, key)}"
     for part in old.partitions if reason is None else ():
         try:
-            check_index_file(index_dir(store.path) / part.file, part, True, store.path)
-        except InputError as exc:
+            check_index_file(index_dir(store.path) / part.file, part, store.path)
+        except (InputError, DamagedFileError) as exc:
             reason = str(exc).split("; rebuild")[0]
             break
     return reason
@@ -210,7 +213,9 @@ def _commit(store: Store, base, params: IndexParams, added, results: list[Partit
     for result in results:
         new = added[result.part]
         files = [*parts[result.part].shards, *(s.file for s in new)]
-        parts[result.part] = IndexPartition(result.file, result.bytes, result.sha256, result.count, files)
+        parts[result.part] = IndexPartition(
+            result.file, result.bytes, result.sha256, result.count, files, xxh3=result.xxh3
+        )
         covered += [CoveredShard(s.file, s.sha256, s.rows) for s in new]
     first, rest = parts[0], parts[1:]
     manifest = IndexManifest(
@@ -218,6 +223,7 @@ def _commit(store: Store, base, params: IndexParams, added, results: list[Partit
         file=first.file,
         bytes=first.bytes,
         sha256=first.sha256,
+        xxh3=first.xxh3,
         space=params.space,
         M=params.M,
         ef_construction=params.ef_construction,
@@ -225,7 +231,7 @@ def _commit(store: Store, base, params: IndexParams, added, results: list[Partit
         count=sum(p.count for p in parts),
         model=store.model,
         shards=covered,
-        parts=[IndexFile(p.file, p.bytes, p.sha256) for p in rest],
+        parts=[IndexFile(p.file, p.bytes, p.sha256, p.xxh3) for p in rest],
         partitions=parts,
     )
     manifest.save(store.path)

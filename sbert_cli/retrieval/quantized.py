@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ from sbert_cli.errors import InputError, SbertError
 from sbert_cli.progress import ProgressUpdate, Reporter
 from sbert_cli.retrieval.exact import _top_k, prepare_queries
 from sbert_cli.retrieval.graph import index_dir, iter_shard_vectors, uncovered_shards
-from sbert_cli.store.atomic import atomic_path, sha256_file
+from sbert_cli.store.atomic import atomic_path
+from sbert_cli.store.integrity import DamagedFileError, Digest, check_written, hash_view, index_fix
 from sbert_cli.store.manifest import INDEX_MANIFEST, CoveredShard, IndexFile, IndexManifest
 from sbert_cli.store.store import Store
 
@@ -116,10 +118,8 @@ def _load_codes(path: Path, quantize: str):
     try:
         return faiss.read_index_binary(str(path)) if quantize == "binary" else faiss.read_index(str(path))
     except RuntimeError as exc:
-        raise InputError(
-            f"{path}: unreadable index file ({str(exc).strip().splitlines()[-1]}); "
-            f"rebuild it with: sbert index {path.parent.parent} --rebuild"
-        ) from exc
+        detail = str(exc).strip().splitlines()[-1]
+        raise DamagedFileError(f"{path}: unreadable index file ({detail}); {index_fix(path.parent.parent)}") from exc
 
 
 @dataclass
@@ -193,6 +193,9 @@ def _grow(
     ids = [old_ids]
     with atomic_path(gen.directory / gen.names[2]) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(count, store.dim))
+        # Reserve the blocks now: writing through a map into a full disk is a SIGBUS, not an error.
+        with open(tmp, "rb+") as fh:
+            os.posix_fallocate(fh.fileno(), 0, out.offset + out.nbytes)
         row = _copy_rows(old_vectors, out)
         for _, shard_ids, vectors in iter_shard_vectors(store, todo):
             unit = _unit(vectors, params.space)
@@ -205,11 +208,13 @@ def _grow(
             elapsed = time.perf_counter() - started
             reporter.progress(ProgressUpdate("indexing", summary.added, new_rows, elapsed, unit="rows"))
         out.flush()
+        vectors_size = out.offset + out.nbytes
         del out
+        vectors_digest = check_written(tmp, gen.directory / gen.names[2], vectors_size)
     if codes.ntotal != count:
         raise SbertError(f"{store.path}: the index holds {codes.ntotal:,} rows but the shards list {count:,}")
     covered = (list(base.shards) if base else []) + [CoveredShard(s.file, s.sha256, s.rows) for s in todo]
-    _commit(store, gen, codes, np.concatenate(ids), params, covered, calibration)
+    _commit(store, gen, codes, np.concatenate(ids), params, covered, (calibration, vectors_digest))
     reporter.progress(
         ProgressUpdate("indexing", summary.added, new_rows, time.perf_counter() - started, final=True, unit="rows")
     )
@@ -226,22 +231,31 @@ def _copy_rows(source: np.ndarray | None, out: np.ndarray) -> int:
     return len(source)
 
 
-def _commit(store: Store, gen: _Generation, codes, ids: np.ndarray, params, covered, calibration: int) -> None:
-    """Write the codes and ids beside the vectors, then point index.json at them, then drop the rest."""
+def _commit(store: Store, gen: _Generation, codes, ids: np.ndarray, params, covered, written) -> None:
+    """Write the codes and ids beside the vectors, each read back before it is committed, then
+    point index.json at them, then drop the rest. `written`: (calibration rows, vectors' digest)."""
     import faiss
 
+    calibration, vectors_digest = written
     main, ids_name, vectors_name = gen.names
-    with atomic_path(gen.directory / ids_name) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, ids)
+    with atomic_path(gen.directory / ids_name) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, ids)
+            size = fh.tell()
+        ids_digest = check_written(tmp, gen.directory / ids_name, size)
+    # faiss does not check that its file was flushed whole: serialize in memory, write, read back.
+    serialize = faiss.serialize_index_binary if params.quantize == "binary" else faiss.serialize_index
+    data = serialize(codes)
     with atomic_path(gen.directory / main) as tmp:
-        (faiss.write_index_binary if params.quantize == "binary" else faiss.write_index)(codes, str(tmp))
-    parts = [_record(gen.directory / name) for name in (ids_name, vectors_name)]
-    record = _record(gen.directory / main)
+        tmp.write_bytes(data.tobytes())
+        record = check_written(tmp, gen.directory / main, len(data), hash_view(data, sha=False)[0])
+    parts = [_record(ids_name, ids_digest), _record(vectors_name, vectors_digest)]
     IndexManifest(
         generation=gen.generation,
         file=main,
         bytes=record.bytes,
         sha256=record.sha256,
+        xxh3=record.xxh3,
         space=params.space,
         M=0,
         ef_construction=0,
@@ -259,8 +273,8 @@ def _commit(store: Store, gen: _Generation, codes, ids: np.ndarray, params, cove
             path.unlink(missing_ok=True)
 
 
-def _record(path: Path) -> IndexFile:
-    return IndexFile(path.name, path.stat().st_size, sha256_file(path))
+def _record(name: str, digest: Digest) -> IndexFile:
+    return IndexFile(name, digest.bytes, digest.sha256, digest.xxh3)
 
 
 class QuantizedIndex:
@@ -282,11 +296,9 @@ class QuantizedIndex:
             ids = np.load(directory / manifest.parts[0].name)
             vectors = np.load(directory / manifest.parts[1].name, mmap_mode="r")
         except (OSError, ValueError, IndexError) as exc:
-            raise InputError(
-                f"{directory}: unreadable index file ({exc}); rebuild it with: sbert index {store_path} --rebuild"
-            ) from exc
+            raise DamagedFileError(f"{directory}: unreadable index file ({exc}); {index_fix(store_path)}") from exc
         if not codes.ntotal == len(ids) == len(vectors) == manifest.count:
-            raise InputError(
+            raise DamagedFileError(
                 f"{directory / manifest.file}: holds {codes.ntotal:,} rows, index.json says {manifest.count:,}; "
                 f"rebuild it with: sbert index {store_path} --rebuild"
             )

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sbert_cli.errors import SbertError
 from sbert_cli.retrieval.fusion import Ranked
 from sbert_cli.store.store import LINE_BITS, Store
 
@@ -70,12 +69,11 @@ class Layout:
 
     @classmethod
     def of(cls, store: Store) -> Layout:
-        import pyarrow.parquet as pq
 
         names: list[str] = []
         shards = store.shards
         for shard in {id(s): s for s in (shards[:1] + shards[-1:])}.values():
-            for name in pq.read_schema(store.shard_path(shard)).names:
+            for name in store.shard_columns(shard):
                 if name not in names:
                     names.append(name)
         chunk = tuple(c for c in CHUNK_COLUMNS if c in names)
@@ -94,7 +92,6 @@ def fetch_rows(store: Store, ids: Sequence[int], columns: Sequence[str]) -> dict
     shard without chunk or kept-field columns gives None for them)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     shards = sorted(store.shards, key=lambda s: s.id_min)
     starts = np.array([s.id_min for s in shards], dtype=np.int64)
@@ -105,13 +102,9 @@ def fetch_rows(store: Store, ids: Sequence[int], columns: Sequence[str]) -> dict
             by_shard.setdefault(pos, []).append(row_id)
     out: dict[int, dict] = {}
     for pos, row_ids in by_shard.items():
-        path = store.shard_path(shards[pos])
         wanted = pa.array(row_ids, type=pa.int64())
-        try:
-            present = [c for c in columns if c in pq.read_schema(path).names]
-            table = pq.read_table(path, columns=["id", *present], filters=[("id", "in", wanted)])
-        except (OSError, pa.ArrowException) as exc:
-            raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
+        present = [c for c in columns if c in store.shard_columns(shards[pos])]
+        table = store.read_rows(shards[pos], ["id", *present], wanted)  # verified (store/integrity.py)
         for row in table.filter(pc.is_in(table.column("id"), value_set=wanted)).to_pylist():
             out[row["id"]] = row
     return out

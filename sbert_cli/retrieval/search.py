@@ -26,6 +26,7 @@ from sbert_cli.retrieval.keyword import KeywordIndex
 from sbert_cli.retrieval.quantized import QuantizedIndex
 from sbert_cli.retrieval.ranking import Request, rank_records
 from sbert_cli.retrieval.records import FUSION_COLUMNS, HIT_COLUMNS, Hit, Layout, cosines, fetch_rows, plain
+from sbert_cli.store.integrity import DamagedFileError
 from sbert_cli.store.manifest import IndexManifest, KeywordManifest
 from sbert_cli.store.store import Store
 
@@ -60,6 +61,7 @@ class Index:
         """Open a store's index; `exact=True` opens the store alone, for brute-force search."""
         store_path = Path(store_path)
         store = Store.open(store_path)
+        store.check_shard_files()  # a missing or cut shard is an error before any result
         if exact:
             # Exact search needs no graph, only the index's space (so both rank alike) when the
             # index is current; a missing, stale or damaged index is no reason to refuse.
@@ -83,14 +85,14 @@ class Index:
                 "(or search with --exact)"
             )
         try:
-            path = check_graph_file(store_path, manifest, verify_checksum=False)
-        except InputError:
+            path = check_graph_file(store_path, manifest)
+        except (InputError, DamagedFileError):
             # A build may have committed between our reads of index.json and of the file.
             fresh = IndexManifest.load(store_path)
             if fresh is None or fresh.file == manifest.file:
                 raise
             manifest = fresh
-            path = check_graph_file(store_path, manifest, verify_checksum=False)
+            path = check_graph_file(store_path, manifest)
         graph = _load_dense(store_path, path, manifest)
         index = cls(store, manifest, graph, device)
         if index.pending:

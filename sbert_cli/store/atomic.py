@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from sbert_cli.errors import SbertError
+
 TEMP_PREFIX = "."
 TEMP_MARK = ".tmp-"
 
@@ -38,7 +40,11 @@ def fsync_dir(path: Path) -> None:
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path to write `path`'s new contents to (by any library); on success it is
-    fsynced and renamed over `path`, on failure removed."""
+    fsynced and renamed over `path`, on failure removed.
+
+    A writer that can fail silently (hnswlib ignores a short write) checks what it wrote inside
+    the block (store/integrity.py `check_written`), before the rename. A failed write (a full
+    disk) is one line naming `path`: nothing is renamed, so the previous version stays in use."""
     path = Path(path)
     tmp = temp_path_for(path)
     try:
@@ -46,6 +52,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SbertError(
+            f"{path}: could not be written ({exc.strerror or exc}); nothing was committed, the previous "
+            "version stays in use"
+        ) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import time
 import types
 import typing
@@ -36,6 +37,8 @@ INDEX_MANIFEST = "index.json"
 COMPAT_KEYS = ("fingerprint", "dim", "pooling", "normalize", "max_seq_length", "dtype", "prompt")
 
 T = TypeVar("T")
+# Checksum fields, by name, and their only valid form.
+_DIGESTS = {"sha256": re.compile(r"sha256:[0-9a-f]{64}"), "xxh3": re.compile(r"xxh3:[0-9a-f]{16}")}
 
 
 def utc_now() -> str:
@@ -86,6 +89,7 @@ class InputEntry:
     blank: int | None = None
     records_done: int = 0  # records whose rows are all committed (a long record is several rows)
     id_offset: int = 0  # rows beyond one per record so far: a row's id is its line + the offset then
+    read: dict | None = None  # the ReadOptions it was read with (`sbert check --repair` re-reads it so)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,11 @@ class ShardInfo:
     id_max: int
     sha256: str
     bytes: int
+    # Integrity (store/integrity.py): the fast checksum every read verifies, and whether the
+    # shard's Parquet pages carry CRCs (so a partial read, `Store.fetch`, is verified too). A
+    # shard written before these were recorded has neither: it is verified by its sha256.
+    xxh3: str | None = None
+    page_checksums: bool = False
 
 
 @dataclass
@@ -172,6 +181,7 @@ class IndexFile:
     name: str
     bytes: int
     sha256: str
+    xxh3: str | None = None  # what a read verifies (store/integrity.py); None: written before, sha256 is
 
 
 @dataclass
@@ -184,6 +194,7 @@ class IndexPartition:
     sha256: str
     count: int
     shards: list[str] = field(default_factory=list)  # shard files, as the store's manifest names them
+    xxh3: str | None = None  # what a read verifies (store/integrity.py); None: written before, sha256 is
 
 
 @dataclass
@@ -209,6 +220,7 @@ class IndexManifest:
     quantize: str = "none"
     parts: list[IndexFile] = field(default_factory=list)
     calibration_rows: int = 0  # int8: rows the per-dimension ranges were measured on
+    xxh3: str | None = None  # `file`'s, what a read verifies (store/integrity.py); None: sha256 is
     # Empty: one graph. Else the graphs searched together; `file` is the first one's and `parts`
     # the others', so the checks every index file gets cover them all.
     partitions: list[IndexPartition] = field(default_factory=list)
@@ -388,4 +400,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     expected = {int: int, str: str, bool: bool, float: (int, float), dict: dict}[tp]
     if not isinstance(value, expected) or (tp is not bool and isinstance(value, bool)):
         raise ValueError(f"{where.rstrip('.')}: expected {tp.__name__}, found {type(value).__name__}")
+    digest = _DIGESTS.get(where.rsplit(".", 1)[-1])
+    if digest is not None and not digest.fullmatch(value):
+        # Damage inside a digest can still parse as JSON (a flipped byte pair is valid UTF-8):
+        # say the manifest is damaged rather than that a file changed.
+        raise ValueError(f"{where}: not a {where.rsplit('.', 1)[-1]} digest")
     return float(value) if tp is float else value

@@ -21,6 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.errors import InputError, SbertError
+from sbert_cli.store.integrity import (
+    DamagedFileError,
+    Expected,
+    check_present,
+    expected_of,
+    is_verified,
+    shard_fix,
+    verify_file,
+    verify_view,
+)
 from sbert_cli.store.manifest import MANIFEST, ModelRecord, ShardInfo, StoreManifest
 
 SHARD_DIR = "shards"
@@ -102,15 +112,60 @@ class Store:
     def shard_path(self, shard: ShardInfo) -> Path:
         return self.path / shard.file
 
+    def shard_expected(self, shard: ShardInfo) -> Expected:
+        return expected_of(shard, "shard", shard_fix(self.path))
+
+    def check_shard_files(self, skip_inputs: frozenset[int] = frozenset()) -> None:
+        """The cheap check (search, `sbert index`, `sbert encode`): every listed shard is there, at
+        the size it was written (its checksum is verified whenever it is read). `skip_inputs`:
+        inputs about to be encoded again (--force), whose shards are replaced anyway."""
+        for shard in self.shards:
+            if shard.input not in skip_inputs:
+                check_present(self.shard_path(shard), self.shard_expected(shard))
+
     def read_shard(self, shard: ShardInfo, columns: list[str] | None = None):
+        """A shard's columns, verified: the first read in a process hashes the whole file from the
+        same memory map it is parsed from, so the bytes checked are the bytes used."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        path = self.shard_path(shard)
+        path, expected = self.shard_path(shard), self.shard_expected(shard)
         try:
-            return pq.read_table(path, columns=columns)
+            if is_verified(path, expected):
+                table = pq.read_table(path, columns=columns)
+            else:
+                st = check_present(path, expected)
+                with pa.memory_map(str(path)) as source:
+                    buffer = source.read_buffer()
+                verify_view(path, st, buffer, expected)
+                table = pq.read_table(pa.BufferReader(buffer), columns=columns)
         except (OSError, pa.ArrowException) as exc:
-            raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
+            raise DamagedFileError(f"{path}: shard is unreadable ({exc}); {expected.fix}") from exc
+        if table.num_rows != shard.rows:
+            raise DamagedFileError(
+                f"{path}: shard has {table.num_rows:,} rows, manifest.json says {shard.rows:,}; {expected.fix}"
+            )
+        return table
+
+    def read_rows(self, shard: ShardInfo, columns: list[str], row_ids):
+        """Some rows of a shard (`row_ids`: a list or an Arrow array of ids), verified at the cost
+        of reading them: their Parquet pages' CRCs (older shards, without page CRCs, are hashed
+        whole, once per process). Every partial read of a shard goes through here."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path, expected = self.shard_path(shard), self.shard_expected(shard)
+        try:
+            if shard.page_checksums:
+                check_present(path, expected)
+            else:
+                verify_file(path, expected)
+            return pq.read_table(
+                path, columns=columns, filters=[("id", "in", row_ids)], page_checksum_verification=True
+            )
+        except (OSError, pa.ArrowException) as exc:
+            detail = "its page checksums differ" if "CRC" in str(exc) else str(exc)
+            raise DamagedFileError(f"{path}: shard is damaged ({detail}); {expected.fix}") from exc
 
     def iter_embeddings(self, with_ids: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, float32 embeddings) shard by shard: memory is one shard, whatever the store size."""
@@ -135,7 +190,6 @@ class Store:
         Parquet row-group statistics skip the rest of each shard."""
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         # The manifest lists shards in commit order, which is not id order once an input was
         # resumed after another or re-encoded with --force: sort before bisecting.
@@ -149,23 +203,31 @@ class Store:
         present = [c for c in columns if c in self.columns()]
         out: dict[int, dict] = {}
         for pos, row_ids in by_shard.items():
-            path = self.shard_path(shards[pos])
-            try:
-                table = pq.read_table(path, columns=["id", *present], filters=[("id", "in", row_ids)])
-            except (OSError, pa.ArrowException) as exc:
-                raise SbertError(f"{path}: unreadable shard ({exc}); the store is damaged") from exc
+            table = self.read_rows(shards[pos], ["id", *present], row_ids)
             table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(row_ids, type=pa.int64())))
             for row in table.to_pylist():
                 out[row["id"]] = row
         return out
 
+    def shard_columns(self, shard: ShardInfo) -> list[str]:
+        """The columns one shard holds, from its footer (shards of older stores lack some)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path, expected = self.shard_path(shard), self.shard_expected(shard)
+        check_present(path, expected)
+        try:
+            return pq.read_schema(path).names
+        except (OSError, pa.ArrowException) as exc:
+            raise DamagedFileError(f"{path}: shard is damaged ({exc}); {expected.fix}") from exc
+
     def columns(self) -> list[str]:
-        cols = ["id", "source", "line", "embedding"]
-        if self.has_text:
-            cols.insert(1, "text")
-        if self.manifest.has_key:
-            cols.append("key")
-        return cols
+        """Every shard's columns, in the writer's order (store/writer.py `shard_schema`)."""
+        manifest = self.manifest
+        cols = ["id"] + (["text"] if self.has_text else []) + ["source", "line"]
+        cols += ["key"] if manifest.has_key else []
+        cols += ["chunk", "start", "end"] if manifest.has_chunks else []
+        return cols + [kept.name for kept in manifest.kept_fields] + ["embedding"]
 
 
 def embeddings_to_numpy(column, dim: int) -> np.ndarray:

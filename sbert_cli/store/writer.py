@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sbert_cli.errors import SbertError
 from sbert_cli.inputs.reader import Record
-from sbert_cli.store.atomic import atomic_path, sha256_file
+from sbert_cli.store.atomic import atomic_path
+from sbert_cli.store.integrity import digest_file
 from sbert_cli.store.manifest import InputEntry, KeptField, ShardInfo, StoreManifest
 from sbert_cli.store.store import LINE_BITS, SHARD_DIR, make_id
 
@@ -157,10 +159,22 @@ def write_shard(
     """Write one shard's rows to `path` (a temp name: the caller commits it) and describe it as
     `name`. `layout` is the store's (`ShardLayout.of(manifest)`). Shared by the local writer and
     Ray workers, so both make the same bytes."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = build_table(entry.index, entry.source, records, embeddings, layout, entry.id_offset)
-    pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="zstd", write_page_checksum=True)
+    # Read it back before it is committed: what the manifest records must be what is on disk.
+    digest = digest_file(path)
+    try:
+        written = pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException) as exc:
+        written = f"none ({exc})"
+    if written != table.num_rows:
+        raise SbertError(
+            f"{path.with_name(Path(name).name)}: wrote {table.num_rows:,} rows, read back {written} (is the disk "
+            "full?); nothing was committed"
+        )
     ids = table.column("id")
     return ShardInfo(
         file=name,
@@ -169,8 +183,10 @@ def write_shard(
         rows=table.num_rows,
         id_min=int(ids[0].as_py()),
         id_max=int(ids[-1].as_py()),
-        sha256=sha256_file(path),
-        bytes=path.stat().st_size,
+        sha256=digest.sha256,
+        bytes=digest.bytes,
+        xxh3=digest.xxh3,
+        page_checksums=True,
     )
 
 

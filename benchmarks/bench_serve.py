@@ -1,0 +1,256 @@
+"""Benchmark `sbert serve`: start-up, search under concurrent load, embeddings throughput beside
+`sbert encode`'s model loop on the same texts, and how large the batches across requests get.
+
+    python benchmarks/bench_serve.py --model hash:64 --rows 100000   # the server's own overhead, 100k rows
+    python benchmarks/bench_serve.py --rows 5000                     # the real model (all-MiniLM-L6-v2)
+
+Rows are sentences of the books in ../shared/data (cycled, numbered, past their count). The store
+is built once per (model, rows) in --work. The server is a subprocess (`sbert serve --port 0`);
+clients are coroutines on one httpx.AsyncClient in this process (which shares the machine's cores
+with the server, as a local client would). Each phase runs sequentially (1 client) and then with
+--clients concurrent clients; batch sizes are read from the server's /metrics.
+`hash:DIM` is the tests' stand-in encoder (tests/fakes.py): no model cost, so what remains is HTTP,
+batching, the index and fetching rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+# ../shared/data beside the checkout (or beside its worktree's parent)
+DATA = next((p for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.is_dir()), None)
+
+LAUNCHER = """
+import sys
+sys.path.insert(0, {tests!r})
+import fakes
+from sbert_cli.encoding.loader import ENCODER_FACTORIES
+ENCODER_FACTORIES["hash"] = fakes.hash_factory
+from sbert_cli.cli import main
+sys.argv = ["sbert", "serve", *sys.argv[1:]]
+main()
+"""
+ARGS = argparse.Namespace()
+SERVER_PID = 0  # the server process, whose CPU time each phase reads
+
+
+def register_hash() -> None:
+    import fakes
+
+    from sbert_cli.encoding.loader import ENCODER_FACTORIES
+
+    ENCODER_FACTORIES["hash"] = fakes.hash_factory
+
+
+def sentences(limit: int) -> list[str]:
+    if DATA is None:
+        raise SystemExit("no ../shared/data/books next to this checkout")
+    found = []
+    for path in sorted((DATA / "books").glob("*.txt")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            found += [s.strip() for s in re.split(r"(?<=[.!?])\s+", line) if len(s.split()) >= 4]
+    rows = found[:limit]
+    n = 0
+    while len(rows) < limit:  # past the books' sentences: the same sentences, numbered
+        rows.append(f"{found[n % len(found)]} ({n // len(found) + 2})")
+        n += 1
+    return rows
+
+
+def build_store(work: Path, model: str, rows: int) -> tuple[Path, list[str]]:
+    from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
+    from sbert_cli.retrieval import build_index
+
+    texts = sentences(rows + 4000)
+    store = work / f"{model.replace(':', '-')}-{rows}"
+    corpus = work / f"rows-{rows}.txt"
+    if not corpus.exists():
+        corpus.write_text("".join(t + "\n" for t in texts[:rows]), encoding="utf-8")
+    if not (store / "index" / "index.json").exists():
+        started = time.perf_counter()
+        encode_corpus([str(corpus)], store, EncodeOptions(model=None if model == "default" else model))
+        build_index(store)
+        print(f"built {store} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        if model == "default":  # the fast query encoder's graph, as `sbert index` prepares it
+            from sbert_cli.cli._common import prepare_fast_queries
+
+            prepare_fast_queries(str(store))
+    return store, texts[rows:]  # texts not in the store: queries and inputs
+
+
+def start_server(store: Path, extra: list[str]) -> tuple[subprocess.Popen, str, float]:
+    """The server process, its URL, and seconds from launch to the first answered search."""
+    command = [sys.executable, "-c", LAUNCHER.format(tests=str(ROOT / "tests")), str(store), "--port", "0", *extra]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = ""
+    for line in process.stderr:
+        match = re.search(r"serving .* on (http://\S+)", line)
+        if match:
+            url = match.group(1)
+            break
+    if not url:
+        raise SystemExit(f"the server did not start: {process.wait()}")
+    threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()  # keep the pipe empty
+    answer = httpx.get(f"{url}/search", params={"q": "a first question", "k": 10}, timeout=60)
+    answer.raise_for_status()
+    return process, url, time.perf_counter() - started
+
+
+def batch_stats(url: str) -> dict[str, tuple[float, float]]:
+    """(requests summed, batches counted) per kind, from /metrics."""
+    stats: dict[str, list[float]] = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        match = re.match(r'sbert_batch_requests_(sum|count)\{kind="(\w+)"\} (\S+)', line)
+        if match:
+            stats.setdefault(match.group(2), [0.0, 0.0])[match.group(1) == "count"] = float(match.group(3))
+    return {k: (v[0], v[1]) for k, v in stats.items()}
+
+
+async def load(url: str, make_request, total: int, clients: int) -> tuple[float, list[float], int]:
+    """`total` requests from `clients` concurrent clients: (seconds, latencies, errors)."""
+    latencies: list[float] = []
+    errors = 0
+    next_request = iter(range(total))
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=clients)) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            for n in next_request:
+                method, path, kwargs = make_request(n)
+                started = time.perf_counter()
+                response = await client.request(method, path, **kwargs)
+                latencies.append(time.perf_counter() - started)
+                errors += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return time.perf_counter() - started, latencies, errors
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def phase(url: str, kind: str, make_request, total: int, clients: int, per_request: int) -> dict:
+    before = batch_stats(url).get(kind, (0.0, 0.0))
+    cpu_before = cpu_seconds(SERVER_PID)
+    seconds, latencies, errors = asyncio.run(load(url, make_request, total, clients))
+    cpu = cpu_seconds(SERVER_PID) - cpu_before
+    after = batch_stats(url).get(kind, (0.0, 0.0))
+    latencies.sort()
+    return {
+        "clients": clients,
+        "requests": total,
+        "errors": errors,
+        "req/s": total / seconds,
+        "texts/s": total * per_request / seconds,
+        "p50 ms": 1000 * statistics.median(latencies),
+        "p99 ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "requests/batch": (after[0] - before[0]) / max(1.0, after[1] - before[1]),
+        "server CPU ms/req": 1000 * cpu / total,
+        "texts/server CPU s": total * per_request / max(cpu, 1e-9),
+    }
+
+
+def encode_peer(model: str, texts: list[str]) -> float:
+    """`sbert encode`'s model loop on the same texts, in this process (model loaded): texts/s."""
+    from sbert_cli.encoding.loader import load_encoder, settings_for_record
+    from sbert_cli.store.store import Store
+
+    record = Store.open(ARGS.store).model
+    encoder = load_encoder(replace(settings_for_record(record), prompt=""))  # as the server's, no prompt
+    encoder.encode(texts[:64])  # warm
+    started, cpu = time.perf_counter(), time.process_time()
+    encoder.encode(texts)
+    return len(texts) / (time.perf_counter() - started), len(texts) / (time.process_time() - cpu)
+
+
+def table(title: str, rows: list[dict]) -> None:
+    columns = list(rows[0])
+    print(f"\n{title}\n\n| " + " | ".join(columns) + " |\n|" + " ---: |" * len(columns))
+    for row in rows:
+        cells = [f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" for v in row.values()]
+        print("| " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default", help="default (all-MiniLM-L6-v2) or hash:DIM")
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--searches", type=int, default=320)
+    parser.add_argument("--embed-requests", type=int, default=128, help="requests of --texts texts each")
+    parser.add_argument("--texts", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2, help="encode/serve alternations; the best of each")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sbert-bench-serve"))
+    global ARGS
+    ARGS = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+    register_hash()
+    ARGS.work.mkdir(parents=True, exist_ok=True)
+    ARGS.store, spare = build_store(ARGS.work, ARGS.model, ARGS.rows)
+    queries, inputs = spare[:2000], spare[2000:]
+    print(f"machine: {os.cpu_count()} cores; load average at start {os.getloadavg()[0]:.1f}")
+    process, url, startup = start_server(ARGS.store, [])
+    global SERVER_PID
+    SERVER_PID = process.pid
+    try:
+        run(url, startup, queries, inputs)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+
+def run(url: str, startup: float, queries: list[str], inputs: list[str]) -> None:
+    rows = httpx.get(f"{url}/health").json()["rows"]
+    print(f"\nstore: {rows:,} rows, model {ARGS.model}; launch to first answered search: {startup:.2f} s")
+
+    def search_request(n: int):
+        return "GET", "/search", {"params": {"q": queries[n % len(queries)], "k": 10}}
+
+    def embed_request(n: int):
+        start = (n * ARGS.texts) % (len(inputs) - ARGS.texts)
+        return "POST", "/v1/embeddings", {"json": {"input": inputs[start : start + ARGS.texts]}}
+
+    searches = [phase(url, "search", search_request, ARGS.searches // 4, 1, 1)]
+    searches.append(phase(url, "search", search_request, ARGS.searches, ARGS.clients, 1))
+    table(f"Searches (k=10, default mode), {os.getloadavg()[0]:.1f} load", searches)
+
+    texts = [t for n in range(ARGS.embed_requests) for t in embed_request(n)[2]["json"]["input"]]
+    served, peer = [], []
+    for _ in range(ARGS.rounds):  # interleaved: the machine's load moves between them alike
+        peer.append(encode_peer(ARGS.model, texts))
+        served.append(phase(url, "embeddings", embed_request, ARGS.embed_requests, ARGS.clients, ARGS.texts))
+    alone = phase(url, "embeddings", embed_request, ARGS.embed_requests // 4, 1, ARGS.texts)
+    best = max(served, key=lambda r: r["texts/s"])
+    table(f"Embeddings ({ARGS.texts} texts a request), {os.getloadavg()[0]:.1f} load", [alone, best])
+    wall, cpu = max(p[0] for p in peer), max(p[1] for p in peer)
+    print(
+        f"\n`sbert encode`'s model loop on the same {len(texts):,} texts (best of {ARGS.rounds}): {wall:,.1f} "
+        f"texts/s wall, {cpu:,.1f} texts/CPU s; served with {ARGS.clients} clients: "
+        f"{best['texts/s']:,.1f} texts/s wall = {best['texts/s'] / wall:.2f}x, "
+        f"{best['texts/server CPU s']:,.1f} texts/CPU s = {best['texts/server CPU s'] / cpu:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

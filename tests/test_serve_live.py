@@ -1,0 +1,211 @@
+"""`sbert serve` while things happen: the store changing under it, concurrent requests batched
+together, the command line's refusals, and a real server process (start-up line, request log,
+graceful SIGTERM)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from fakes import hash_embed
+from serve_support import MODEL, ROOT, make_store, running_server, sbert
+from test_serve import client_for
+
+from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
+from sbert_cli.retrieval.build import build_index
+
+NEW_LINES = [f"zanzibar quokka number {n} sails round the harbour at dawn" for n in range(40)]
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("serve-live") / "store")
+
+
+@pytest.fixture()
+def store(tmp_path, shared_store):
+    import shutil
+
+    path = tmp_path / "store"
+    shutil.copytree(shared_store, path)
+    return path
+
+
+# -- following the store -------------------------------------------------------------------------
+def test_follows_appends_and_reindexing_without_a_failed_or_mixed_answer(store, tmp_path):
+    extra = tmp_path / "extra.txt"
+    extra.write_text("\n".join(NEW_LINES) + "\n", encoding="utf-8")
+    failures: list[str] = []
+    seen: list[list[tuple[int, int, bool, bool]]] = [[] for _ in range(3)]
+    stop = threading.Event()
+
+    def search_loop(client, mine: list) -> None:
+        while not stop.is_set():
+            for mode in ("dense", "hybrid"):
+                response = client.get("/search", params={"q": NEW_LINES[7], "k": 3, "mode": mode})
+                if response.status_code != 200:
+                    failures.append(response.text)
+                    continue
+                body = response.json()
+                hits = body["results"][0]["hits"]
+                new = any(h["source"].endswith("extra.txt") for h in hits)
+                top = hits[0]["text"] == NEW_LINES[7]
+                mine.append((body["store"]["rows"], body["store"]["generation"], new, top))
+
+    with client_for(store, poll_s=0.1) as client:
+        threads = [threading.Thread(target=search_loop, args=(client, mine)) for mine in seen]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        encode_corpus([str(extra)], store, EncodeOptions(model=MODEL))  # `sbert encode extra.txt -o store`
+        time.sleep(0.5)
+        build_index(store)  # `sbert index store`
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and client.get("/health").json()["index"]["pending_shards"]:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        health = client.get("/health").json()
+
+    assert failures == []
+    answers = [a for mine in seen for a in mine]
+    assert {rows for rows, *_ in answers} == {500, 540}
+    for rows, _generation, new, _top in answers:
+        assert rows == 540 or not new  # no answer from the old state holds a new row
+    for mine in seen:  # states only move forwards
+        generations = [g for _, g, _, _ in mine]
+        assert generations == sorted(generations)
+    assert any(top for rows, _, _, top in answers if rows == 540)
+    assert health["rows"] == 540 and health["generation"] >= 2
+    assert health["index"]["indexed_rows"] == 540 and health["index"]["keyword"]["docs"] == 540
+
+
+# -- batching across requests -------------------------------------------------------------------------
+def test_concurrent_requests_share_model_batches_and_get_their_own_answers(store):
+    texts = [[f"request {n} asks about whales", f"and {n} more words about the sea"] for n in range(8)]
+    queries = ["a whale hunt at sea", "a student commits a murder", "officers at a ball", "the old prince"] * 2
+    with client_for(store, batch_wait_ms=300) as client:
+        alone = [client.get("/search", params={"q": q, "k": 3, "mode": "dense"}).json() for q in queries]
+        barrier = threading.Barrier(8)
+
+        def embed(n: int):
+            barrier.wait()
+            return client.post("/v1/embeddings", json={"input": texts[n]})
+
+        def search(n: int):
+            barrier.wait()
+            return client.get("/search", params={"q": queries[n], "k": 3, "mode": "dense"})
+
+        with ThreadPoolExecutor(8) as pool:
+            embedded = list(pool.map(embed, range(8)))
+            searched = list(pool.map(search, range(8)))
+        metrics = client.get("/metrics").text
+
+    for n, response in enumerate(embedded):
+        assert response.status_code == 200, response.text
+        got = np.float32([d["embedding"] for d in response.json()["data"]])
+        np.testing.assert_array_equal(got, np.stack([hash_embed(t, 32) for t in texts[n]]))
+        assert response.json()["usage"]["prompt_tokens"] == sum(len(t.split()) for t in texts[n])
+    assert [r.json() for r in searched] == alone
+    counts = {
+        line.split("{")[0].rsplit("_", 1)[-1] + line.split('kind="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(("sbert_batch_requests_count", "sbert_batch_requests_sum"))
+    }
+    assert counts["sumembeddings"] == 8 and counts["countembeddings"] <= 4  # 8 requests, 1 to 4 model calls
+    assert counts["sumsearch"] == 16 and counts["countsearch"] <= 8 + 4  # 8 alone, then 1 to 4 groups
+
+
+def test_a_request_alone_does_not_wait_for_company(store):
+    with client_for(store, batch_wait_ms=5000) as client:  # would be 5 s a request if it waited
+        started = time.monotonic()
+        for query in ["a whale", "a ball", "a murder"]:
+            assert client.get("/search", params={"q": query, "k": 2}).status_code == 200
+            assert client.post("/v1/embeddings", json={"input": query}).status_code == 200
+        assert time.monotonic() - started < 5
+
+
+# -- the command line -------------------------------------------------------------------------------
+def test_cli_refuses_what_it_cannot_serve(store, tmp_path, monkeypatch):
+    missing = sbert("serve", tmp_path / "nope")
+    assert missing.exit_code == 2 and "no such store" in missing.stderr and "Traceback" not in missing.output
+    monkeypatch.delenv("SBERT_TEST_KEY", raising=False)
+    no_key = sbert("serve", store, "--api-key-env", "SBERT_TEST_KEY")
+    assert no_key.exit_code == 2 and "SBERT_TEST_KEY: that environment variable is not set" in no_key.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = sbert("serve", store, "--port", str(taken.getsockname()[1]))
+    assert busy.exit_code == 1 and "cannot listen on 127.0.0.1" in busy.stderr
+    bad_host = sbert("serve", store, "--host", "no-such-host.invalid")
+    assert bad_host.exit_code == 2 and "--host no-such-host.invalid" in bad_host.stderr
+
+
+# -- a real server --------------------------------------------------------------------------------------
+def test_server_logs_requests_and_finishes_in_flight_work_on_sigterm(store, tmp_path):
+    marker = tmp_path / "model-running"
+    env = {"SBERT_TEST_DELAY": "1.5", "SBERT_TEST_MARKER": str(marker)}
+    with running_server(store, "-v", env=env) as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{server.url}/health", timeout=10).json()["rows"] == 500
+        answer: dict = {}
+
+        def slow_request() -> None:
+            answer["response"] = httpx.post(f"{server.url}/v1/embeddings", json={"input": ["a whale"]}, timeout=60)
+
+        thread = threading.Thread(target=slow_request)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), "the request never reached the model"
+        server.process.send_signal(signal.SIGTERM)
+        thread.join(timeout=60)
+        assert server.process.wait(timeout=60) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/health", timeout=5)
+    response = answer["response"]
+    assert response.status_code == 200
+    np.testing.assert_array_equal(np.float32(response.json()["data"][0]["embedding"]), hash_embed("a whale", 32))
+    log = "".join(server.stderr)
+    assert f"on {server.url}" in log and log.count("sbert: serving") == 1
+    assert "127.0.0.1 GET /health 200" in log and "127.0.0.1 POST /v1/embeddings 200" in log
+    assert "sbert: stopped\n" in log and "Traceback" not in log
+
+
+def test_the_readmes_serve_examples_work(store):
+    """The README shows the server in ```sh blocks (tests/test_readme.py would wait on it forever):
+    its curl lines, and the OpenAI client example where `openai` is installed, run here instead,
+    against a server of the hash-model store."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## sbert serve\n", 1)[1].split("\n## ", 1)[0]
+    curls = [line for block in re.findall(r"```sh\n(.*?)```", section, re.S) for line in block.splitlines()]
+    curls = [line for line in curls if line.startswith("curl ")]
+    assert len(curls) == 4
+    if shutil.which("curl") is None:
+        pytest.skip("no curl on PATH")
+    with running_server(store) as server:
+        for line in curls:
+            result = subprocess.run(
+                ["bash", "-c", line.replace("http://127.0.0.1:8080", server.url)], capture_output=True, timeout=60
+            )
+            assert result.returncode == 0, result.stderr
+            body = json.loads(result.stdout)
+            assert "error" not in body and (body.get("results") or body.get("data") or body.get("rows")), body
+        if importlib.util.find_spec("openai") is not None:
+            example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+            scope: dict = {}
+            exec(example.replace("http://127.0.0.1:8080", server.url).replace("all-MiniLM-L6-v2", MODEL), scope)
+            np.testing.assert_array_equal(np.float32(scope["vectors"][0]), hash_embed("a storm at sea", 32))
