@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _data import STS_DEV, add_data_option, require
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "stsb" / "sts-dev.csv"
 LINE_MASK = (1 << 40) - 1  # a store id is input_index << 40 | line
 
 
@@ -54,17 +54,16 @@ def main() -> None:
     from sklearn.metrics import v_measure_score
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_data_option(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--method", default="kmeans", help="sbert cluster --method")
     parser.add_argument("--tolerance", type=float, default=0.03)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if not args.data.is_file():
-        raise SystemExit(f"{args.data}: not found (the STS benchmark lives in ../shared/data/stsb/)")
+    require(args.data, STS_DEV)
 
-    sentences, genres = distinct_sentences(args.data)
+    sentences, genres = distinct_sentences(args.data / "stsb" / "sts-dev.csv")
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         corpus = Path(tmp) / "sentences.txt"
         corpus.write_text("\n".join(sentences) + "\n", encoding="utf-8")
@@ -97,7 +96,7 @@ def main() -> None:
         peer.append(v_measure_score(genres, predicted))
 
     counts = {g: genres.count(g) for g in sorted(set(genres))}
-    print(f"{len(sentences):,} distinct sentences of {args.data.name} by genre {counts}; k={args.k}; V-measure")
+    print(f"{len(sentences):,} distinct sentences of sts-dev.csv by genre {counts}; k={args.k}; V-measure")
     print(f"{'seed':>4} {'sbert':>7} {'peer':>7} {'diff':>7}")
     for seed, a, b in zip(args.seeds, ours, peer, strict=True):
         print(f"{seed:>4} {a:>7.4f} {b:>7.4f} {a - b:>+7.4f}")

@@ -51,6 +51,8 @@ RUNS = {
     "int8": ["--dtype", "int8"],
     "fp32-w2": ["--dtype", "fp32", "--workers", "2"],
     "torch-fp32": ["--dtype", "fp32", "--backend", "torch"],
+    "ov-fp32": ["--dtype", "fp32", "--backend", "openvino"],  # the openvino extra (bench_engine.py: all engines)
+    "ov-bf16": ["--dtype", "bf16", "--backend", "openvino"],
 }
 
 
@@ -164,6 +166,11 @@ def main() -> None:
     parser.add_argument("--sts", action="store_true", help="also score STS-benchmark dev per dtype")
     parser.add_argument("--work", type=Path, default=None, help="scratch directory [default: a temp dir]")
     args = parser.parse_args()
+    from _data import require_file
+
+    require_file(args.corpus, "a corpus, one text per line (--corpus FILE)")
+    if args.sts:
+        require_file(SHARED / "stsb" / "sts-dev.csv", "the STS-benchmark dev split for --sts")
 
     sys.path.insert(0, str(ROOT))
     from sbert_cli.encoding.devices import cpu_has_native_bf16

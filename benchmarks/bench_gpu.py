@@ -34,9 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _data import BOOKS as NEEDS_BOOKS
+from _data import DEFAULT_DATA, add_data_option, require
 
 ROOT = Path(__file__).resolve().parent.parent
-BOOKS = ROOT.parent / "shared" / "data" / "books"
+BOOKS = DEFAULT_DATA / "books"  # --data DIR sets it
 
 PEER_SCRIPT = """
 import sys, numpy as np
@@ -227,7 +229,11 @@ def main() -> None:
     parser.add_argument("--peer-batch", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None, help="scratch directory [default: a temp dir]")
+    add_data_option(parser)
     args = parser.parse_args()
+    require(args.data, NEEDS_BOOKS)
+    global BOOKS
+    BOOKS = args.data / "books"
 
     sys.path.insert(0, str(ROOT))
     work = args.work or Path(tempfile.mkdtemp(prefix="sbert-bench-gpu-"))

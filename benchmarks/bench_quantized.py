@@ -8,13 +8,16 @@ from real all-MiniLM-L6-v2 vectors: the --real-store's rows (bench_hybrid.py's s
 sentences and book paragraphs, 12,036 rows; made here if missing) plus blends of two of them,
 normalize(a x u + (1 - a) x v), a uniform in [0.5, 1]. With mean pooling, a blend approximates
 the vector of the two texts written as one, so the set keeps a real model's anisotropy and
-neighbourhoods. Queries: 1,000 STS-dev sentences, encoded by the same model, never in the base.
-The same measurement runs on the real rows alone (--rows 0 skips the 100k set).
+neighbourhoods. Queries of two kinds, encoded by the same model: STS-dev sentences (paraphrase
+queries) and single words of STS-dev (6+ letters: the names and rare words of hybrid search),
+recall reported per kind. The same measurement runs on the real rows alone (--rows 0 skips the
+100k set).
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import statistics
 import sys
@@ -27,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_hybrid import read_paragraphs, read_sts  # noqa: E402
+from _data import BOOKS, DEFAULT_DATA, STS_DEV, STS_TRAIN, require  # noqa: E402
+from bench_hybrid import WORD, read_paragraphs, read_sts  # noqa: E402
 
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus  # noqa: E402
 from sbert_cli.inputs.reader import Record  # noqa: E402
@@ -37,15 +41,15 @@ from sbert_cli.store.manifest import IndexManifest, InputEntry, StoreManifest  #
 from sbert_cli.store.store import Store  # noqa: E402
 from sbert_cli.store.writer import ShardCommitter  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
-RESCORES = {"none": (None,), "int8": (1, 2, 4), "binary": (4, 10, 20, 30, 40)}
+DATA = DEFAULT_DATA  # --data DIR sets it
+RESCORES = {"none": (None,), "int8": (1, 2, 4), "binary": (10, 20, 30, 50, 80, 120, 200)}
 
 
-def real_store(path: Path) -> Store:
+def real_store(path: Path, data: Path) -> Store:
     if not Store.exists(path):
-        pairs = read_sts(DATA / "stsb" / "sts-train.csv")
+        pairs = read_sts(data / "stsb" / "sts-train.csv")
         texts = list(dict.fromkeys(s for _, s1, s2 in pairs for s in (s1, s2) if s))
-        texts += read_paragraphs(DATA / "books")[:1500]
+        texts += read_paragraphs(data / "books")[:1500]
         path.mkdir(parents=True, exist_ok=True)
         (path.parent / "real.txt").write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
         encode_corpus([str(path.parent / "real.txt")], path, EncodeOptions(device="cpu", dtype="fp32"))
@@ -80,14 +84,18 @@ def blended_store(path: Path, real: Store, rows: int, seed: int = 0) -> Store:
     return Store.open(path)
 
 
-def measure(base: Store, work: Path, queries: np.ndarray, label: str, kinds: list[str]) -> None:
-    truth = exact_search(base, queries, 10)[0]
+def measure(base: Store, work: Path, queries: dict[str, np.ndarray], label: str, kinds: list[str]) -> None:
+    truth = {kind: exact_search(base, q, 10)[0] for kind, q in queries.items()}
+    everything = np.concatenate(list(queries.values()))
     raw = base.rows * base.dim * 4  # the float32 vectors themselves
-    print(f"\n## {label}: {base.rows:,} x {base.dim} vectors, {len(queries):,} queries, k=10")
+    counts = ", ".join(f"{kind} {len(q):,}" for kind, q in queries.items())
+    print(f"\n## {label}: {base.rows:,} x {base.dim} vectors, queries: {counts}, k=10")
     print(
-        "| index | in memory (MB) | float32 vectors / this | rescore vectors, disk mmap (MB) | build s | --rescore | queries/s | ms/query (one at a time) | recall@10 |"
+        "| index | in memory (MB) | float32 vectors / this | build s | --rescore | queries/s | ms/query (one at a time) | "
+        + " | ".join(f"recall@10 {kind}" for kind in queries)
+        + " |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(queries))
     for quantize in kinds:
         store = work / f"{base.path.name}-{quantize}"
         shutil.rmtree(store, ignore_errors=True)
@@ -98,55 +106,70 @@ def measure(base: Store, work: Path, queries: np.ndarray, label: str, kinds: lis
         manifest = IndexManifest.load(store)
         ids_bytes = sum(p.bytes for p in manifest.parts if p.name.endswith(".ids.npy"))
         memory = manifest.bytes + ids_bytes
-        disk = sum(p.bytes for p in manifest.parts if p.name.endswith(".vectors.npy"))
         index = Index.open(store)
         for rescore in RESCORES[quantize]:
-            qps, latency, recall = _time(index, queries, truth, rescore)
+            qps, latency = _time(index, everything, rescore)
+            recalls = [_recall(index, q, truth[kind], rescore) for kind, q in queries.items()]
             shown = (
                 "-"
                 if rescore is None
                 else (f"**{rescore}** (default)" if rescore == DEFAULT_RESCORE[quantize] else rescore)
             )
             print(
-                f"| {quantize} | {memory / 1e6:,.1f} | {raw / memory:.2f}x | {disk / 1e6:,.1f} | {build_s:.1f} "
-                f"| {shown} | {qps:,.0f} | {latency:.2f} | {recall:.4f} |"
+                f"| {quantize} | {memory / 1e6:,.1f} | {raw / memory:.2f}x | {build_s:.1f} | {shown} | {qps:,.0f} "
+                f"| {latency:.2f} | " + " | ".join(f"{r:.4f}" for r in recalls) + " |"
             )
         shutil.rmtree(store, ignore_errors=True)
 
 
-def _time(index: Index, queries: np.ndarray, truth: np.ndarray, rescore: int | None) -> tuple[float, float, float]:
+def _recall(index: Index, queries: np.ndarray, truth: np.ndarray, rescore: int | None) -> float:
+    found = index.search_vectors(queries, 10, rescore=rescore)[0]
+    return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+
+
+def _time(index: Index, queries: np.ndarray, rescore: int | None) -> tuple[float, float]:
     index.search_vectors(queries[:8], 10, rescore=rescore)  # warm up: page in what a search touches
     started = time.perf_counter()
-    found = index.search_vectors(queries, 10, rescore=rescore)[0]
+    index.search_vectors(queries, 10, rescore=rescore)
     qps = len(queries) / (time.perf_counter() - started)
     times = []
-    for q in queries[:100]:
+    for q in queries[:: max(1, len(queries) // 100)][:100]:
         t = time.perf_counter()
         index.search_vectors(q[None], 10, rescore=rescore)
         times.append(time.perf_counter() - t)
-    recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
-    return qps, 1000 * statistics.median(times), recall
+    return qps, 1000 * statistics.median(times)
+
+
+def query_texts(data: Path, count: int) -> dict[str, list[str]]:
+    """Two kinds: STS-dev sentences (sentence1, as paraphrase queries) and single words of STS-dev
+    (names and rare words: the kind whose neighbours a sign-bit code separates worst)."""
+    pairs = read_sts(data / "stsb" / "sts-dev.csv")
+    sentences = list(dict.fromkeys(s1 for _, s1, _ in pairs if s1))
+    words = sorted({w for _, s1, s2 in pairs for w in WORD.findall(s1 + " " + s2) if len(w) >= 6})
+    rng = random.Random(3)
+    return {"paraphrase": sentences[:count], "single word": rng.sample(words, min(count, len(words)))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DATA, help="The shared data folder (stsb/, books/).")
     parser.add_argument(
         "--real-store", type=Path, default=None, help="Store of real vectors [default: WORK/real.store]."
     )
     parser.add_argument("--rows", type=int, default=100_000, help="Size of the blended set (0: skip it).")
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=500, help="Queries of each kind.")
     parser.add_argument("--only", default="none,int8,binary", help="Indexes to measure (none takes minutes at 100k).")
     args = parser.parse_args()
+    require(args.data, BOOKS, STS_TRAIN, STS_DEV)
 
     args.work.mkdir(parents=True, exist_ok=True)
     kinds = args.only.split(",")
-    real = real_store(args.real_store or args.work / "real.store")
-    pairs = read_sts(DATA / "stsb" / "sts-dev.csv")
-    texts = list(dict.fromkeys(s for _, s1, _ in pairs for s in (s1,) if s))[: args.queries]
+    real = real_store(args.real_store or args.work / "real.store", args.data)
     started = time.perf_counter()
-    queries = Index.open(real.path, exact=True, device="cpu").encode(texts)
-    print(f"encoded {len(texts):,} STS-dev queries in {time.perf_counter() - started:.1f} s")
+    encoder = Index.open(real.path, exact=True, device="cpu")
+    queries = {kind: encoder.encode(texts) for kind, texts in query_texts(args.data, args.queries).items()}
+    print(f"encoded {sum(len(q) for q in queries.values()):,} queries in {time.perf_counter() - started:.1f} s")
     if args.rows:
         blended = blended_store(args.work / f"blended-{args.rows}.store", real, args.rows)
         measure(blended, args.work, queries, f"{args.rows:,} vectors (real + blends of real all-MiniLM-L6-v2)", kinds)

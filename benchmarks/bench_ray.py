@@ -28,9 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _data import BOOKS as NEEDS_BOOKS
+from _data import DEFAULT_DATA, add_data_option, require
 
 ROOT = Path(__file__).resolve().parent.parent
-BOOKS = ROOT.parent / "shared" / "data" / "books"
+BOOKS = DEFAULT_DATA / "books"  # --data DIR sets it
 sys.path.insert(0, str(ROOT))
 
 
@@ -161,7 +163,11 @@ def main() -> None:
     parser.add_argument("--driver-only", action="store_true")
     parser.add_argument("--no-driver", action="store_true", help="skip part 2")
     parser.add_argument("--driver-lines", type=int, default=200_000)
+    add_data_option(parser)
     args = parser.parse_args()
+    require(args.data, NEEDS_BOOKS)
+    global BOOKS
+    BOOKS = args.data / "books"
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         if not args.driver_only:
             end_to_end(args.texts, args.shard_size, args.max_seq_length, Path(tmp))

@@ -3,7 +3,7 @@
     python benchmarks/bench_scale.py                       # one 1M-line run, RSS at 100k and 1M
     python benchmarks/bench_scale.py --lines 20000 200000 --max-seq-length 32
 
-The corpus is the books in ../shared/data/books repeated until it has the asked number of lines.
+The corpus is the books in DATA/books (--data, default ../shared/data) repeated until it has the asked number of lines.
 `--max-seq-length` (default 8) keeps the 1M-line run to minutes on a 2-core CPU: memory that
 depends on corpus size (windows, shards, manifest, id bookkeeping) is what this measures, and
 that does not change with the token count of each text. Also times `sbert --help`.
@@ -20,14 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from _data import BOOKS, add_data_option, require
+
 ROOT = Path(__file__).resolve().parent.parent
-BOOKS = ROOT.parent / "shared" / "data" / "books"
 
 
-def make_corpus(path: Path, lines: int) -> None:
+def make_corpus(path: Path, lines: int, books: Path) -> None:
     paragraphs = [
         line.rstrip("\n")
-        for book in sorted(BOOKS.glob("*.txt"))
+        for book in sorted(books.glob("*.txt"))
         for line in book.read_text(encoding="utf-8").splitlines()
         if line.strip()
     ]
@@ -81,7 +82,9 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=8)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--work", type=Path, default=None)
+    add_data_option(parser)
     args = parser.parse_args()
+    require(args.data, BOOKS)  # before anything runs: no corpus, no division by zero paragraphs
     work = args.work or Path(tempfile.mkdtemp(prefix="sbert-scale-"))
     work.mkdir(parents=True, exist_ok=True)
 
@@ -94,7 +97,7 @@ def main() -> None:
 
     lines = max(args.lines)
     corpus = work / f"corpus-{lines}.txt"
-    make_corpus(corpus, lines)
+    make_corpus(corpus, lines, args.data / "books")
     store = work / f"store-{lines}"
     cmd = [sys.executable, "-m", "sbert_cli", "encode", str(corpus), "-o", str(store), "-q"]
     cmd += ["--dtype", args.dtype, "--max-seq-length", str(args.max_seq_length)]

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _data import DEFAULT_DATA, require_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,7 +36,7 @@ from sbert_cli.retrieval import Index, build_index, exact_search  # noqa: E402
 from sbert_cli.retrieval.graph import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M  # noqa: E402
 from sbert_cli.store.store import Store  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = DEFAULT_DATA
 
 
 def read_paragraphs(books: Path, limit: int | None) -> list[str]:
@@ -211,6 +212,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--work", type=Path, default=None, help="Keep stores here (re-runs skip encoding).")
     args = parser.parse_args()
+    require_file(args.sts, "STS-benchmark pairs (--sts FILE)")
+    if not any(args.books.glob("*.txt")):
+        require_file(args.books / "*.txt", "book paragraphs, one per line (--books DIR)")
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_search-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _data import DEFAULT_DATA, require_file
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "stsb" / "sts-dev.csv"
 
 
 def run_sbert(data: Path, dtype: str) -> tuple[dict, float]:
@@ -62,13 +62,18 @@ def run_peer(data: Path) -> tuple[dict, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA / "stsb" / "sts-dev.csv",
+        metavar="FILE",
+        help="an STS-benchmark csv [default: ../shared/data/stsb/sts-dev.csv beside the repository]",
+    )
     parser.add_argument("--runs", nargs="+", default=["fp32", "auto"], help="sbert --dtype values to run")
     parser.add_argument("--tolerance", type=float, default=0.1, help="allowed fp32 Spearman gap, x100 points")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if not args.data.is_file():
-        raise SystemExit(f"{args.data}: not found (the STS benchmark lives in ../shared/data/stsb/)")
+    require_file(args.data, "an STS-benchmark csv (tab-separated; --data FILE)")
 
     results = {}
     peer, peer_s = run_peer(args.data)

@@ -27,8 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _data import DEFAULT_DATA, require_file
+
 ROOT = Path(__file__).resolve().parent.parent
-STSB = ROOT.parent / "shared" / "data" / "stsb"
+STSB = DEFAULT_DATA / "stsb"
 TARGET_SPEARMAN = 88.0
 TARGET_MINUTES = 25.0
 
@@ -73,9 +75,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="where the model goes [default: a temp dir, removed]")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    for path in (args.train, args.dev):
-        if not path.is_file():
-            raise SystemExit(f"{path}: not found (the STS benchmark lives in ../shared/data/stsb/)")
+    require_file(args.train, "STS-benchmark train pairs (--train FILE)")
+    require_file(args.dev, "STS-benchmark dev pairs (--dev FILE)")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         model = work / "sts-model"

@@ -9,6 +9,8 @@ times). `cli/progress.py` renders them as a bar on a terminal or as plain lines 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -92,3 +94,44 @@ class StageClock:
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.seconds)
+
+
+class ProgressMeter:
+    """One task's progress fed from two places: units finished (`advance`, e.g. a window's rows
+    written) and units in work (`in_work`, e.g. the texts of the window now in the model, told
+    after each batch, possibly from the model's thread). At most one update per `every` seconds
+    goes to the reporter, and only when the count moved; the count shown never goes back."""
+
+    def __init__(
+        self, reporter: Reporter, task: str, total: int | None, clock: StageClock | None = None, every: float = 0.5
+    ) -> None:
+        self.reporter, self.task, self.total, self.clock, self.every = reporter, task, total, clock, every
+        self.finished = self.working = self.tokens = self.shown = 0
+        self.current: str | None = None
+        self.started = time.perf_counter()
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def in_work(self, current: str | None, done: int) -> None:
+        with self._lock:
+            self.working, self.current = done, current or self.current
+            self._report()
+
+    def advance(self, done: int, tokens: int = 0, current: str | None = None) -> None:
+        with self._lock:
+            self.finished += done
+            self.tokens += tokens
+            self.working, self.current = 0, current or self.current
+            self._report()
+
+    def _report(self) -> None:
+        now = time.perf_counter()
+        count = self.finished + self.working
+        count = min(count, self.total) if self.total else count
+        if now - self._last < self.every or count <= self.shown:
+            return
+        self._last, self.shown = now, count
+        stages = self.clock.snapshot() if self.clock else {}
+        self.reporter.progress(
+            ProgressUpdate(self.task, count, self.total, now - self.started, self.tokens, self.current, stages)
+        )

@@ -26,7 +26,9 @@ from sbert_cli.errors import InputError
 from sbert_cli.store.manifest import ModelRecord
 
 HASH_MODEL = "hash:64"  # the model plumbing tests use: 64 dimensions keep unrelated texts apart
-MAX_TOKENS = 1024  # above every sample_corpus paragraph (581 words): plumbing tests see one row per record
+# Chunks default to half of this, above every sample_corpus paragraph (581 words): plumbing tests
+# see one row per record.
+MAX_TOKENS = 2048
 HASH_POOLING = ("mean", "max", "cls")
 _WORD = re.compile(r"\w+")
 

@@ -190,3 +190,41 @@ def test_repair_records_xxh3_for_older_shards(store):
     result = sbert("check", store, "--repair")
     assert result.exit_code == 0 and "recorded the fast checksum (xxh3) of 5 older shard(s)" in result.stderr
     assert all(s.xxh3 for s in Store.open(store).shards)
+
+
+def test_repair_reads_an_input_the_way_it_was_read(tmp_path):
+    """A CSV encoded with --text-column: repair re-reads that column, so the shard comes back
+    byte for byte (with the defaults it would read another column, or refuse)."""
+    from sbert_cli.inputs.reader import ReadOptions
+
+    corpus = tmp_path / "reviews.csv"
+    corpus.write_text("stars,review\n" + "".join(f"{i % 5},review number {i} of a ship\n" for i in range(40)))
+    store = tmp_path / "store"
+    options = EncodeOptions(model=HASH, shard_size=15, read=ReadOptions(text_column="review"))
+    encode_corpus([str(corpus)], store, options)
+    before = Store.open(store).shards
+    (store / before[1].file).unlink()
+    result = sbert("check", store, "--repair")
+    assert result.exit_code == 0, result.output
+    assert Store.open(store).shards == before
+
+
+def test_repair_of_a_chunked_store_gives_the_same_chunks_and_vectors(tmp_path):
+    """Long records become several rows (chunks), which shift the ids after them: the repaired
+    shard has the same rows, ids and vectors."""
+    corpus = tmp_path / "long.txt"
+    long = " ".join(f"word{i} about the sea" for i in range(40))  # 160 words: several chunks of 32 tokens
+    corpus.write_text("\n".join([long if i % 3 == 0 else f"short line {i}" for i in range(30)]) + "\n")
+    store = tmp_path / "store"
+    encode_corpus([str(corpus)], store, EncodeOptions(model=HASH, shard_size=20, chunk_size=32, chunk_overlap=8))
+    before = Store.open(store)
+    assert before.rows > 30 and len(before.shards) >= 3
+    ids, vectors = before.load_embeddings()
+    for shard in before.shards[1:]:
+        (store / shard.file).unlink()
+    result = sbert("check", store, "--repair")
+    assert result.exit_code == 0, result.output
+    after = Store.open(store)
+    assert after.shards == before.shards
+    got_ids, got_vectors = after.load_embeddings()
+    assert (got_ids == ids).all() and np.array_equal(got_vectors, vectors)

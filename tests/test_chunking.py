@@ -61,17 +61,18 @@ def test_long_record_is_cut_at_sentence_ends_with_exact_offsets_and_overlap(tmp_
     store = tmp_path / "store"
     result = encode(source, "-o", store, "--chunk-size", "16", "--chunk-overlap", "4")
     assert result.exit_code == 0, result.output
-    assert "; truncated: 0; chunked: 1 records into 5 chunks; store " in result.stderr
+    assert "; truncated: 0; chunked: 1 records into 6 chunks; store " in result.stderr
     got = chunks(store)
     assert got == [
         (1, 0, 0, 6, "Short."),
-        # 15 words: the sentence end after "mended." lies within the last quarter of the 16 tokens
+        # 15 words: the sentence end after "mended." lies in the last quarter of the 16 tokens
         (2, 0, 0, 89, "The harbour woke before dawn. Gulls circled the fishing boats while the nets were mended."),
-        # starts 4 words back; the paragraph end after "twice." is too far back, so a word end
-        (2, 1, 68, 153, "the nets were mended. An old captain counted his crew twice.\n\nBy noon the wind turned"),
-        (2, 2, 133, 219, "noon the wind turned cold and grey. The boats came home early, heavy with silver fish."),
-        (2, 3, 196, 261, "heavy with silver fish. Children ran along the pier to meet them."),
-        (2, 4, 243, 288, "pier to meet them. Nobody spoke of the storm."),
+        # starts 4 words back; the paragraph end lies in the second half of the budget: taken
+        (2, 1, 68, 128, "the nets were mended. An old captain counted his crew twice."),
+        (2, 2, 105, 168, "counted his crew twice.\n\nBy noon the wind turned cold and grey."),
+        (2, 3, 147, 219, "turned cold and grey. The boats came home early, heavy with silver fish."),
+        (2, 4, 196, 261, "heavy with silver fish. Children ran along the pier to meet them."),
+        (2, 5, 243, 288, "pier to meet them. Nobody spoke of the storm."),
         (3, 0, 0, 9, "Last one."),
     ]
     for line, _, start, end, text in got:
@@ -81,9 +82,9 @@ def test_long_record_is_cut_at_sentence_ends_with_exact_offsets_and_overlap(tmp_
     for before, after in zip(doc_chunks, doc_chunks[1:], strict=False):
         assert words(after)[:4] == words(before)[-4:]  # the overlap: 4 tokens
     df = rows(store)
-    assert df.id.tolist() == list(range(1, 8))  # unique and rising: a record's extra chunks shift later ids
-    assert df.line.tolist() == [1, 2, 2, 2, 2, 2, 3]
-    np.testing.assert_allclose(np.stack(df.embedding)[2], hash_embed(got[2][4], 64, max_tokens=1024), atol=1e-6)
+    assert df.id.tolist() == list(range(1, 9))  # unique and rising: a record's extra chunks shift later ids
+    assert df.line.tolist() == [1, 2, 2, 2, 2, 2, 2, 3]
+    np.testing.assert_allclose(np.stack(df.embedding)[2], hash_embed(got[2][4], 64, max_tokens=2048), atol=1e-6)
 
 
 def test_no_overlap_chunks_tile_the_record(tmp_path):
@@ -165,14 +166,14 @@ def test_default_settings_are_recorded_and_an_append_inherits_them(tmp_path):
     first = encode(write_jsonl(tmp_path / "a.jsonl", DOCUMENT), "-o", store, "--max-seq-length", "20")
     assert first.exit_code == 0, first.output
     manifest = json.loads((store / "manifest.json").read_text())
-    # chunks of the model's length; 32 tokens of overlap, or a quarter of a smaller chunk
-    assert (manifest["version"], manifest["chunking"]) == (3, {"mode": "chunk", "size": 20, "overlap": 5})
+    # chunks of half the model's length; 32 tokens of overlap, or a quarter of a smaller chunk
+    assert (manifest["version"], manifest["chunking"]) == (3, {"mode": "chunk", "size": 10, "overlap": 2})
     assert manifest["has_chunks"] is True and manifest["kept_fields"] == []
     again = encode(write_jsonl(tmp_path / "b.jsonl", DOCUMENT), "-o", store)
     assert again.exit_code == 0, again.output
     df = rows(store)
     first_rows, second_rows = df[df.source.str.endswith("a.jsonl")], df[df.source.str.endswith("b.jsonl")]
-    assert len(first_rows) == 4 and first_rows.text.tolist() == second_rows.text.tolist()
+    assert len(first_rows) == 7 and first_rows.text.tolist() == second_rows.text.tolist()
 
 
 @pytest.mark.parametrize(
@@ -180,7 +181,7 @@ def test_default_settings_are_recorded_and_an_append_inherits_them(tmp_path):
     [
         (["--chunk-size", "16"], "this run asks for chunks of 16 tokens overlapping by 4"),
         (["--chunk-overlap", "2"], "this run asks for chunks of 12 tokens overlapping by 2"),
-        (["--truncate"], "this run asks for --truncate (at 1024 tokens)"),
+        (["--truncate"], "this run asks for --truncate (at 2048 tokens)"),
     ],
 )
 def test_an_append_with_other_chunking_is_refused_in_one_line(tmp_path, flags, message):
@@ -207,8 +208,8 @@ def test_an_append_with_other_chunking_is_refused_in_one_line(tmp_path, flags, m
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--chunk-size", "0"], "--chunk-size 0: choose 1 to the model's max_seq_length (1024)"),
-        (["--chunk-size", "2000"], "--chunk-size 2000: choose 1 to the model's max_seq_length (1024)"),
+        (["--chunk-size", "0"], "--chunk-size 0: choose 1 to the model's max_seq_length (2048)"),
+        (["--chunk-size", "3000"], "--chunk-size 3000: choose 1 to the model's max_seq_length (2048)"),
         (["--chunk-overlap", "-1"], "--chunk-overlap -1: must be 0 or more"),
         (
             ["--chunk-size", "8", "--chunk-overlap", "8"],

@@ -213,9 +213,9 @@ def test_search_table_is_one_line_per_hit_cut_to_the_terminal(hash_store):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "the old prince"
-    assert re.fullmatch(r"rank +score +text +source +line", lines[1])
+    assert re.fullmatch(r"rank +score:dense +text +source +line", lines[1])
     assert len(lines) == 5 and all(len(line) <= 72 for line in lines)
-    assert all(re.match(r" +[123]  0\.\d{4}  \S.*…  .*corpus\.txt +\d+$", line) for line in lines[2:])
+    assert all(re.match(r" +[123] +0\.\d{4}  \S.*…  .*corpus\.txt +\d+$", line) for line in lines[2:])
     assert "id" not in lines[1].split()  # source and line locate every hit: no 13-digit ids
 
 
@@ -256,3 +256,110 @@ def test_help_starts_fast():
 
     code = "import sys, sbert_cli.cli; sys.exit(any(m in sys.modules for m in ('torch', 'transformers', 'rich')))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# -- issue 22: what a new user hit --------------------------------------------------------------------
+def test_empty_stdin_is_refused_like_an_empty_file(tmp_path):
+    for given in ("", "\n  \n\n"):
+        store = tmp_path / "store"
+        result = sbert("encode", "-", "-o", store, *HASH, input=given)
+        assert result.exit_code == 2, result.output
+        assert result.stderr == "sbert: error: <stdin>: empty input (no non-blank records)\n"
+        assert not store.exists()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    result = sbert("encode", empty, "-o", tmp_path / "store", *HASH)
+    assert (result.exit_code, result.stderr) == (2, f"sbert: error: {empty}: empty input (no non-blank records)\n")
+
+
+def test_stdin_looked_into_first_is_still_read_in_full(tmp_path):
+    """The emptiness check reads stdin up to its first record; every byte still reaches the store."""
+    import pandas as pd
+
+    lines = ["", "  ", *[f"line {i} of a piped corpus" for i in range(3000)]]
+    result = sbert("encode", "-", "-o", tmp_path / "store", *HASH, input="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    df = pd.read_parquet(tmp_path / "store" / "shards").sort_values("line")
+    assert df["text"].tolist() == lines[2:]
+    assert df["line"].tolist() == list(range(3, 3003))
+    jsonl = "\n" + "".join(json.dumps({"text": f"record {i}"}) + "\n" for i in range(5))
+    result = sbert("encode", "-", "--format", "jsonl", "-o", tmp_path / "jsonl", *HASH, input=jsonl)
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(tmp_path / "jsonl" / "shards")["text"].tolist() == [f"record {i}" for i in range(5)]
+
+
+def test_progress_comes_per_batch_not_per_window(tmp_path, monkeypatch):
+    """200 texts of four words are one window but four batches of the hash model (256 tokens, at
+    most 64 texts): a log hears of each batch, not only of the window's end."""
+    monkeypatch.setattr("sbert_cli.encoding.runner.PROGRESS_EVERY_S", 0.0)  # every update reaches the log
+    corpus = tmp_path / "four.txt"
+    corpus.write_text("".join(f"four words text {i}\n" for i in range(200)), encoding="utf-8")
+    result = sbert("encode", corpus, "-o", tmp_path / "store", *HASH, "--progress-interval", "0")
+    assert result.exit_code == 0, result.output
+    done = re.findall(r"^sbert: encoding: (\d+)/200 texts", result.stderr, re.M)
+    assert done == ["64", "128", "192", "200"]
+
+
+def test_a_missing_extra_is_one_rule_for_plot_and_ray(tmp_path, corpus, monkeypatch):
+    """Same exit code (2: nothing ran, the user's install or options must change) and the same
+    message shape naming the pip command, for --plot and --ray alike."""
+    store = tmp_path / "store"
+    assert sbert("encode", corpus, "-o", store, *HASH).exit_code == 0
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails as if not installed
+    monkeypatch.setitem(sys.modules, "ray", None)
+    plot = sbert("cluster", store, "--k", "2", "--plot", tmp_path / "c.png")
+    ray = sbert("encode", corpus, "-o", tmp_path / "ray_store", *HASH, "--ray")
+    assert (plot.exit_code, plot.stderr) == (
+        2,
+        "sbert: error: --plot needs matplotlib, an optional extra: pip install 'sbert-cli[plot]'\n",
+    )
+    assert (ray.exit_code, ray.stderr) == (
+        2,
+        "sbert: error: --ray needs Ray, an optional extra: pip install 'sbert-cli[ray]'\n",
+    )
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "ray_store").exists()
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# Each benchmark pointed at data that is not there: (script, its data options).
+MISSING = "/nonexistent/sbert-data"
+BENCH_DATA_ARGS = {
+    "bench_cluster": ["--data", MISSING],
+    "bench_encode": ["--corpus", f"{MISSING}/books/war_and_peace.txt"],
+    "bench_gpu": ["--data", MISSING],
+    "bench_hybrid": ["--data", MISSING],
+    "bench_linkage": ["--data", MISSING],
+    "bench_quantized": ["--data", MISSING, "--work", f"{MISSING}/work"],
+    "bench_ray": ["--data", MISSING],
+    "bench_scale": ["--data", MISSING, "--work", f"{MISSING}/work"],
+    "bench_search": ["--sts", f"{MISSING}/stsb/sts-dev.csv", "--books", f"{MISSING}/books"],
+    "bench_sts": ["--data", f"{MISSING}/stsb/sts-dev.csv"],
+    "bench_train": ["--train", f"{MISSING}/stsb/sts-train.csv", "--dev", f"{MISSING}/stsb/sts-dev.csv"],
+    "bench_engine": ["--data", MISSING],
+}
+# These make their own data (random vectors, generated files) or use only sample_corpus/.
+SELF_CONTAINED_BENCHMARKS = {"bench_startup", "bench_integrity", "bench_filter", "bench_serve", "bench_sync"}
+
+
+def test_every_benchmark_is_checked_for_missing_data():
+    scripts = {p.stem for p in BENCHMARKS.glob("bench_*.py")}
+    assert scripts - SELF_CONTAINED_BENCHMARKS == set(BENCH_DATA_ARGS)
+
+
+@pytest.mark.parametrize("script", sorted(BENCH_DATA_ARGS))
+def test_benchmarks_without_their_data_say_what_they_need(script):
+    """From a clone without ../shared/data: one line naming what is missing, exit 2, no traceback."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{script}.py"), *BENCH_DATA_ARGS[script]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(
+        rf"{script}\.py: needs .+ (under|at) {re.escape(MISSING)}\S*, not found there(; pass --data DIR)?\n",
+        result.stderr,
+    )
+    assert result.stdout == ""

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from sbert_cli.analysis.cluster import community_detection
 from sbert_cli.analysis.cluster.methods import _minibatches
+from sbert_cli.analysis.records import StoreRecords
 from sbert_cli.cli import app
 from sbert_cli.store.store import Store
 
@@ -117,7 +118,7 @@ def test_streamed_kmeans_when_store_exceeds_memory_limit(sample_store):
 def test_minibatches_cover_the_store_in_order(sample_store):
     store = Store.open(sample_store)
     _, vectors = store.load_embeddings()
-    batches = list(_minibatches(store, 64, min_last=10))
+    batches = list(_minibatches(StoreRecords(store), 64, min_last=10))
     assert all(len(b) >= 10 for b in batches)
     joined = np.concatenate(batches)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -202,7 +203,7 @@ def test_output_files(planted_store, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     table = pq.read_table(parquet)
-    assert table.column_names == ["id", "cluster", "distance", "text"]
+    assert table.column_names == ["id", "source", "line", "key", "cluster", "distance", "text"]
     assert table.num_rows == len(texts)
     assert sorted(table.column("text").to_pylist()) == sorted(texts)
     assert f"wrote {len(texts)} assignments" in result.stderr
@@ -222,7 +223,7 @@ def test_table_format_prints_the_summary(planted_store):
     assert "most central texts" in result.stdout
     assert "How do I reset my password?" in result.stdout or "how do i reset my password" in result.stdout
     tsv = run("cluster", store, "--k", "2", "--format", "tsv", "-q")
-    assert tsv.stdout.splitlines()[0] == "id\tcluster\tdistance\ttext"
+    assert tsv.stdout.splitlines()[0] == "id\tsource\tline\tkey\tcluster\tdistance\ttext"
 
 
 def test_plot_writes_a_png(planted_store, tmp_path):
@@ -238,8 +239,8 @@ def test_plot_without_matplotlib_says_how_to_get_it(planted_store, tmp_path, mon
     store, _, _ = planted_store
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     result = run("cluster", store, "--k", "3", "--plot", str(tmp_path / "x.png"))
-    assert result.exit_code == 1
-    assert "--plot needs matplotlib" in result.stderr and "pip install" in result.stderr
+    assert result.exit_code == 2  # the rule for every missing extra (sbert_cli/extras.py)
+    assert result.stderr == "sbert: error: --plot needs matplotlib, an optional extra: pip install 'sbert-cli[plot]'\n"
     assert not (tmp_path / "x.png").exists()
 
 
@@ -247,7 +248,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(planted_store, tmp_path, mon
 def test_bad_input_is_a_one_line_error(planted_store, tmp_path):
     store, texts, _ = planted_store
     cases = [
-        (["--k", str(len(texts) + 1)], f"--k {len(texts) + 1} is larger than the store ({len(texts)} rows)"),
+        (["--k", str(len(texts) + 1)], f"--k {len(texts) + 1} is larger than the store ({len(texts)} records)"),
         (["--k", "three"], "--k three: give a number of clusters or auto"),
         (["--method", "community", "--threshold", "1.5"], "--threshold 1.5"),
         (["--memory-limit", "lots"], "--memory-limit 'lots'"),
@@ -274,3 +275,34 @@ def test_bad_input_is_a_one_line_error(planted_store, tmp_path):
     (empty / "manifest.json").write_text(json.dumps(manifest))
     result = run("cluster", str(empty))
     assert result.exit_code == 2 and "the store is empty" in result.stderr
+
+
+def test_plot_legend_names_each_cluster_by_its_most_central_record(planted_store, tmp_path, monkeypatch):
+    from sbert_cli.analysis.cluster.plot import cluster_label
+
+    central = [
+        {
+            "source": "books/moby.txt",
+            "line": 12,
+            "text": "Call me Ishmael.  Some years ago, never mind how long precisely",
+        }
+    ]
+    assert cluster_label(3, 120, central) == 'cluster 3 (120): moby.txt:12 "Call me Ishmael. Some years ago, never…"'
+    assert cluster_label(-1, 7, []) == "no cluster (7)"
+    assert cluster_label(0, 5, []) == "cluster 0 (5)"
+    seen = {}
+    monkeypatch.setattr(
+        "sbert_cli.analysis.cluster.plot_clusters", lambda path, vectors, labels, title, central: seen.update(central)
+    )
+    store, texts, _ = planted_store
+    result = run("cluster", store, "--k", "3", "--plot", str(tmp_path / "c.png"), "--format", "jsonl", "-q")
+    assert result.exit_code == 0, result.output
+    rows = jsonl(result.stdout)
+    assert sorted(seen) == [0, 1, 2]
+    for label, best in seen.items():
+        nearest = min((r for r in rows if r["cluster"] == label), key=lambda r: (r["distance"], r["id"]))
+        assert (best[0]["source"], best[0]["line"], best[0]["text"]) == (
+            nearest["source"],
+            nearest["line"],
+            nearest["text"],
+        )

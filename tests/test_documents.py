@@ -205,7 +205,7 @@ def test_a_format_2_store_opens_searches_and_takes_appends_as_it_was_made(tmp_pa
     assert (opened.version, opened.chunking.mode, opened.chunking.size, opened.has_chunks) == (
         3,
         "truncate",
-        1024,
+        2048,
         False,
     )
     assert [e.records_done for e in opened.inputs] == [2]
@@ -215,7 +215,7 @@ def test_a_format_2_store_opens_searches_and_takes_appends_as_it_was_made(tmp_pa
     refused = sbert("encode", jsonl(tmp_path / "b.jsonl", {"text": "x"}), "-o", store, "--chunk-size", "8", *HASH)
     assert (refused.exit_code, refused.stderr) == (
         2,
-        "sbert: error: this store was made with --truncate (at 1024 tokens); this run asks for chunks of 8 "
+        "sbert: error: this store was made with --truncate (at 2048 tokens); this run asks for chunks of 8 "
         "tokens overlapping by 2\n",
     )
     more = jsonl(tmp_path / "c.jsonl", {"text": "Rain fell on the deck."})
@@ -235,7 +235,7 @@ CHUNKING = ["--chunk-size", "10", "--chunk-overlap", "2", "--shard-size", "3"]
 
 class DiesOnWindow(HashEncoder):
     def __init__(self, n: int) -> None:
-        super().__init__(64, max_tokens=1024)
+        super().__init__(64, max_tokens=2048)
         self.n = n
 
     def run(self, window):
@@ -288,7 +288,7 @@ class Slow(HashEncoder):
         time.sleep(0.25)
         return super().run(window)
 
-ENCODER_FACTORIES["hash"] = lambda settings: Slow(64, max_tokens=1024)
+ENCODER_FACTORIES["hash"] = lambda settings: Slow(64, max_tokens=2048)
 runner_module.window_texts = lambda device: 4
 app(sys.argv[1:])
 """

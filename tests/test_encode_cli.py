@@ -78,7 +78,7 @@ def test_encode_txt_writes_store_with_schema(txt, tmp_path):
         "dim": DIM,
         "pooling": ["mean"],
         "normalize": True,
-        "max_seq_length": 1024,
+        "max_seq_length": 2048,
         "dtype": "fp32",
         "backend": "hash",
         "do_lower_case": False,

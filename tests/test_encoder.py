@@ -58,10 +58,14 @@ def test_fp32_parity_with_sentence_transformers(encoder, st_model, sample_texts)
         ("torch", 50),  # 10 texts in the default run
         pytest.param("torch", 5, marks=pytest.mark.slow),  # 100 texts
         pytest.param("onnx", 5, marks=pytest.mark.slow),  # the ONNX export, 100 texts
+        pytest.param("openvino", 5, marks=pytest.mark.slow),  # the same graph compiled by OpenVINO
     ],
 )
-def test_both_backends_agree_with_sentence_transformers(backend, step, st_model, sample_texts):
+def test_every_backend_agrees_with_sentence_transformers(backend, step, st_model, sample_texts):
     from sbert_cli.encoding.loader import cached_encoder
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
 
     enc = cached_encoder(None, device="cpu", dtype="fp32", backend=backend)
     assert enc.backend == backend
@@ -236,6 +240,41 @@ def test_auto_dtype_on_cpu_is_fp32_whatever_the_flags(monkeypatch, bf16_flags):
         devices.resolve_dtype("fp64", "cpu")
     with pytest.raises(InputError, match="--dtype int8 needs the onnx backend"):
         devices.resolve_backend("torch", "cpu", "int8")
+
+
+def test_openvino_backend_refuses_what_it_cannot_run(monkeypatch):
+    from sbert_cli.encoding import devices, openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "available", lambda: True)
+    with pytest.raises(InputError, match="--backend openvino runs fp32 or bf16 on the CPU, not int8"):
+        devices.resolve_backend("openvino", "cpu", "int8")
+    with pytest.raises(InputError, match="--backend openvino runs on the CPU, not on cuda"):
+        devices.resolve_backend("openvino", "cuda", "fp32")
+    monkeypatch.setattr(openvino_backend, "runs_bf16", lambda: False)
+    with pytest.raises(InputError, match="OpenVINO has no bf16 kernels for this CPU"):
+        devices.resolve_backend("openvino", "cpu", "bf16")
+    monkeypatch.setattr(openvino_backend, "available", lambda: False)
+    with pytest.raises(InputError, match=r"needs the package openvino \(pip install 'sbert-cli\[openvino\]'"):
+        devices.resolve_backend("openvino", "cpu", "fp32")
+
+
+def test_the_torch_model_runs_without_the_unused_pooler(encoder):
+    assert getattr(encoder.model, "pooler", None) is None  # sentence-transformers never reads it
+
+
+@pytest.mark.slow
+def test_openvino_bf16_stays_close_to_fp32(encoder, sample_texts):
+    pytest.importorskip("openvino")
+    from sbert_cli.encoding import openvino_backend
+    from sbert_cli.encoding.loader import cached_encoder
+
+    if not openvino_backend.runs_bf16():
+        pytest.skip("OpenVINO has no bf16 kernels on this CPU")
+    bf16 = cached_encoder(None, device="cpu", dtype="bf16", backend="openvino")
+    assert bf16.describe().dtype == "bf16" and bf16.describe().backend == "openvino"
+    texts = sample_texts[::10]
+    cos = (bf16.encode(texts) * encoder.encode(texts)).sum(1)
+    assert cos.min() >= 0.999, f"min cosine {cos.min()}"
 
 
 def test_bf16_stays_close_to_fp32(encoder, sample_texts):

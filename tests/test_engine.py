@@ -308,10 +308,11 @@ def bf16_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr("sbert_cli.encoding.devices.cpu_bf16_flags", lambda: ["avx512_bf16"])
 
 
-def fake_calibration(calls: list, dtype: str):
+def fake_calibration(calls: list, dtype: str, backend: str = "torch"):
     def measure(settings, texts, threads, batch_tokens):
         calls.append(len(texts))
-        return calibrate.Calibration(dtype, 1.0, 0.8 if dtype == "bf16" else 1.2, len(texts), 100, "now")
+        seconds = {"torch fp32": 1.0, f"{backend} {dtype}": 0.8}
+        return calibrate.Calibration(backend, dtype, seconds, 0.01, 1, len(texts), 100, "now")
 
     return measure
 
@@ -320,8 +321,8 @@ def test_auto_is_fp32_for_small_jobs_without_measuring(bf16_cpu, monkeypatch):
     calls: list = []
     monkeypatch.setattr(calibrate, "calibrate", fake_calibration(calls, "bf16"))
     settings = calibrate.ModelSettings(device="cpu")
-    assert calibrate.auto_dtype(settings, 500, lambda n: ["text"] * n, print) == "fp32"
-    assert calibrate.auto_dtype(settings, None, lambda n: [], print) == "fp32"  # stdin only: nothing to time
+    assert calibrate.auto_engine(settings, 500, lambda n: ["text"] * n, print) == calibrate.Engine("torch", "fp32")
+    assert calibrate.auto_engine(settings, None, lambda n: [], print).dtype == "fp32"  # stdin only: nothing to time
     assert calls == []
 
 
@@ -330,19 +331,55 @@ def test_auto_calibrates_once_then_uses_the_cache(bf16_cpu, monkeypatch):
     monkeypatch.setattr(calibrate, "calibrate", fake_calibration(calls, "bf16"))
     settings = calibrate.ModelSettings(device="cpu")
     texts = [f"text {i}" for i in range(600)]
-    assert calibrate.auto_dtype(settings, 10_000, lambda n: texts[:n], said.append) == "bf16"
-    assert calibrate.auto_dtype(settings, 10_000, lambda n: texts[:n], said.append) == "bf16"
+    chosen = calibrate.Engine("torch", "bf16", 1)
+    assert calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], said.append) == chosen
+    assert calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], said.append) == chosen
     assert calls == [calibrate.SAMPLE_TEXTS]  # measured once, on texts spread over the first 512
-    assert len(said) == 1 and "bf16" in said[0]
+    assert len(said) == 1 and said[0].startswith("--dtype auto: torch bf16 (") and "torch fp32 1.25x" in said[0]
     assert calibrate.cache_file().is_file()
     # Another thread count is another measurement.
-    assert calibrate.auto_dtype(settings, 10_000, lambda n: texts[:n], said.append, threads=1) == "bf16"
+    assert calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], said.append, threads=1) == chosen
     assert len(calls) == 2
 
 
+def test_cached_engine_that_is_no_longer_a_candidate_is_measured_again(bf16_cpu, monkeypatch):
+    """A cache entry naming OpenVINO is not used once OpenVINO is gone: measured again."""
+    calls: list = []
+    monkeypatch.setattr(calibrate, "calibrate", fake_calibration(calls, "bf16", "openvino"))
+    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.available", lambda: True)
+    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.runs_bf16", lambda: True)
+    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.version", lambda: "")  # same key either way
+    settings = calibrate.ModelSettings(device="cpu")
+    texts = [f"text {i}" for i in range(600)]
+    assert calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], print).backend == "openvino"
+    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.available", lambda: False)
+    monkeypatch.setattr(calibrate, "calibrate", fake_calibration(calls, "bf16"))
+    assert calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], print) == calibrate.Engine("torch", "bf16", 1)
+    assert len(calls) == 2
+
+
+def test_candidates_follow_the_backend_and_the_cpu(bf16_cpu, monkeypatch):
+    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.available", lambda: True)
+    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.runs_bf16", lambda: True)
+    auto = calibrate.ModelSettings(device="cpu")
+    assert calibrate.candidates(auto) == [
+        ("torch", "fp32"),
+        ("openvino", "fp32"),
+        ("torch", "bf16"),
+        ("openvino", "bf16"),
+    ]
+    assert calibrate.candidates(calibrate.ModelSettings(backend="torch")) == [("torch", "fp32"), ("torch", "bf16")]
+    monkeypatch.setattr("sbert_cli.encoding.devices.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.available", lambda: False)
+    assert calibrate.candidates(auto) == [("torch", "fp32")]
+    assert not calibrate.calibrates(auto)  # one engine: nothing to measure
+
+
 def test_explicit_dtype_and_other_devices_never_calibrate(bf16_cpu):
-    assert calibrate.auto_dtype(calibrate.ModelSettings(dtype="fp32"), 10**6, lambda n: [], print) == "fp32"
-    assert calibrate.auto_dtype(calibrate.ModelSettings(model=HASH_MODEL), 10**6, lambda n: [], print) == "auto"
+    fixed = calibrate.auto_engine(calibrate.ModelSettings(dtype="fp32"), 10**6, lambda n: [], print)
+    assert fixed == calibrate.Engine("auto", "fp32")
+    hashed = calibrate.auto_engine(calibrate.ModelSettings(model=HASH_MODEL), 10**6, lambda n: [], print)
+    assert hashed.dtype == "auto"
     assert not calibrate.calibrates(calibrate.ModelSettings(backend="onnx", device="cpu"))
 
 
@@ -350,6 +387,20 @@ def test_bf16_must_win_clearly():
     assert calibrate.choose_dtype(1.0, 0.90) == "bf16"
     assert calibrate.choose_dtype(1.0, 0.99) == "fp32"  # within the margin: fp32's exact vectors
     assert calibrate.choose_dtype(1.0, 1.20) == "fp32"
+
+
+def test_the_fastest_engine_wins_and_bf16_must_beat_the_fastest_fp32():
+    seconds = {("torch", "fp32"): 1.0, ("openvino", "fp32"): 0.6, ("torch", "bf16"): 0.59, ("openvino", "bf16"): 0.4}
+    assert calibrate.choose_engine(seconds) == ("openvino", "bf16")
+    seconds[("openvino", "bf16")] = 0.595  # beats torch fp32 by far, openvino fp32 by too little
+    assert calibrate.choose_engine(seconds) == ("openvino", "fp32")
+    assert calibrate.choose_engine({("torch", "fp32"): 1.0}) == ("torch", "fp32")
+
+
+def test_workers_follow_the_tokenizing_share():
+    assert calibrate.choose_workers(0.01, 1.0, cores=2) == 1  # tokenizing 1% of the model: one worker
+    assert calibrate.choose_workers(0.6, 1.0, cores=2) == 2  # it would bound the run: a second one
+    assert calibrate.choose_workers(0.6, 1.0, cores=1) == 1
 
 
 def test_spread_samples_across_the_first_texts():
@@ -369,12 +420,14 @@ def test_auto_store_records_the_measured_dtype_and_appending_keeps_it(bf16_cpu, 
     said = Messages()
     options = EncodeOptions(device="cpu", dtype="auto")
     encode_corpus([str(path)], tmp_path / "a", options, reporter=said)
-    chosen = Store.open(tmp_path / "a").manifest.model.dtype
-    assert chosen in ("fp32", "bf16")
-    assert any("--dtype auto" in line for line in said.lines)
+    record = Store.open(tmp_path / "a").manifest.model
+    chosen = record.dtype
+    assert chosen in ("fp32", "bf16") and record.backend in ("torch", "openvino")  # the engine it ran on
+    assert any(line.startswith(f"--dtype auto: {record.backend} {chosen} (") for line in said.lines)
     monkeypatch.setattr(calibrate, "calibrate", lambda *a: pytest.fail("calibrated twice"))
     encode_corpus([str(path)], tmp_path / "b", EncodeOptions(device="cpu", dtype="auto"))
-    assert Store.open(tmp_path / "b").manifest.model.dtype == chosen
+    again = Store.open(tmp_path / "b").manifest.model
+    assert (again.dtype, again.backend) == (chosen, record.backend)
     other = tmp_path / "more.txt"
     other.write_text("One more line.\n")
     encode_corpus([str(other)], tmp_path / "a", EncodeOptions(device="cpu", dtype="auto"))

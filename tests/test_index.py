@@ -254,8 +254,9 @@ def test_fetch_finds_rows_when_shards_are_not_in_id_order(tmp_path):
 def test_bad_search_arguments(store):
     build(store)
     index = Index.open(store)
-    with pytest.raises(InputError, match="larger than the store"):
-        index.search(["whale"], k=501)
+    assert len(index.search(["whale"], k=501)[0]) == 500  # more than the store: every row
+    with pytest.raises(InputError, match="-k 0: must be at least 1"):
+        index.search(["whale"], k=0)
     with pytest.raises(InputError, match="empty"):
         index.search(["   "])
     with pytest.raises(InputError, match="no query"):

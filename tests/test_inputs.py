@@ -117,6 +117,12 @@ def test_string_like_parquet_columns_and_integer_ids_are_read(tmp_path):
     assert encode(str(path), "-o", str(tmp_path / "s2"), "--text-column", "big").exit_code == 0
 
 
+def test_parquet_column_named_twice(tmp_path):
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), path)
+    refused(encode(str(path), "-o", str(tmp_path / "s")), f"{path}: column 'text' appears 2 times", tmp_path / "s")
+
+
 def test_id_fields_must_be_strings_or_integers(tmp_path):
     parquet = tmp_path / "t.parquet"
     pq.write_table(pa.table({"text": ["a", "b"], "doc": [1.5, 2.5]}), parquet)
@@ -219,6 +225,19 @@ def test_corrupt_and_truncated_gzip(tmp_path):
         assert "corrupt gzip data" in result.stderr
 
 
+def test_damaged_parquet_page_with_a_checksum(tmp_path):
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        pa.table({"text": [f"sentence {i}" for i in range(200)]}), sink, write_page_checksum=True, compression="none"
+    )
+    data = bytearray(sink.getvalue().to_pybytes())
+    data[data.find(b"sentence 100") + 2] ^= 0x20  # a flipped bit in a page: still valid UTF-8
+    path = tmp_path / "flipped.parquet"
+    path.write_bytes(data)
+    result = encode(str(path), "-o", str(tmp_path / "s"))
+    refused(result, f"{path}:1: unreadable Parquet data (could not verify page integrity", tmp_path / "s")
+
+
 def test_invalid_utf8_in_a_parquet_string_column(tmp_path):
     path = tmp_path / "bad.parquet"
     column = pa.array([b"fine", b"bad \xff byte", b"also fine"], pa.binary()).view(pa.string())
@@ -242,6 +261,24 @@ def test_json_that_python_cannot_hold(tmp_path, line, message):
     path = tmp_path / "deep.jsonl"
     path.write_text('{"text": "fine"}\n' + line + "\n")
     refused(encode(str(path), "-o", str(tmp_path / "s")), f"{path}:2: {message}", tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    ("args", "what"), [(["--keep-fields", "tag"], "field 'tag'"), (["--id-field", "tag"], "the id")]
+)
+def test_lone_surrogates_in_ids_and_kept_fields(tmp_path, args, what):
+    path = tmp_path / "half.jsonl"
+    path.write_text('{"text": "a", "tag": "b"}\n{"text": "c", "tag": "x\\udc00"}\n')
+    result = encode(str(path), "-o", str(tmp_path / "s"), *args)
+    refused(result, f"{path}:2: {what} holds an unpaired surrogate (U+DC00)", tmp_path / "s")
+
+
+def test_kept_parquet_column_named_twice(tmp_path):
+    path = tmp_path / "dup.parquet"
+    columns = [pa.array(["a"]), pa.array(["b"]), pa.array(["c"])]
+    pq.write_table(pa.Table.from_arrays(columns, names=["text", "tag", "tag"]), path)
+    result = encode(str(path), "-o", str(tmp_path / "s"), "--keep-fields", "tag")
+    refused(result, f"{path}: column 'tag' appears 2 times", tmp_path / "s")
 
 
 def test_lone_surrogate_is_replaced_under_errors_replace(tmp_path):

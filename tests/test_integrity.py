@@ -183,3 +183,23 @@ def test_reads_verify_each_file_once(tmp_path, built, monkeypatch):
     for _ in range(3):
         store.load_embeddings()
     assert sorted(calls) == sorted(store.shard_path(s) for s in store.shards)
+
+
+@pytest.mark.parametrize("search", [["--exact", "--mode", "dense"], ["-k", "500", "--mode", "dense"]])
+def test_older_shards_are_verified_by_sha256(tmp_path, built, search):
+    """A store written before xxh3 and page CRCs were recorded: reads (whole-shard and the fetch
+    of hits' rows) verify its shards by the sha256 it has."""
+    import json
+
+    store = tmp_path / "store"
+    shutil.copytree(built, store)
+    data = json.loads((store / "manifest.json").read_text())
+    for shard in data["shards"]:
+        del shard["xxh3"], shard["page_checksums"]
+    (store / "manifest.json").write_text(json.dumps(data))
+    assert sbert("search", store, "whale", *search, "--format", "jsonl").exit_code == 0
+    victim = store / data["shards"][1]["file"]
+    flip_at(victim, victim.stat().st_size // 3)
+    result = sbert("search", store, "whale", *search, "--format", "jsonl")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"sbert: error: {victim}: shard is damaged (its checksum is not the one")

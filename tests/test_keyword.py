@@ -15,6 +15,7 @@ from sbert_cli.cli import app
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
 from sbert_cli.errors import InputError
 from sbert_cli.retrieval import Index, build_index, fuse
+from sbert_cli.retrieval.fusion import Fusion
 from sbert_cli.retrieval.keyword import keyword_dir
 from sbert_cli.store.manifest import KeywordManifest
 
@@ -89,19 +90,30 @@ def test_keyword_finds_a_rare_term_that_dense_ranks_low(store, rare_doc):
 def test_fusion_is_computed_as_documented():
     dense = (np.array([1, 2, 3]), np.array([0.9, 0.5, 0.1], dtype=np.float32))
     keyword = (np.array([3, 4, -1]), np.array([4.0, 2.0, -np.inf], dtype=np.float32))
-    rrf = fuse(dense, keyword, k=4)
+    rrf = fuse(dense, keyword, k=4, fusion=Fusion("rrf"))
     # 3: 1/63 + 1/61; 1: 1/61; 2 and 4 tie at 1/62 with best rank 2: the smaller id first.
     assert [r.id for r in rrf] == [3, 1, 2, 4]
     assert [r.score for r in rrf] == pytest.approx([1 / 63 + 1 / 61, 1 / 61, 1 / 62, 1 / 62])
     assert (rrf[0].dense_rank, rrf[0].keyword_rank, rrf[0].keyword_score) == (3, 1, pytest.approx(4.0))
     assert (rrf[1].keyword_rank, rrf[1].keyword_score) == (None, None)
     assert [r.score for r in fuse(dense, keyword, k=1, rrf_k=0)] == pytest.approx([1 / 3 + 1])
-    # Weighted: dense normalized to 1, .5, 0; keyword to 1, 0. 1 and 3 tie at .5 (both best rank 1).
+    # Convex (the default), mm+tmm: dense min-max to 1, .5, 0; BM25 divided by its max: 1, .5.
+    # alpha .5: 1 -> .5, 3 -> .5 (tie: both best rank 1, smaller id first), 2 -> .25, 4 -> .25.
     weighted = fuse(dense, keyword, k=4, alpha=0.5)
     assert [r.id for r in weighted] == [1, 3, 2, 4]
-    assert [r.score for r in weighted] == pytest.approx([0.5, 0.5, 0.25, 0.0])
+    assert [r.score for r in weighted] == pytest.approx([0.5, 0.5, 0.25, 0.25])
+    default = fuse(dense, keyword, k=4)  # alpha 0.4
+    assert [r.id for r in default] == [3, 1, 4, 2]
+    assert [r.score for r in default] == pytest.approx([0.6, 0.4, 0.3, 0.2])
     assert [r.id for r in fuse(dense, keyword, k=4, alpha=1.0)][:3] == [1, 2, 3]
+    # A lone document in a list normalizes to 1 (span 0).
     assert [r.score for r in fuse((np.array([7]), np.array([0.3])), keyword, k=1, alpha=0.9)] == pytest.approx([0.9])
+    # Plain min-max (the first version) maps the weaker of two BM25 matches to 0, like no match.
+    minmax = fuse(dense, keyword, k=4, fusion=Fusion("convex", alpha=0.5, norm="minmax"))
+    assert [r.score for r in minmax] == pytest.approx([0.5, 0.5, 0.25, 0.0])
+    # Theoretical minimum for both (tmm): cosine from -1, BM25 from 0.
+    tmm = fuse(dense, keyword, k=1, fusion=Fusion("convex", alpha=0.5, norm="tmm"))
+    assert tmm[0].id == 3 and tmm[0].score == pytest.approx(0.5 * (0.1 + 1) / 1.9 + 0.5)
 
 
 def test_hybrid_hits_report_both_ranks_from_the_shell(store):
@@ -109,22 +121,33 @@ def test_hybrid_hits_report_both_ranks_from_the_shell(store):
     assert result.exit_code == 0, result.output
     hits = jsonl(result)
     assert len(hits) == 10 and {"dense_rank", "dense_score", "keyword_rank", "keyword_score"} <= set(hits[0])
-    for hit in hits:
-        ranks = [r for r in (hit["dense_rank"], hit["keyword_rank"]) if r is not None]
-        assert hit["score"] == pytest.approx(sum(1 / (60 + r) for r in ranks))
+    for hit in hits:  # convex, alpha 0.4: every fused score is from 0 to 1, and in order
+        assert 0.0 <= hit["score"] <= 1.0 and -1.0 <= hit["cosine"] <= 1.0
+    for per in (hits[:5], hits[5:]):
+        assert [h["score"] for h in per] == sorted((h["score"] for h in per), reverse=True)
     result = sbert("search", store, "the old prince", "--mode", "hybrid", "--alpha", "1", "--format", "jsonl")
     assert [h["dense_rank"] for h in jsonl(result)] == list(range(1, 11))
     result = sbert("search", store, "the old prince", "--mode", "hybrid", "--rrf-k", "5", "--format", "jsonl")
     top = jsonl(result)[0]
     assert top["score"] == pytest.approx(sum(1 / (5 + r) for r in (top["dense_rank"], top["keyword_rank"]) if r))
+    rrf = jsonl(sbert("search", store, "the old prince", "--fusion", "rrf", "--format", "jsonl"))
+    assert rrf[0]["score"] == pytest.approx(
+        sum(1 / (60 + r) for r in (rrf[0]["dense_rank"], rrf[0]["keyword_rank"]) if r)
+    )
     # Hybrid is the default where the store has a keyword index (benchmarks/README.md says why).
     default = jsonl(sbert("search", store, "the old prince", "--format", "jsonl"))
     assert [(h["id"], h["score"]) for h in default[:5]] == [(h["id"], h["score"]) for h in hits[:5]]
-    # Dense results keep their columns; the table shows the ranks too.
+    # Dense results keep their columns; the table shows the ranks too, and names its score.
     dense = jsonl(sbert("search", store, "the old prince", "--mode", "dense", "--format", "jsonl"))
-    assert list(dense[0]) == ["query", "rank", "id", "score", "text", "source", "line"]
+    assert list(dense[0]) == ["query", "rank", "id", "score", "cosine", "text", "source", "line", "key"] + [
+        "chunk",
+        "start",
+        "end",
+    ]
+    assert all(h["score"] == pytest.approx(h["cosine"], abs=1e-5) for h in dense)
     table = sbert("search", store, "the old prince", "--mode", "hybrid", "--format", "table")
     assert table.exit_code == 0 and "the old prince" in table.stdout and "dense" in table.stdout
+    assert "score:fused" in table.stdout and "cosine" in table.stdout
 
 
 def test_adding_shards_gives_the_scores_of_a_fresh_build(tmp_path):
@@ -252,7 +275,12 @@ def test_keyword_manifest_records_the_index(store):
         (["--alpha", "1.5"], "--alpha 1.5: must be from 0 to 1"),
         (["--rrf-k", "-1"], "--rrf-k -1: must be 0 or more"),
         (["--mode", "dense", "--alpha", "0.5"], "--alpha applies to --mode hybrid only"),
-        (["--alpha", "0.5", "--rrf-k", "10"], "not both"),
+        (["--alpha", "0.5", "--rrf-k", "10"], "give one of them"),
+        (["--fusion", "rrf", "--alpha", "0.5"], "--alpha goes with --fusion convex"),
+        (["--mode", "keyword", "--fusion", "rrf"], "--fusion applies to --mode hybrid only"),
+        (["--alpha", "nan"], "--alpha nan: must be from 0 to 1"),
+        (["--min-score", "nan"], "--min-score nan: must be a finite number"),
+        (["--min-cosine", "inf"], "--min-cosine inf: must be a finite number"),
     ],
 )
 def test_bad_fusion_arguments_are_one_line_and_exit_2(store, args, message):

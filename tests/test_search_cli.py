@@ -99,8 +99,10 @@ def test_every_output_format_parses(indexed, fmt):
         return
     assert len(rows) == 8
     assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4] * 2
-    assert list(rows[0]) == ["query", "rank", "id", "score", "text", "source", "line"]
+    columns = ["query", "rank", "id", "score", "cosine", "text", "source", "line", "key", "chunk", "start", "end"]
+    assert list(rows[0]) == columns
     assert all(0 < float(r["score"]) <= 1.0 for r in rows)
+    assert all(float(r["score"]) == pytest.approx(float(r["cosine"]), abs=1e-4) for r in rows)
 
 
 def test_queries_from_file_and_stdin(indexed, tmp_path):
@@ -181,7 +183,6 @@ def corrupt(store: Path, how: str) -> None:
         ("missing file", ["search", "{missing}", "whale"], "index file is missing"),
         ("other model", ["search", "{model}", "whale"], "built from another model"),
         ("stale", ["search", "{stale}", "whale"], "the index is stale"),
-        ("k too large", ["search", "{ok}", "whale", "-k", "501"], "larger than the store (500 rows)"),
         ("k zero", ["search", "{ok}", "whale", "-k", "0"], "must be at least 1"),
         ("empty query", ["search", "{ok}", ""], "the query is empty"),
         ("blank query", ["search", "{ok}", "whale", "  "], "query 2 is empty"),
@@ -283,8 +284,10 @@ def test_exact_output_of_a_small_store(tmp_path):
     scores = {line: float(query @ hash_embed(text, 64)) for line, text in texts.items()}
     ranked = sorted(scores, key=lambda line: -scores[line])
     assert ranked[0] == 1  # the text with both words
-    expected = "query\trank\tid\tscore\ttext\tsource\tline\n" + "".join(
-        f"red apples\t{rank}\t{line}\t{scores[line]:.4f}\t{texts[line]}\t{corpus}\t{line}\n"
+    head = "query\trank\tid\tscore\tcosine\ttext\tsource\tline\tkey\tchunk\tstart\tend\n"
+    expected = head + "".join(
+        f"red apples\t{rank}\t{line}\t{scores[line]:.4f}\t{scores[line]:.4f}\t{texts[line]}\t{corpus}\t{line}\t"
+        f"\t0\t0\t{len(texts[line])}\n"
         for rank, line in enumerate(ranked, start=1)
     )
     for extra in (["--exact"], ["--mode", "dense"]):
@@ -294,3 +297,25 @@ def test_exact_output_of_a_small_store(tmp_path):
         assert result.exit_code == 0, result.output
         assert result.stdout == expected
         assert result.stderr == ""
+
+
+def test_k_larger_than_the_store_returns_every_row_with_key_and_cosine(tmp_path):
+    from fakes import HASH_MODEL, hash_embed
+
+    records = tmp_path / "notes.jsonl"
+    notes = {"n1": "red apples and green pears", "n2": "a red car on the road", "n3": "green fields in spring"}
+    records.write_text("".join(json.dumps({"id": k, "text": t}) + "\n" for k, t in notes.items()))
+    store = tmp_path / "store"
+    assert sbert("encode", records, "-o", store, "--model", HASH_MODEL, "--id-field", "id", "-q").exit_code == 0
+    assert sbert("index", store, "-q").exit_code == 0
+    query = hash_embed("red apples", 64)
+    for mode in ("dense", "keyword", "hybrid"):
+        result = sbert("search", store, "red apples", "--mode", mode, "--format", "jsonl")  # default -k 10
+        assert result.exit_code == 0, result.output
+        hits = jsonl(result)
+        assert len(hits) == (2 if mode == "keyword" else 3)  # keyword: only texts sharing a term
+        for hit in hits:
+            assert notes[hit["key"]] == hit["text"]
+            assert hit["cosine"] == pytest.approx(float(query @ hash_embed(hit["text"], 64)), abs=1e-5)
+    result = sbert("search", store, "red apples", "-k", "100", "--exact", "--format", "jsonl")
+    assert result.exit_code == 0 and [h["key"] for h in jsonl(result)][0] == "n1" and len(jsonl(result)) == 3

@@ -100,7 +100,8 @@ def test_fewer_than_two_sentences_is_a_usage_error(args):
     result = run("similarity", *args, "--format", "jsonl", *HASH) if args else run("similarity", "--format", "jsonl")
     assert result.exit_code == 2
     assert result.stderr == (
-        f"sbert: error: need at least two sentences to compare (got {len(args)}); or score a pair file with --pairs\n"
+        f"sbert: error: need at least two sentences to compare (got {len(args)}); or score a pair file with "
+        "--pairs, or one sentence against a store's records with --store STORE\n"
     )
     assert result.stdout == ""
 
@@ -281,3 +282,42 @@ def test_correlation_edge_cases():
         from sbert_cli.analysis.similarity import correlate
 
         correlate([0.5], [1.0])
+
+
+def test_one_sentence_against_a_stores_records(tmp_path):
+    """`--store STORE SENTENCE`: the sentence against every record (the mean of its chunks'
+    vectors, normalized), or every chunk with --chunks; rows carry source, line and key."""
+    from fakes import hash_embed
+    from test_records import CHUNKED, chunked_store, record_vectors
+
+    store = chunked_store(tmp_path)
+    sentence = "a whale under the ship"
+    result = run("similarity", "--store", str(store), sentence, "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    rows = jsonl(result.stdout)
+    assert [list(r) for r in rows[:1]] == [["id", "source", "line", "key", "score", "text"]]
+    assert [(r["source"], r["line"], r["key"], r["text"]) for r in rows] == [
+        (str(tmp_path / "docs.txt"), line, None, texts[0]) for line, texts in CHUNKED
+    ]
+    expected = record_vectors() @ hash_embed(sentence, 32)
+    np.testing.assert_allclose([r["score"] for r in rows], expected, atol=1e-5)
+    chunks = jsonl(run("similarity", "--store", str(store), sentence, "--chunks", "--format", "jsonl").stdout)
+    texts = [t for _, group in CHUNKED for t in group]
+    assert [(r["line"], r["chunk"], r["text"]) for r in chunks] == [
+        (line, n, t) for line, group in CHUNKED for n, t in enumerate(group)
+    ]
+    np.testing.assert_allclose(
+        [r["score"] for r in chunks], [hash_embed(t, 32) @ hash_embed(sentence, 32) for t in texts], atol=1e-5
+    )
+    for args, message in [
+        (
+            ["--chunks", "a", "b"],
+            "--chunks applies to one sentence scored against a store's records (--store STORE SENTENCE)",
+        ),
+        (
+            ["--store", str(store), "a", "--matrix"],
+            "--matrix compares sentences given on the command line, not a store's records",
+        ),
+    ]:
+        bad = run("similarity", *args)
+        assert (bad.exit_code, bad.stderr) == (2, f"sbert: error: {message}\n")

@@ -9,11 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sbert_cli.analysis.pairs import PairOptions, PairSet, parse_columns, read_pairs
 from sbert_cli.errors import InputError
+
+if TYPE_CHECKING:
+    from sbert_cli.analysis.records import StoreRecords
 
 __all__ = [
     "PairOptions",
@@ -25,6 +29,7 @@ __all__ = [
     "pearson",
     "read_pairs",
     "score_pairs",
+    "score_records",
     "spearman",
 ]
 
@@ -74,6 +79,23 @@ def similarity_matrix(encoder, sentences: Sequence[str]) -> np.ndarray:
         raise InputError(f"need at least two sentences to compare (got {len(sentences)})")
     vectors = encoder.encode(list(sentences))
     return cosine_matrix(vectors, vectors)
+
+
+def record_score_columns(records: StoreRecords) -> list[str]:
+    return [*records.columns[:-1], "score", "text"]
+
+
+def score_records(encoder, sentence: str, records: StoreRecords) -> Iterator[dict]:
+    """The cosine of `sentence` to every record of a store (to every chunk with `chunks`), in
+    store order: each row carries the record's id, source, line, key and text."""
+    query = unit_rows(encoder.encode([sentence]))[0]
+    columns = record_score_columns(records)
+    for block in records.blocks():
+        assert block.vectors is not None
+        scores = block.vectors @ query
+        for row, score in zip(block.rows(), scores.tolist(), strict=True):
+            row["score"] = round(score, 6)
+            yield {c: row[c] for c in columns}
 
 
 # -- correlations -----------------------------------------------------------------------------------

@@ -43,25 +43,38 @@ class TokenCounter(Protocol):
 
 
 class FastTokenCounter:
-    """A Hugging Face fast tokenizer (the `tokenizers` backend), without truncation.
-
-    `backend` is copied: the encoder's own instance truncates at max_seq_length."""
+    """A Hugging Face fast tokenizer (the `tokenizers` backend): the encoder's own instance, which
+    truncates at max_seq_length, so a text that fits is tokenized exactly as the encoder would
+    and only once; a text that overflows is tokenized again, whole, by a copy that does not
+    truncate (made on first need)."""
 
     def __init__(self, backend: Any, prompt: str | None, lower: bool) -> None:
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_str(backend.to_str())
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
+        self.backend = backend
+        self._whole: Any = None
         self.prompt = prompt or ""
         self.lower = lower
+
+    @property
+    def whole(self) -> Any:
+        if self._whole is None:
+            from tokenizers import Tokenizer
+
+            self._whole = Tokenizer.from_str(self.backend.to_str())
+            self._whole.no_truncation()
+            self._whole.no_padding()
+        return self._whole
 
     def _clean(self, text: str) -> str:
         cleaned = self.prompt + text.strip()
         return cleaned.lower() if self.lower else cleaned
 
     def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
-        encodings = self.tokenizer.encode_batch([self._clean(t) for t in texts])
+        cleaned = [self._clean(t) for t in texts]
+        encodings = self.backend.encode_batch(cleaned)
+        long = [i for i, e in enumerate(encodings) if e.overflowing]
+        if long:
+            for i, e in zip(long, self.whole.encode_batch([cleaned[i] for i in long]), strict=True):
+                encodings[i] = e
         return [
             Tokenized(len(e.ids), e.ids, _SpanMaker(self, text, e)) for text, e in zip(texts, encodings, strict=True)
         ]
@@ -80,7 +93,7 @@ class _SpanMaker:
         if counter.lower and len(stripped.lower()) != len(stripped):
             # Lower-casing changed the length (a few Unicode letters): offsets from the text as
             # written, which tokenizes to the same pieces where lengths agree.
-            encoding = counter.tokenizer.encode(counter.prompt + stripped)
+            encoding = counter.whole.encode(counter.prompt + stripped)
         plen = len(counter.prompt)
         spans = [
             (start - plen + lead, end - plen + lead)

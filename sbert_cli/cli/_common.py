@@ -53,10 +53,14 @@ DtypeOpt = Annotated[
         "measures it faster on a CPU with native bf16 (see README).",
     ),
 ]
-Backend = Literal["auto", "torch", "onnx"]
+Backend = Literal["auto", "torch", "onnx", "openvino"]
 BackendOpt = Annotated[
     Backend,
-    typer.Option("--backend", help="onnx runs fp32 and int8 on the CPU. auto: onnx for int8, torch otherwise."),
+    typer.Option(
+        "--backend",
+        help="onnx runs fp32 and int8 on the CPU; openvino (extra) fp32 and bf16 on the CPU. auto: onnx "
+        "for int8; for a new store with --dtype auto, the engine `sbert encode` measures fastest; else torch.",
+    ),
 ]
 PoolingOpt = Annotated[
     str | None,
@@ -165,7 +169,9 @@ class SbertCommand(TyperCommand):
 
 # -- messages, logging, errors ---------------------------------------------------------------------
 def error(message: str) -> None:
-    """One line on stderr, the way the user will grep for it."""
+    """One line on stderr, the way the user will grep for it (a library's message, or a name from
+    the data, may hold newlines: they are shown as \\n)."""
+    message = message.rstrip("\n").replace("\r", "\\r").replace("\n", "\\n")
     print(f"sbert: error: {message}", file=sys.stderr)
 
 

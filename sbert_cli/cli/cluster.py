@@ -42,6 +42,14 @@ def cluster(
         ),
     ] = None,
     top: Annotated[int, typer.Option(help="Most central texts shown per cluster in the summary.")] = 3,
+    chunks: Annotated[
+        bool,
+        typer.Option(
+            "--chunks",
+            help="Cluster every chunk of a long record on its own [default: one vector per record, "
+            "the mean of its chunks].",
+        ),
+    ] = False,
     output_format: Annotated[
         OutputFormat | None,
         typer.Option(
@@ -71,9 +79,8 @@ def cluster(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Cluster a store's texts: assignments (id, cluster, distance, text) and a readable summary."""
+    """Cluster a store's records: assignments (id, source, line, key, cluster, distance, text) and a summary."""
     from sbert_cli.analysis.cluster import (
-        ASSIGNMENT_COLUMNS,
         ClusterOptions,
         check_output_path,
         parse_size,
@@ -98,22 +105,23 @@ def cluster(
         sample=sample,
         memory_limit=parse_size(memory_limit) if memory_limit else None,
         top=top,
+        chunks=chunks,
     )
     reporter = CliReporter(quiet=quiet, verbose=verbose, interval=progress_interval)
     say = reporter.message
     written = [0]
     summary_to_stdout = output is None and fmt == "table"
 
-    def sink(rows) -> None:
+    def sink(rows, columns: list[str]) -> None:
         if output is not None:
             from sbert_cli.analysis.cluster import write_assignments
 
-            written[0] = write_assignments(output, rows)
+            written[0] = write_assignments(output, rows, columns)
         elif summary_to_stdout:
             for _ in rows:  # the summary is the result; the rows only feed it
                 pass
         else:
-            write_rows(rows, ASSIGNMENT_COLUMNS, fmt)
+            write_rows(rows, columns, fmt)
 
     summary = run_cluster(store, options, sink, plot=plot, reporter=reporter)
     if summary_to_stdout:
@@ -170,11 +178,11 @@ def _print_summary(console, summary, store: str) -> None:
     table.add_column("cluster", justify="right")
     table.add_column("size", justify="right")
     table.add_column("share", justify="right")
-    table.add_column("most central texts (cosine distance to the centre)", overflow="fold")
+    table.add_column("most central texts (cosine distance to the centre, source:line)", overflow="fold")
     ordered = sorted(summary.sizes.items(), key=lambda kv: (kv[0] == NOISE, -kv[1], kv[0]))
     for label, size in ordered:
         central = summary.central.get(label, [])
-        lines = [f"{row['distance']:.3f}  {_short(row['text'], row['id'])}" for row in central]
+        lines = [f"{row['distance']:.3f}  {_where(row)}  {_short(row['text'])}" for row in central]
         table.add_row(
             "none" if label == NOISE else str(label),
             f"{size:,}",
@@ -184,9 +192,15 @@ def _print_summary(console, summary, store: str) -> None:
     console.print(table)
 
 
-def _short(text: str | None, row_id: int, width: int = 110) -> str:
+def _where(row: dict) -> str:
+    """`source:line`, and the key when the store has one: where the record came from."""
+    key = f" [{row['key']}]" if row.get("key") is not None else ""
+    return f"{row['source']}:{row['line']}{key}"
+
+
+def _short(text: str | None, width: int = 110) -> str:
     if text is None:
-        return f"(id {row_id}; store has no text)"
+        return "(the store has no text)"
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 

@@ -84,7 +84,7 @@ def encode(
         typer.Option(
             metavar="TOKENS",
             help="Cut records longer than this many tokens (special tokens and prompt included) into "
-            "overlapping chunks [default: the model's max_seq_length].",
+            "overlapping chunks [default: half the model's max_seq_length].",
         ),
     ] = None,
     chunk_overlap: Annotated[

@@ -17,7 +17,23 @@ from typing import Any, TextIO
 OUTPUT_FORMATS = ("table", "jsonl", "tsv", "csv", "json")
 # Columns that take the width the others leave, cut to fit; the rest are sized to their content.
 FLEXIBLE_COLUMNS = ("text", "sentence", "sentence1", "sentence2", "query")
-NUMERIC_COLUMNS = ("rank", "score", "id", "line", "#", "spearman", "pearson", "pairs", "skipped")
+NUMERIC_COLUMNS = (
+    "rank",
+    "score",
+    "cosine",
+    "id",
+    "line",
+    "chunk",
+    "start",
+    "end",
+    "dense_rank",
+    "keyword_rank",
+    "#",
+    "spearman",
+    "pearson",
+    "pairs",
+    "skipped",
+)
 _MAX_FIXED = 32  # a source path longer than this is cut too
 _GAP = "  "
 
@@ -63,11 +79,19 @@ def table_columns(rows: list[dict], columns: Sequence[str]) -> list[str]:
     return list(columns)
 
 
-def format_table(rows: list[dict], columns: Sequence[str], width: int, title: str | None = None) -> list[str]:
-    """The lines of a table `width` characters wide at most, one per row."""
+def format_table(
+    rows: list[dict],
+    columns: Sequence[str],
+    width: int,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> list[str]:
+    """The lines of a table `width` characters wide at most, one per row; `headers` renames
+    columns in the header line (search's `score` says which score it is)."""
     columns = table_columns(rows, columns)
+    names = [(headers or {}).get(c, c) for c in columns]
     cells = [[" ".join(_cell(r.get(c)).split()) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    widths = [max([len(names[i])] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     flexible = [i for i, c in enumerate(columns) if c in FLEXIBLE_COLUMNS]
     for i, c in enumerate(columns):
         if i not in flexible and c not in NUMERIC_COLUMNS:
@@ -78,7 +102,7 @@ def format_table(rows: list[dict], columns: Sequence[str], width: int, title: st
         for i in flexible:
             widths[i] = min(widths[i], share)
     lines = [cut(title, width)] if title else []
-    for row in [list(columns), *cells]:
+    for row in [names, *cells]:
         parts = [
             cut(v, w).rjust(w) if columns[i] in NUMERIC_COLUMNS else cut(v, w, columns[i] == "source").ljust(w)
             for i, (v, w) in enumerate(zip(row, widths, strict=True))
@@ -95,6 +119,7 @@ def write_rows(
     title: str | None = None,
     stream: TextIO | None = None,
     width: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Write dict rows in `fmt`; `columns` fixes the order (and the table/tsv/csv header)."""
     stream = stream or sys.stdout
@@ -114,7 +139,7 @@ def write_rows(
         for row in rows:
             writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
     elif fmt == "table":
-        lines = format_table(list(rows), columns, width or terminal_width(), title)
+        lines = format_table(list(rows), columns, width or terminal_width(), title, headers)
         stream.write("\n".join(lines) + "\n")
     else:
         raise ValueError(f"unknown output format {fmt!r}")

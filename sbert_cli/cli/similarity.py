@@ -29,7 +29,10 @@ def similarity(
     sentences: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="SENTENCE", help="Sentences: the first is compared with each of the others.", show_default=False
+            metavar="SENTENCE",
+            help="Sentences: the first is compared with each of the others (with --store and one sentence: "
+            "with each of the store's records).",
+            show_default=False,
         ),
     ] = None,
     matrix: Annotated[bool, typer.Option("--matrix", help="Print the full pairwise matrix of the sentences.")] = False,
@@ -75,8 +78,21 @@ def similarity(
     ] = None,
     store: Annotated[
         str | None,
-        typer.Option("--store", metavar="STORE", help="Use the model (and settings, prompt) recorded in this store."),
+        typer.Option(
+            "--store",
+            metavar="STORE",
+            help="Use the model (and settings, prompt) recorded in this store; with one SENTENCE, score it "
+            "against every record of the store.",
+        ),
     ] = None,
+    chunks: Annotated[
+        bool,
+        typer.Option(
+            "--chunks",
+            help="--store with one sentence: score every chunk of a long record [default: one vector per "
+            "record, the mean of its chunks].",
+        ),
+    ] = False,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -94,7 +110,8 @@ def similarity(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Cosine similarity of sentences, or of every pair in a pair file (with STS correlations)."""
+    """Cosine similarity of sentences, of every pair in a pair file (with STS correlations), or of one
+    sentence to every record of a store (--store)."""
     from sbert_cli.analysis.similarity import PairOptions, parse_columns, read_pairs
     from sbert_cli.cli.output import default_format, write_rows
     from sbert_cli.encoding.loader import ModelSettings
@@ -103,7 +120,15 @@ def similarity(
     setup_logging(verbose, quiet)
     sentences = sentences or []
     fmt = output_format or default_format()
-    _check_arguments(sentences, matrix, pairs, {"--gold-column": gold_column, "--text-columns": text_columns}, header)
+    records = pairs is None and store is not None and len(sentences) == 1  # one sentence against the store
+    if chunks and not records:
+        raise InputError("--chunks applies to one sentence scored against a store's records (--store STORE SENTENCE)")
+    if records and matrix:
+        raise InputError("--matrix compares sentences given on the command line, not a store's records")
+    if not records:
+        _check_arguments(
+            sentences, matrix, pairs, {"--gold-column": gold_column, "--text-columns": text_columns}, header
+        )
     if pairs_format is not None and pairs is None:
         raise InputError("--pairs-format applies to --pairs FILE only")
     pair_set = None
@@ -116,7 +141,9 @@ def similarity(
 
     settings = ModelSettings(model, device, dtype, pooling, normalize, max_seq_length, backend, prompt, prompt_name)
     encoder = _encoder(store, settings, threads)
-    if pair_set is None:
+    if records:
+        _print_records(encoder, sentences[0], store, chunks, fmt)
+    elif pair_set is None:
         _print_sentences(encoder, sentences, matrix, fmt, write_rows)
     else:
         _print_pairs(encoder, pair_set, fmt, messenger(quiet))
@@ -131,12 +158,24 @@ def _check_arguments(sentences: list[str], matrix: bool, pairs: str | None, pair
                 raise InputError(f"{flag} applies to --pairs FILE only")
         if len(sentences) < 2:
             raise InputError(
-                f"need at least two sentences to compare (got {len(sentences)}); or score a pair file with --pairs"
+                f"need at least two sentences to compare (got {len(sentences)}); or score a pair file with "
+                "--pairs, or one sentence against a store's records with --store STORE"
             )
     elif sentences:
         raise InputError("give sentences or --pairs FILE, not both")
     elif matrix:
         raise InputError("--matrix compares sentences given on the command line, not --pairs")
+
+
+def _print_records(encoder, sentence: str, store: str, chunks: bool, fmt: str) -> None:
+    from sbert_cli.analysis.records import StoreRecords
+    from sbert_cli.analysis.similarity import record_score_columns, score_records
+    from sbert_cli.cli.output import write_rows
+    from sbert_cli.store.store import Store
+
+    records = StoreRecords(Store.open(store), chunks)
+    title = f"cosine similarity to {sentence!r}: {store}"
+    write_rows(score_records(encoder, sentence, records), record_score_columns(records), fmt, title)
 
 
 def _print_pairs(encoder, pair_set, fmt: str, say) -> None:

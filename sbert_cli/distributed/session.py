@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sbert_cli.errors import InputError, SbertError
+from sbert_cli.extras import missing_extra
 
 RAY_EXTRA = "pip install 'sbert-cli[ray]'"
 LOCAL = "local"
@@ -33,7 +34,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise InputError(f"--ray needs Ray, an optional extra; install it with: {RAY_EXTRA}") from None
+        raise missing_extra("--ray", "Ray", "ray") from None
     finally:
         _restore_environ(environ)
         sys.excepthook = excepthook

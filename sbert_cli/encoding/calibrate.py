@@ -1,18 +1,24 @@
-"""`--dtype auto` on CPUs with native bf16: decided by measurement, cached per model and machine.
+"""`--dtype auto` (and `--backend auto`) on the CPU: the engine decided by measurement, cached
+per model, machine, threads and library versions.
 
 A CPU flag (AVX512-BF16, AMX) says bf16 runs in hardware, not that it is faster: on an Intel
 Xeon with AVX512-BF16 and no AMX bf16 was slower than fp32 (400 paragraphs: fp32 ~13 s, bf16
-~15.5 s), on this project's AMD EPYC (AVX512-BF16) faster (see benchmarks/README.md). So for a
-new store the encode runner times the model in fp32 and in bf16 on the run's own first texts
-and keeps the faster, and records the dtype it used in the store (appending keeps it).
+~15.5 s), on this project's AMD EPYC (AVX512-BF16) faster; and which runtime is fastest differs
+by CPU too (see benchmarks/README.md). So for a new store the encode runner times the candidate
+engines, (backend, dtype) pairs, on the run's own first texts and keeps the fastest, and records
+the dtype and backend it used in the store (appending keeps the dtype).
 
-- Small jobs (`SMALL_JOB_TEXTS` or fewer) run fp32: calibrating costs more than it can save, and
-  small interactive work keeps exact parity with sentence-transformers.
-- bf16 must win by `BF16_MIN_GAIN`: within that, fp32's exact vectors are worth more, and `auto`
-  stays within 5% of the faster dtype either way.
+- Candidates: torch and, when installed, OpenVINO (the `openvino` extra), each in fp32 and, on
+  CPUs with native bf16, bf16. `--backend torch|openvino` keeps the measurement to that backend.
+- Small jobs (`SMALL_JOB_TEXTS` or fewer) run torch fp32: calibrating costs more than it can
+  save, and small interactive work keeps exact parity with sentence-transformers.
+- bf16 must beat the fastest fp32 engine by `BF16_MIN_GAIN`: within that, fp32's exact vectors
+  are worth more, and `auto` stays within 5% of the fastest engine either way.
+- Tokenizing the sample is timed too, and the run's default `--workers` follows from it
+  (`choose_workers`): a second tokenizer thread only where tokenizing would bound the run.
 - The result is cached (`calibration.json` in sbert's cache folder, SBERT_CACHE), keyed by the
-  model's fingerprint, the CPU, the threads, the batch budget and the torch version, so it is
-  measured once per machine and model, not once per run.
+  model's fingerprint, the CPU, the threads, the batch budget and the torch, transformers and
+  OpenVINO versions, so it is measured once per machine and model, not once per run.
 """
 
 from __future__ import annotations
@@ -25,32 +31,42 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sbert_cli.encoding.loader import ModelSettings
+from sbert_cli.encoding.settings import ModelSettings
 
 if TYPE_CHECKING:
     from sbert_cli.encoding.plan import PlannedInput
-    from sbert_cli.encoding.runner import EncodeOptions
     from sbert_cli.inputs.reader import ReadOptions
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SMALL_JOB_TEXTS = 2048  # one window: the job is over before a calibration would pay for itself
 SAMPLE_FROM = 512  # the calibration texts are spread over the run's first texts, so that a few
 SAMPLE_TEXTS = 32  # short headings at the top of a file do not stand for the whole corpus
-# 32 book paragraphs (~1,800 tokens, about one CPU batch) take ~1.3 s in fp32 on the 2-core AMD
-# EPYC: with the warm-ups and the second model load the calibration costs ~5 s, once per machine.
-ORDER = ("fp32", "bf16", "bf16", "fp32")  # ABBA: load from other processes drifting over the
-# calibration weighs on both dtypes alike; each is timed twice and its faster time kept
-BF16_MIN_GAIN = 0.97  # bf16 replaces fp32 only when it takes under 97% of fp32's time
+# 32 book paragraphs (~1,800 tokens, about one CPU batch) take ~0.6 s in torch fp32 on the 2-core
+# AMD EPYC: with the warm-ups and three more model loads the calibration costs ~10 s, once.
+BF16_MIN_GAIN = 0.97  # bf16 replaces fp32 only when it takes under 97% of the fastest fp32 time
+TOKENIZE_SHARE = 0.5  # a second tokenizer worker once tokenizing takes half the model's time
+DEFAULT_ENGINE = ("torch", "fp32")
 
 
 @dataclass
 class Calibration:
-    dtype: str  # the one `auto` runs as
-    fp32_s: float  # the faster of two timings of the sample
-    bf16_s: float
+    backend: str  # the engine `auto` runs as
+    dtype: str
+    seconds: dict[str, float]  # "backend dtype" -> the faster of two timings of the sample
+    tokenize_s: float  # tokenizing and padding the sample, one worker
+    workers: int  # the run's default --workers
     texts: int
     tokens: int
     measured: str  # when (UTC)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What an encode run uses: backend, dtype and (None: the feeder's default) workers."""
+
+    backend: str
+    dtype: str
+    workers: int | None = None
 
 
 def cache_file() -> Path:
@@ -59,18 +75,29 @@ def cache_file() -> Path:
     return onnx_backend.cache_dir().parent / "calibration.json"
 
 
+def library_versions() -> str:
+    """The versions of the libraries whose kernels are timed."""
+    from importlib.metadata import version
+
+    from sbert_cli.encoding import openvino_backend
+
+    return (
+        f"torch {version('torch')}|transformers {version('transformers')}|openvino {openvino_backend.version() or '-'}"
+    )
+
+
 def cache_key(settings: ModelSettings, threads: int | None, batch_tokens: int) -> str:
-    """Model, machine and library version: what the fp32/bf16 speed ratio depends on."""
+    """Model, machine, threads and library versions: what the engines' speed ratios depend on."""
     import torch
 
     from sbert_cli.encoding.devices import cpu_bf16_flags, cpu_name
     from sbert_cli.encoding.loader import describe_model
 
-    fingerprint = describe_model(replace(settings, dtype="fp32")).fingerprint
+    fingerprint = describe_model(replace(settings, dtype="fp32", backend="torch")).fingerprint
     cores = f"{os.cpu_count()} cores, {threads or torch.get_num_threads()} threads"
     return (
         f"v{CACHE_VERSION}|{fingerprint}|{cpu_name()}|{'+'.join(cpu_bf16_flags())}|{cores}|"
-        f"{batch_tokens} tokens|torch {torch.__version__}"
+        f"{batch_tokens} tokens|backend {settings.backend}|{library_versions()}"
     )
 
 
@@ -95,25 +122,41 @@ def _remember(key: str, result: Calibration) -> None:
         pass
 
 
+def candidates(settings: ModelSettings) -> list[tuple[str, str]]:
+    """The (backend, dtype) engines `auto` chooses between on this CPU, fp32 first."""
+    from sbert_cli.encoding import openvino_backend
+    from sbert_cli.encoding.devices import cpu_has_native_bf16
+
+    backends = ["torch"] if settings.backend in ("auto", "torch") else []
+    if settings.backend in ("auto", "openvino") and openvino_backend.available():
+        backends.append("openvino")
+    bf16 = cpu_has_native_bf16()
+    found = [(b, "fp32") for b in backends]
+    found += [(b, "bf16") for b in backends if bf16 and (b == "torch" or openvino_backend.runs_bf16())]
+    return found
+
+
 def calibrates(settings: ModelSettings) -> bool:
-    """Whether `auto` is decided by measurement here: CPU, torch backend, native bf16."""
-    from sbert_cli.encoding.devices import cpu_has_native_bf16, resolve_device
+    """Whether `auto` is decided by measurement here: the CPU, more than one engine to choose from."""
+    from sbert_cli.encoding.devices import resolve_device
     from sbert_cli.encoding.loader import _factory_for
 
-    if settings.dtype != "auto" or settings.backend == "onnx" or _factory_for(settings) is not None:
+    if settings.dtype != "auto" or settings.backend not in ("auto", "torch", "openvino"):
         return False
-    return resolve_device(settings.device) == "cpu" and cpu_has_native_bf16()
+    if _factory_for(settings) is not None or resolve_device(settings.device) != "cpu":
+        return False
+    return len(candidates(settings)) > 1
 
 
-def auto_dtype(
+def auto_engine(
     settings: ModelSettings,
     total: int | None,
     sample: Callable[[int], list[str]],
     say: Callable[[str], None],
     threads: int | None = None,
     batch_tokens: int | None = None,
-) -> str:
-    """The dtype a new store's `--dtype auto` runs as: `settings.dtype` unless it calibrates here.
+) -> Engine:
+    """The engine a new store's `--dtype auto` runs as (the settings' own unless it calibrates).
 
     `total`: the texts the job will encode (None when unknown, e.g. stdin); `sample(n)`: up to
     the run's first n texts. Says one line when it measured.
@@ -121,24 +164,34 @@ def auto_dtype(
     from sbert_cli.encoding.devices import DEFAULT_CPU_BATCH_TOKENS
 
     if not calibrates(settings):
-        return settings.dtype
+        return Engine(settings.backend, settings.dtype)
+    fallback = Engine(DEFAULT_ENGINE[0] if settings.backend == "auto" else settings.backend, "fp32")
     if total is not None and total <= SMALL_JOB_TEXTS:
-        return "fp32"
+        return fallback
     budget = batch_tokens or DEFAULT_CPU_BATCH_TOKENS
     key = cache_key(settings, threads, budget)
     cached = read_cache().get(key)
-    if isinstance(cached, dict) and cached.get("dtype") in ("fp32", "bf16"):
-        return cached["dtype"]
+    if isinstance(cached, dict) and (cached.get("backend"), cached.get("dtype")) in candidates(settings):
+        return Engine(cached["backend"], cached["dtype"], int(cached.get("workers") or 1))
     texts = sample(SAMPLE_FROM)
-    if len(texts) < SAMPLE_TEXTS:  # stdin only, or too little to measure: the exact dtype
-        return "fp32"
+    if len(texts) < SAMPLE_TEXTS:  # stdin only, or too little to measure: the exact engine
+        return fallback
     result = calibrate(settings, spread(texts, SAMPLE_TEXTS), threads, budget)
     _remember(key, result)
-    say(
-        f"--dtype auto: {result.dtype} (on {result.texts} of this run's texts bf16 took "
-        f"{result.bf16_s / result.fp32_s:.0%} of fp32's time on this CPU; measured once, kept in {cache_file()})"
+    say(describe(result))
+    return Engine(result.backend, result.dtype, result.workers)
+
+
+def describe(result: Calibration) -> str:
+    """One line: what was chosen and every engine's time, relative to the chosen one."""
+    best = result.seconds[f"{result.backend} {result.dtype}"]
+    times = ", ".join(f"{name} {s / best:.2f}x" for name, s in sorted(result.seconds.items(), key=lambda kv: kv[1]))
+    share = result.tokenize_s / best if best else 0.0
+    return (
+        f"--dtype auto: {result.backend} {result.dtype} (time on {result.texts} of this run's texts, relative "
+        f"to it: {times}; tokenizing {share:.0%} of its time: {result.workers} worker"
+        f"{'s' if result.workers > 1 else ''}; measured once, kept in {cache_file()})"
     )
-    return result.dtype
 
 
 def spread(texts: list[str], n: int) -> list[str]:
@@ -162,30 +215,61 @@ def choose_dtype(fp32_s: float, bf16_s: float) -> str:
     return "bf16" if bf16_s < BF16_MIN_GAIN * fp32_s else "fp32"
 
 
-def calibrate(settings: ModelSettings, texts: list[str], threads: int | None, batch_tokens: int) -> Calibration:
-    """Time the model in fp32 and bf16 on `texts` (ABBA, best of two each) and pick the dtype.
+def choose_engine(seconds: dict[tuple[str, str], float]) -> tuple[str, str]:
+    """The fastest fp32 engine, unless the fastest bf16 one beats it by BF16_MIN_GAIN."""
+    fp32 = min(((s, e) for e, s in seconds.items() if e[1] == "fp32"), default=None)
+    bf16 = min(((s, e) for e, s in seconds.items() if e[1] == "bf16"), default=None)
+    if fp32 is None or (bf16 is not None and choose_dtype(fp32[0], bf16[0]) == "bf16"):
+        return bf16[1]
+    return fp32[1]
 
-    Only the model is timed (both dtypes tokenize alike). Each encoder first runs a few texts, so
-    one-time kernel setup is not counted; the loser's weights are dropped from the process cache.
+
+def choose_workers(tokenize_s: float, model_s: float, cores: int) -> int:
+    """One tokenizer worker unless tokenizing takes TOKENIZE_SHARE of the model's time: a second
+    one then keeps the model fed, at the price of competing with it for cores."""
+    if cores < 2 or tokenize_s < TOKENIZE_SHARE * model_s:
+        return 1
+    return 2
+
+
+def calibrate(settings: ModelSettings, texts: list[str], threads: int | None, batch_tokens: int) -> Calibration:
+    """Time every candidate engine on `texts` (in a mirrored order, best of two each) and pick one.
+
+    Only the model is timed (every engine tokenizes alike; tokenizing is timed once, apart). Each
+    engine first runs a few texts, so one-time kernel setup is not counted; the losers' weights
+    are dropped from the process cache.
     """
     from sbert_cli.encoding.encoder import torch_threads
     from sbert_cli.encoding.loader import load_encoder, unload_encoder
 
-    encoders = {d: load_encoder(replace(settings, dtype=d, backend="torch")) for d in ("fp32", "bf16")}
-    seconds: dict[str, list[float]] = {d: [] for d in encoders}
+    engines = candidates(settings)
+    encoders = {e: load_encoder(replace(settings, backend=e[0], dtype=e[1])) for e in engines}
+    seconds: dict[tuple[str, str], list[float]] = {e: [] for e in engines}
     with torch_threads(threads):
-        prepared = {d: _prepare(e, texts, batch_tokens) for d, e in encoders.items()}
+        started = time.perf_counter()
+        prepared = _prepare(encoders[engines[0]], texts, batch_tokens)
+        tokenize_s = time.perf_counter() - started
         for encoder in encoders.values():  # one-time kernel setup, not counted
             encoder.run(_prepare(encoder, texts[:4], batch_tokens))
-        for dtype in ORDER:
+        for engine in engines + engines[::-1]:  # load drifting over the run weighs on all alike
             started = time.perf_counter()
-            encoders[dtype].run(prepared[dtype])
-            seconds[dtype].append(time.perf_counter() - started)
-    fp32_s, bf16_s = min(seconds["fp32"]), min(seconds["bf16"])
-    dtype = choose_dtype(fp32_s, bf16_s)
-    unload_encoder(replace(settings, dtype="fp32" if dtype == "bf16" else "bf16", backend="torch"))
-    tokens = prepared["fp32"].tokens
-    return Calibration(dtype, fp32_s, bf16_s, len(texts), tokens, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            encoders[engine].run(prepared)
+            seconds[engine].append(time.perf_counter() - started)
+    best = {e: min(s) for e, s in seconds.items()}
+    backend, dtype = choose_engine(best)
+    for engine in engines:
+        if engine != (backend, dtype):
+            unload_encoder(replace(settings, backend=engine[0], dtype=engine[1]))
+    return Calibration(
+        backend,
+        dtype,
+        {f"{b} {d}": s for (b, d), s in best.items()},
+        tokenize_s,
+        choose_workers(tokenize_s, best[(backend, dtype)], os.cpu_count() or 1),
+        len(texts),
+        prepared.tokens,
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
 
 
 def first_texts(plan: list[PlannedInput], read: ReadOptions, n: int) -> list[str]:
@@ -207,14 +291,15 @@ def first_texts(plan: list[PlannedInput], read: ReadOptions, n: int) -> list[str
     return texts
 
 
-def dtype_for_run(options: EncodeOptions, plan: list[PlannedInput], total: int, say: Callable[[str], None]) -> str:
-    """`auto_dtype` for an encode run: its size (unknown with stdin) and its first texts."""
+def engine_for_run(
+    settings: ModelSettings,
+    plan: list[PlannedInput],
+    total: int,
+    read: ReadOptions,
+    threads: int | None,
+    batch_tokens: int | None,
+    say: Callable[[str], None],
+) -> Engine:
+    """`auto_engine` for an encode run: its size (unknown with stdin) and its first texts."""
     known = None if any(item.source.is_stdin for item in plan) else total
-    return auto_dtype(
-        options.model_settings(),
-        known,
-        lambda n: first_texts(plan, options.read, n),
-        say,
-        options.threads,
-        options.batch_tokens,
-    )
+    return auto_engine(settings, known, lambda n: first_texts(plan, read, n), say, threads, batch_tokens)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sbert_cli.errors import InputError
 
 DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 # Padded tokens per batch. On CPU small batches win (measured on 500 paragraphs, 2 cores:
 # 8192 -> 5.9 s, 4096 -> 4.5 s, 2048 -> 4.0 s, 1024 -> 3.9 s): the GEMMs are already
 # big enough for two cores and attention grows with length. On a GPU big batches keep it busy.
@@ -94,15 +94,23 @@ def resolve_dtype(dtype: str, device: str) -> str:
 def resolve_backend(backend: str, device: str, dtype: str) -> str:
     """`auto`: ONNX Runtime for int8 (the only engine that runs it), torch for everything else.
 
+    That is the static choice; for a new store's `--dtype auto` the encode runner measures torch
+    and OpenVINO in fp32 and bf16 instead and records the winner (encoding/calibrate.py).
     fp32 on this project's 2-core AVX2 CPU: torch 6.9 s, ONNX Runtime 7.6 s (7.9 s with its
-    transformer fusions) for the same 800 paragraphs; both run the GEMMs at ~140 GFLOP/s, 73% of
-    the cores' fp32 peak. `--backend onnx` stays available for CPUs where ONNX Runtime wins.
+    transformer fusions) for the same 800 paragraphs; `--backend onnx` stays available.
     """
     from sbert_cli.encoding import onnx_backend
 
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
     onnx_ok = device == "cpu" and dtype in ("fp32", "int8")
+    if backend == "openvino":
+        if device != "cpu":
+            raise InputError(f"--backend openvino runs on the CPU, not on {device}")
+        from sbert_cli.encoding import openvino_backend
+
+        openvino_backend.check(dtype)
+        return backend
     if backend == "onnx" and not onnx_ok:
         raise InputError(f"--backend onnx runs fp32 or int8 on the CPU, not {dtype} on {device}")
     if dtype == "int8" and not onnx_ok:

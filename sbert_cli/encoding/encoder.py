@@ -65,6 +65,14 @@ def torch_threads(threads: int | None) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
+def without_pooler(model):
+    """The model without BERT's pooler (a dense + tanh layer on [CLS]): sentence-transformers
+    never reads its output, and it cost a GEMM and a tanh per batch."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
+
+
 class Encoder(WindowEncoder):
     """Turn texts into sentence embeddings, as the model's sentence-transformers config asks.
 
@@ -99,7 +107,7 @@ class Encoder(WindowEncoder):
         self.max_batch_size = max_batch_size
         self.backend = resolve_backend(backend, self.device, self.dtype)
         self.model = None
-        self._onnx = None
+        self._runtime = None  # ONNX Runtime or OpenVINO: numpy ids and mask in, numpy token vectors out
         with quiet_transformers():
             self._load()
         # modules.json after the transformer (pooling, Dense, Normalize); prompt tokens left out of
@@ -114,24 +122,36 @@ class Encoder(WindowEncoder):
             self._fast_tokenizer.no_padding()
 
     def _load(self) -> None:
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.spec.path)
-            if self.backend == "onnx":
-                from sbert_cli.encoding import onnx_backend
-
-                def load_fp32():
-                    return AutoModel.from_pretrained(self.spec.path, dtype=torch.float32)
-
-                graph = onnx_backend.ensure_graph(self.spec.fingerprint, self.dtype, load_fp32)
-                self._onnx = onnx_backend.OnnxTransformer(graph, self.threads or torch.get_num_threads())
+            if self.backend in ("onnx", "openvino"):
+                self._runtime = self._load_runtime()
             else:
                 model_obj = AutoModel.from_pretrained(self.spec.path, dtype=torch_dtype(self.dtype))
-                self.model = model_obj.to(self.device).eval()
+                self.model = without_pooler(model_obj).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise SbertError(f"{self.spec.name}: could not load the model ({exc})") from exc
+
+    def _load_runtime(self):
+        """The exported graph (once per model, cached) in ONNX Runtime or compiled by OpenVINO."""
+        import torch
+        from transformers import AutoModel
+
+        from sbert_cli.encoding import onnx_backend
+
+        def load_fp32(**kwargs):
+            return without_pooler(AutoModel.from_pretrained(self.spec.path, dtype=torch.float32, **kwargs))
+
+        threads = self.threads or torch.get_num_threads()
+        if self.backend == "openvino":
+            from sbert_cli.encoding import openvino_backend
+
+            graph = openvino_backend.ensure_graph(self.spec.fingerprint, lambda: load_fp32(attn_implementation="eager"))
+            return openvino_backend.OpenVinoTransformer(graph, self.dtype, threads)
+        graph = onnx_backend.ensure_graph(self.spec.fingerprint, self.dtype, load_fp32)
+        return onnx_backend.OnnxTransformer(graph, threads)
 
     @property
     def dim(self) -> int:
@@ -145,8 +165,8 @@ class Encoder(WindowEncoder):
         """Token vectors from the transformer (torch tensors in, a torch tensor out)."""
         import torch
 
-        if self._onnx is not None:
-            return torch.from_numpy(self._onnx(input_ids.numpy(), attention_mask.numpy()))
+        if self._runtime is not None:
+            return torch.from_numpy(self._runtime(input_ids.numpy(), attention_mask.numpy()))
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     # -- tokenization ---------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from sbert_cli.encoding.devices import DEFAULT_CPU_BATCH_TOKENS, DEFAULT_GPU_BATCH_TOKENS
 
 if TYPE_CHECKING:
-    from sbert_cli.encoding.loader import ModelSettings
-    from sbert_cli.encoding.model import ModelSpec
+    from sbert_cli.encoding.settings import ModelSettings
+    from sbert_cli.encoding.spec import ModelSpec
 
 
 def _model_lines(settings: ModelSettings, spec: ModelSpec) -> list[str]:
@@ -52,7 +52,10 @@ def _runtime_lines(settings: ModelSettings, device: str, dtype: str, backend: st
         dtype_why = "auto: bf16 where the GPU computes it natively, else fp16"
     else:
         dtype_why = "auto: fp32 on the CPU, for exact parity with sentence-transformers"
-    backend_why = "--backend" if settings.backend != "auto" else "auto: ONNX Runtime for int8, torch otherwise"
+    if settings.backend != "auto":
+        backend_why = "--backend, or measured fastest by the encode runner"
+    else:
+        backend_why = "auto: ONNX Runtime for int8, torch otherwise"
     budget = DEFAULT_GPU_BATCH_TOKENS if device.startswith("cuda") else DEFAULT_CPU_BATCH_TOKENS
     return [
         f"device: {device} ({device_why}); dtype: {dtype} ({dtype_why}); backend: {backend} ({backend_why})",

@@ -10,28 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from sbert_cli.encoding.settings import ModelSettings
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
 from sbert_cli.store.manifest import COMPAT_KEYS, ModelRecord
 
 log = logging.getLogger("sbert")
-
-
-@dataclass
-class ModelSettings:
-    """What the user asked for; None and "auto" are resolved from the model and the machine."""
-
-    model: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    pooling: str | None = None
-    normalize: bool | None = None
-    max_seq_length: int | None = None
-    backend: str = "auto"
-    prompt: str | None = None  # None with prompt_name None: the model's default prompt; "": none
-    prompt_name: str | None = None
+__all__ = ["ModelSettings", "load_encoder", "describe_model", "encoder_for_store"]  # ModelSettings: re-exported
 
 
 EncoderFactory = Callable[[ModelSettings], WindowEncoder]

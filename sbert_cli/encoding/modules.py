@@ -21,7 +21,7 @@ from sbert_cli.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-    from sbert_cli.encoding.model import ModelSpec
+    from sbert_cli.encoding.spec import ModelSpec
 
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
 # sentence-transformers' order when the legacy `pooling_mode_*` flags turn several modes on: it

@@ -16,15 +16,22 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from sbert_cli.chunking import ChunkStats
+from sbert_cli.encoding.chunk_settings import (
+    chunker_for,
+    kept_layout,
+    merge_kept_types,
+    merge_scanned_types,
+    resolve_chunking,
+    resolve_kept,
+)
 from sbert_cli.encoding.devices import window_texts
 from sbert_cli.encoding.loader import ModelSettings
 from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
-from sbert_cli.encoding.settings import chunker_for, kept_layout, merge_kept_types, resolve_chunking, resolve_kept
 from sbert_cli.encoding.stream import WINDOW_TEXTS, input_windows
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
-from sbert_cli.inputs.reader import ReadOptions, ReadStats, expand_inputs, scan
-from sbert_cli.progress import NullReporter, ProgressUpdate, Reporter, StageClock
+from sbert_cli.inputs.reader import ReadOptions, ReadStats, Record, expand_inputs, has_records, scan
+from sbert_cli.progress import NullReporter, ProgressMeter, ProgressUpdate, Reporter, StageClock
 from sbert_cli.store.atomic import is_temp_name
 from sbert_cli.store.manifest import StoreManifest
 from sbert_cli.store.store import STORAGE_DTYPES, Store, store_lock
@@ -119,14 +126,18 @@ def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeO
 
 
 def _store_layout(options: EncodeOptions, existing: Store | None) -> None:
-    """Storage dtype, texts kept or not, rows per shard: one of each per store. Appending takes
-    the store's; one given that differs is refused (it used to be ignored without a word)."""
+    """Storage dtype, texts kept or not, rows per shard, ids or none: one of each per store.
+    Appending takes the store's; one given that differs is refused (it used to be ignored)."""
     if existing is None:
         options.storage_dtype = options.storage_dtype or "float32"
         options.store_text = True if options.store_text is None else options.store_text
         options.shard_size = options.shard_size or DEFAULT_SHARD_SIZE
         return
     manifest = existing.manifest
+    if options.read.id_field and not manifest.has_key:
+        raise InputError(f"{existing.path}: --id-field given, but this store was made without ids; use a new store")
+    if not options.read.id_field and manifest.has_key and manifest.shards:
+        raise InputError(f"{existing.path}: this store keeps ids; give --id-field for the new inputs too")
     texts = {True: "--text", False: "--no-text"}
     given = {
         "--storage-dtype": (options.storage_dtype, manifest.storage_dtype, f"--storage-dtype {options.storage_dtype}"),
@@ -151,23 +162,25 @@ def _store_layout(options: EncodeOptions, existing: Store | None) -> None:
     )
 
 
-def _count_records(plan: list[PlannedInput], options: EncodeOptions, types: dict[str, dict]) -> int:
+def _count_records(plan: list[PlannedInput], options: EncodeOptions) -> tuple[int, dict[str, dict]]:
     """Read every file input in full (stdin can only be read once): bad input stops here, before
-    anything is written. `types` gets each input's kept-field types."""
-    total = 0
+    anything is written. Returns the records and each input's kept-field types."""
+    total, types = 0, {}
     for item in plan:
         if not item.source.is_stdin:
             stats = scan(item.source, options.read)
             item.records = stats.records
             types[item.source.name] = stats.field_types or {}
             total += item.records
+        elif not has_records(item.source, options.read):  # read up to its first record only
+            item.records = 0
     if all(item.records == 0 for item in plan):
         raise InputError(
             f"{plan[0].source.name}: empty input (no non-blank records)"
             if len(plan) == 1
             else "all inputs are empty (no non-blank records)"
         )
-    return total
+    return total, types
 
 
 def encode_corpus(
@@ -203,26 +216,24 @@ def encode_corpus(
     plan = plan_inputs(sources, manifest.copy(), options.force, reporter.message)
     if not plan:
         return EncodeSummary(str(store_path), inputs_skipped=[s.name for s in sources], store_rows=manifest.rows)
-    types: dict[str, dict] = {}
-    total = _count_records(plan, options, types)
+    total, types = _count_records(plan, options)
     if existing is None and encoder is None and loop is None and options.dtype == "auto":
-        from sbert_cli.encoding.calibrate import dtype_for_run  # bf16 or fp32, by measurement
+        from sbert_cli.encoding.calibrate import engine_for_run  # backend and dtype, by measurement
 
-        options.dtype = dtype_for_run(options, plan, total, reporter.message)
+        engine = engine_for_run(
+            options.model_settings(), plan, total, options.read, options.threads, options.batch_tokens, reporter.message
+        )
+        options.dtype, options.backend = engine.dtype, engine.backend
+        options.workers = options.workers or engine.workers
         manifest.model = describe_model(options.model_settings())
     counted = {item.source.name: item.records for item in plan}
-    if options.read.id_field and existing is not None and not existing.manifest.has_key:
-        raise InputError(f"{store_path}: --id-field given, but this store was made without ids; use a new store")
-    if not options.read.id_field and existing is not None and existing.manifest.has_key and existing.manifest.shards:
-        raise InputError(f"{store_path}: this store keeps ids; give --id-field for the new inputs too")
     created = not store_path.exists()
     try:
         with store_lock(store_path):
             # Re-read under the lock: another writer may have committed since we looked.
             if Store.exists(store_path):
                 manifest = Store.open(store_path).manifest
-            for name, found in types.items():
-                merge_kept_types(manifest, found, name)
+            merge_scanned_types(manifest, types)
             manifest.has_key = manifest.has_key or bool(options.read.id_field and not manifest.shards)
             plan = plan_inputs([item.source for item in plan], manifest, options.force, lambda _: None)
             for item in plan:
@@ -341,12 +352,21 @@ def _run(
 
     summary = EncodeSummary(str(store_path))
     total = begin_run(store_path, manifest, plan, options, total, reporter, summary)
-    clock, stats, started, last_report = StageClock(), {}, time.perf_counter(), 0.0
+    clock, stats, started = StageClock(), {}, time.perf_counter()
     committers: dict[int, ShardCommitter] = {}
     size = window_texts(getattr(encoder, "device", "cpu"))  # larger on a GPU: less padding
     chunker = chunker_for(encoder, manifest.chunking, summary.chunking)
     windows = clock.timed("read", _windows(plan, options, stats, size, chunker))
-    for done in encoder.encode_windows(windows, clock=clock, workers=options.workers, say=reporter.message):
+    # Progress per batch, not per window: a log gets its line every interval whatever the window.
+    meter = ProgressMeter(reporter, "encoding", total or None, clock, PROGRESS_EVERY_S)
+
+    def in_model(payload: tuple[PlannedInput, list[Record] | None], texts: int) -> None:
+        meter.in_work(payload[0].source.name, texts)
+
+    batches = encoder.encode_windows(
+        windows, clock=clock, workers=options.workers, say=reporter.message, on_batch=in_model
+    )
+    for done in batches:
         item, records = done.payload
         entry = item.entry
         committer = committers.setdefault(entry.index, ShardCommitter(store_path, manifest, entry, options.shard_size))
@@ -360,10 +380,7 @@ def _run(
         summary.records += sum(getattr(r, "last", True) for r in records or ())
         summary.tokens += done.tokens
         summary.truncated += done.truncated
-        now = time.perf_counter()
-        if now - last_report >= PROGRESS_EVERY_S:
-            last_report = now
-            reporter.progress(_update(summary, total, now - started, clock, item.source.name, False))
+        meter.advance(len(records or ()), done.tokens, item.source.name)
     summary.elapsed = time.perf_counter() - started
     summary.stages = clock.snapshot()
     summary.store_rows = manifest.rows

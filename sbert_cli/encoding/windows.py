@@ -54,6 +54,29 @@ class EncodedWindow:
     truncated: int
 
 
+# (window payload, texts of that window through the model so far): called after each batch.
+BatchHook = Callable[[Any, int], None]
+
+
+class _ReportedBatches(list):
+    """A window's batches that call the hook as the model loop moves past each one, so progress
+    comes per batch without a change to any encoder's `run` (which only iterates them once)."""
+
+    def __init__(self, batches: list[Batch], window: PreparedWindow, hook: BatchHook) -> None:
+        super().__init__(batches)
+        self.window, self.hook = window, hook
+
+    def __iter__(self) -> Iterator[Batch]:
+        window = self.window
+        texts = len(window.inverse) if window.inverse is not None else window.size
+        rows = 0
+        for batch in list.__iter__(self):
+            yield batch
+            rows += len(batch.positions)
+            # Duplicate texts ride along with their distinct row: count texts in proportion.
+            self.hook(window.payload, texts if rows >= window.size else rows * texts // max(window.size, 1))
+
+
 class _SayOnce:
     """Passes the first message on and drops the rest (an out-of-memory is said once per run)."""
 
@@ -95,6 +118,7 @@ class WindowEncoder:
         clock: StageClock | None = None,
         workers: int | None = None,
         say: Callable[[str], None] | None = None,
+        on_batch: BatchHook | None = None,
     ) -> Iterator[EncodedWindow]:
         """Encode (payload, texts) windows in input order, whatever the number of workers.
 
@@ -103,7 +127,8 @@ class WindowEncoder:
         in the caller's thread on the CPU, in a thread of its own on a GPU, so the caller's writes
         overlap the device's work. An out-of-memory halves the token budget and runs the window
         again (see `_run_fitting`); `say` gets one line about it (default: the `sbert` logger).
-        `clock` gets the seconds spent tokenizing (while any worker was) and in the model.
+        `clock` gets the seconds spent tokenizing (while any worker was) and in the model;
+        `on_batch`, if given, hears after each batch how many of its window's texts are done.
 
         Whatever the source raises (a bad input line, say) is re-raised here, in the caller's
         thread, after the windows before it were yielded.
@@ -120,7 +145,7 @@ class WindowEncoder:
                 return self.prepare(item[1], item[0])
 
         prepared = ordered_map(prepare, items, workers, depth=prefetch + workers)
-        encoded = self._model_stage(prepared, clock, _SayOnce(say or log.warning))
+        encoded = self._model_stage(prepared, clock, _SayOnce(say or log.warning), on_batch)
         in_thread = self.model_thread if self.model_thread is not None else device.startswith("cuda")
         if in_thread:
             encoded = threaded(encoded, prefetch, "sbert-model")
@@ -128,19 +153,23 @@ class WindowEncoder:
             yield from encoded
 
     def _model_stage(
-        self, prepared: Iterator[PreparedWindow], clock: StageClock, say: _SayOnce
+        self, prepared: Iterator[PreparedWindow], clock: StageClock, say: _SayOnce, on_batch: BatchHook | None
     ) -> Iterator[EncodedWindow]:
         with contextlib.closing(prepared):
             for window in prepared:
-                yield self._run_fitting(window, clock, say)
+                yield self._run_fitting(window, clock, say, on_batch)
 
-    def _run_fitting(self, window: PreparedWindow, clock: StageClock, say: _SayOnce) -> EncodedWindow:
+    def _run_fitting(
+        self, window: PreparedWindow, clock: StageClock, say: _SayOnce, on_batch: BatchHook | None = None
+    ) -> EncodedWindow:
         """`run`, fitted to the current token budget; on an out-of-memory (CUDA or host) the budget
         is halved until the window's batches split, and the window runs again. The rows and their
         order stay the same (smaller batches round differently, ~1e-7); a batch of one text that
         still fails raises MemoryError."""
         while True:
-            window.batches = fit_batches(window.batches, self.batch_tokens)
+            window.batches = batches = fit_batches(window.batches, self.batch_tokens)
+            if on_batch is not None:
+                window.batches = _ReportedBatches(batches, window, on_batch)
             try:
                 with clock.stage("model"):
                     return self.run(window)
@@ -148,6 +177,8 @@ class WindowEncoder:
                 if not is_out_of_memory(exc):
                     raise
                 failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            finally:
+                window.batches = batches
             # Outside the except block: the traceback (and the tensors its frames hold) is gone.
             release_cached_memory()
             if not self._halve_budget(window):

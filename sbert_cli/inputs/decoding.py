@@ -12,12 +12,12 @@ from __future__ import annotations
 import codecs
 import functools
 import gzip
-import sys
 import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
 from sbert_cli.errors import InputError, located
+from sbert_cli.inputs.stdin import stdin_binary
 
 if TYPE_CHECKING:
     from sbert_cli.inputs.reader import ReadOptions
@@ -29,6 +29,17 @@ READ_CHUNK = 1 << 16
 GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 _UTF16_32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _ASCII_SAMPLE = "\n abcXYZ09+-_:,\"'\t\r"
+
+
+def described(exc: BaseException) -> str:
+    """A library's error text on one line (pyarrow's span several)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def shown_names(names: list[str]) -> str:
+    """Column names for a message: as they are, or quoted where they hold odd characters."""
+    return ", ".join(n if n.isprintable() else repr(n) for n in names)
 
 
 def check_encoding(encoding: str) -> str:
@@ -45,13 +56,16 @@ def check_encoding(encoding: str) -> str:
 @functools.cache
 def ascii_compatible(encoding: str) -> bool:
     """Whether the encoding writes ASCII (newline included) byte for byte; a leading BOM is allowed."""
-    encoded = _ASCII_SAMPLE.encode(encoding)
+    try:
+        encoded = _ASCII_SAMPLE.encode(encoding)
+    except (UnicodeError, LookupError):  # idna and the like: decode whole, as the others
+        return False
     return encoded.endswith(_ASCII_SAMPLE.encode("ascii")) and len(encoded) - len(_ASCII_SAMPLE) <= 3
 
 
 def open_binary(source: InputSource) -> BinaryIO:
     try:
-        raw: BinaryIO = sys.stdin.buffer if source.path is None else open(source.path, "rb")
+        raw: BinaryIO = stdin_binary() if source.path is None else open(source.path, "rb")
     except OSError as exc:
         raise InputError(located(source.name, None, f"cannot open ({exc.strerror})")) from exc
     if source.gzipped:
@@ -63,21 +77,17 @@ def decoded_lines(source: InputSource, options: ReadOptions) -> Iterator[tuple[i
     """(line number, decoded line with its newline) for line-oriented formats; a BOM is dropped."""
     encoding = check_encoding(options.encoding)
     fh = open_binary(source)
-    position = [0]  # the last line handed out, for errors raised by gzip or the disk
-    lines = _byte_lines if ascii_compatible(encoding) else _text_lines
     try:
-        for lineno, line in lines(fh, source, options):
-            position[0] = lineno
-            if lineno == 1 and line.startswith(BOM):
-                line = line[1:]
-            yield lineno, line
-    except GZIP_ERRORS as exc:
-        raise InputError(located(source.name, position[0] + 1, f"corrupt gzip data ({exc})")) from exc
-    except OSError as exc:
-        raise InputError(located(source.name, position[0] + 1, f"read error ({exc})")) from exc
+        yield from (_byte_lines if ascii_compatible(encoding) else _text_lines)(fh, source, options)
     finally:
         if source.path is not None:
             fh.close()
+
+
+def _stream_error(source: InputSource, lineno: int, exc: Exception) -> InputError:
+    """gzip's and the disk's errors, at the line that could not be read."""
+    what = "corrupt gzip data" if isinstance(exc, GZIP_ERRORS) else "read error"
+    return InputError(located(source.name, lineno, f"{what} ({described(exc)})"))
 
 
 def _binary_error(source: InputSource, lineno: int, raw: bytes, encoding: str) -> InputError:
@@ -88,20 +98,25 @@ def _binary_error(source: InputSource, lineno: int, raw: bytes, encoding: str) -
 
 
 def _byte_lines(fh: BinaryIO, source: InputSource, options: ReadOptions) -> Iterator[tuple[int, str]]:
-    for lineno, raw in enumerate(fh, start=1):
-        if b"\0" in raw:  # no text in an ASCII-compatible encoding holds NUL
-            raise _binary_error(source, lineno, raw, options.encoding)
-        try:
-            yield lineno, raw.decode(options.encoding, options.errors)
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                located(
-                    source.name,
-                    lineno,
-                    f"not valid {options.encoding} (byte {exc.start + 1} of the line); "
-                    "use --encoding to name the right one or --errors replace to go on",
-                )
-            ) from exc
+    lineno = 0
+    try:
+        for lineno, raw in enumerate(fh, start=1):  # noqa: B007 - lineno is used after an error too
+            if b"\0" in raw:  # no text in an ASCII-compatible encoding holds NUL
+                raise _binary_error(source, lineno, raw, options.encoding)
+            try:
+                line = raw.decode(options.encoding, options.errors)
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    located(
+                        source.name,
+                        lineno,
+                        f"not valid {options.encoding} (byte {exc.start + 1} of the line); "
+                        "use --encoding to name the right one or --errors replace to go on",
+                    )
+                ) from exc
+            yield lineno, (line[1:] if lineno == 1 and line.startswith(BOM) else line)
+    except (*GZIP_ERRORS, OSError) as exc:
+        raise _stream_error(source, lineno + 1, exc) from exc
 
 
 def _text_lines(fh: BinaryIO, source: InputSource, options: ReadOptions) -> Iterator[tuple[int, str]]:
@@ -110,7 +125,10 @@ def _text_lines(fh: BinaryIO, source: InputSource, options: ReadOptions) -> Iter
     lineno = 0
     pending: list[str] = []
     while True:
-        chunk = fh.read(READ_CHUNK)
+        try:
+            chunk = fh.read(READ_CHUNK)
+        except (*GZIP_ERRORS, OSError) as exc:
+            raise _stream_error(source, lineno + 1, exc) from exc
         state = decoder.getstate()
         try:
             text = decoder.decode(chunk, final=not chunk)
@@ -123,6 +141,10 @@ def _text_lines(fh: BinaryIO, source: InputSource, options: ReadOptions) -> Iter
                     f"not valid {options.encoding}; use --encoding to name the right one or --errors replace to go on",
                 )
             ) from exc
+        except UnicodeError as exc:  # e.g. "UTF-16 stream does not start with BOM"
+            raise InputError(
+                located(source.name, lineno + 1, f"not valid {options.encoding} ({described(exc)})")
+            ) from exc
         parts = text.split("\n")
         for part in parts[:-1]:
             lineno += 1
@@ -130,7 +152,7 @@ def _text_lines(fh: BinaryIO, source: InputSource, options: ReadOptions) -> Iter
             pending = []
             if "\0" in line:
                 raise _binary_error(source, lineno, b"", options.encoding)
-            yield lineno, line
+            yield lineno, (line[1:] if lineno == 1 and line.startswith(BOM) else line)
         pending.append(parts[-1])
         if not chunk:
             break
@@ -138,7 +160,7 @@ def _text_lines(fh: BinaryIO, source: InputSource, options: ReadOptions) -> Iter
     if rest:
         if "\0" in rest:
             raise _binary_error(source, lineno + 1, b"", options.encoding)
-        yield lineno + 1, rest
+        yield lineno + 1, (rest[1:] if lineno == 0 and rest.startswith(BOM) else rest)
 
 
 def _newlines_before_error(encoding: str, state: tuple, exc: UnicodeDecodeError) -> int:

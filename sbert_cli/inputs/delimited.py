@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 
 from sbert_cli.errors import InputError, located
+from sbert_cli.inputs.decoding import described, shown_names
 from sbert_cli.inputs.sources import InputSource
 
 # Paragraphs can exceed csv's 128 KiB field limit; raised while a CSV is read, then put back
@@ -36,7 +37,7 @@ def column_index(source: InputSource, header: list[str] | None, column: str, wha
         return header.index(column)
     except ValueError:
         raise InputError(
-            located(source.name, 1, f"no column {column!r} in the header ({', '.join(header)}); choose with {what}")
+            located(source.name, 1, f"no column {column!r} in the header ({shown_names(header)}); choose with {what}")
         ) from None
 
 
@@ -82,6 +83,6 @@ def delimited_rows(source: InputSource, lines: Iterator[tuple[int, str]], tsv: b
             yield start, row
             start = current[0] + 1
     except csv.Error as exc:
-        raise InputError(located(source.name, current[0], f"malformed CSV ({exc})")) from exc
+        raise InputError(located(source.name, current[0], f"malformed CSV ({described(exc)})")) from exc
     finally:
         csv.field_size_limit(previous_limit)

@@ -9,11 +9,12 @@ strings are UTF-8 by definition, but a writer can break that: a bad value names 
 from __future__ import annotations
 
 import gzip
-import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sbert_cli.errors import InputError, located
-from sbert_cli.inputs.decoding import GZIP_ERRORS
+from sbert_cli.inputs.decoding import GZIP_ERRORS, described, shown_names
+from sbert_cli.inputs.stdin import stdin_binary
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -32,30 +33,40 @@ def open_parquet(source: InputSource) -> pq.ParquetFile:
 
     try:
         if source.path is None:
-            raw = sys.stdin.buffer.read()
+            raw = stdin_binary().read()
             data = pa.BufferReader(gzip.decompress(raw) if source.gzipped else raw)
         else:
             data = source.path if not source.gzipped else pa.BufferReader(gzip.decompress(source.path.read_bytes()))
     except GZIP_ERRORS as exc:
-        raise InputError(located(source.name, None, f"corrupt gzip data ({exc})")) from exc
+        raise InputError(located(source.name, None, f"corrupt gzip data ({described(exc)})")) from exc
     except OSError as exc:
-        raise InputError(located(source.name, None, f"cannot read ({exc})")) from exc
-    try:
-        return pq.ParquetFile(data)
+        raise InputError(located(source.name, None, f"cannot read ({described(exc)})")) from exc
+    try:  # pages written with checksums are checked: damage is an error, never text
+        return pq.ParquetFile(data, page_checksum_verification=True)
     except (pa.ArrowException, *PARQUET_ERRORS) as exc:
-        raise InputError(located(source.name, None, f"not a readable Parquet file ({exc})")) from exc
+        raise InputError(located(source.name, None, f"not a readable Parquet file ({described(exc)})")) from exc
 
 
-def resolve_columns(source: InputSource, pf: pq.ParquetFile, wanted: list[str]) -> list[str]:
-    """Column names for names or 0-based indexes, each checked for the type its role needs."""
+def resolve_columns(source: InputSource, pf: pq.ParquetFile, wanted: list[str], also: Sequence[str] = ()) -> list[str]:
+    """Column names for names or 0-based indexes, each checked for the type its role needs;
+    `also` (kept fields) are only checked for being named once."""
     schema = pf.schema_arrow
     names = schema.names
+    for name in also:
+        if names.count(name) > 1:
+            raise InputError(
+                located(source.name, None, f"column {name!r} appears {names.count(name)} times; rename one")
+            )
     resolved = []
     for role, name in zip(("text", "id"), wanted, strict=False):
         if name.isdigit() and int(name) < len(names):
             name = names[int(name)]
         if name not in names:
-            raise InputError(located(source.name, None, f"no column {name!r} (columns: {', '.join(names)})"))
+            raise InputError(located(source.name, None, f"no column {name!r} (columns: {shown_names(names)})"))
+        if names.count(name) > 1:
+            raise InputError(
+                located(source.name, None, f"column {name!r} appears {names.count(name)} times; rename one")
+            )
         _check_type(source, name, schema.field(name).type, role)
         resolved.append(name)
     return resolved

@@ -6,6 +6,7 @@ point back at the source. Bad input raises InputError naming the file and line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -14,10 +15,11 @@ from pathlib import Path
 
 from sbert_cli.errors import InputError, located
 from sbert_cli.inputs import fields
-from sbert_cli.inputs.decoding import decoded_lines, open_binary
+from sbert_cli.inputs.decoding import decoded_lines, described, open_binary
 from sbert_cli.inputs.delimited import CSV_FIELD_LIMIT, column_index, delimited_rows
 from sbert_cli.inputs.parquet_reader import PARQUET_ERRORS, column_values, open_parquet, resolve_columns
 from sbert_cli.inputs.sources import FORMATS, STDIN, InputSource, detect_format, expand_inputs
+from sbert_cli.inputs.stdin import peeking
 
 
 @dataclass
@@ -173,8 +175,8 @@ def _read_parquet(source: InputSource, options: ReadOptions, stats: ReadStats) -
     wanted = [options.text_column or "text"]
     if options.id_field:
         wanted.append(options.id_field)
+    resolved = resolve_columns(source, pf, wanted, also=options.keep_fields)
     kept = fields.parquet_columns(source, pf.schema_arrow, options.keep_fields)
-    resolved = resolve_columns(source, pf, wanted)
     row = 0
     try:
         for batch in pf.iter_batches(columns=resolved + [c for c in kept if c not in resolved], batch_size=8192):
@@ -188,7 +190,7 @@ def _read_parquet(source: InputSource, options: ReadOptions, stats: ReadStats) -
                     continue
                 yield Record(row, text, None if key is None else str(key), kept_values)
     except (pa.ArrowException, *PARQUET_ERRORS) as exc:
-        raise InputError(located(source.name, row + 1, f"unreadable Parquet data ({exc})")) from exc
+        raise InputError(located(source.name, row + 1, f"unreadable Parquet data ({described(exc)})")) from exc
 
 
 _READERS = {
@@ -207,8 +209,7 @@ def read_records(source: InputSource, options: ReadOptions, stats: ReadStats | N
     if options.keep_fields:
         records = fields.typed_records(source, options.keep_fields, records, stats)
     for record in records:
-        if not record.text.isascii():
-            record.text = _whole_characters(source, record, options.errors)
+        _check_characters(source, record, options.errors)
         stats.records += 1
         yield record
 
@@ -216,21 +217,29 @@ def read_records(source: InputSource, options: ReadOptions, stats: ReadStats | N
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _whole_characters(source: InputSource, record: Record, errors: str) -> str:
-    """A text that UTF-8 cannot hold (a lone surrogate, written `\\ud800` in JSON) would fail
-    the Parquet write mid-run: it is bad input, named here, or replaced under --errors."""
+def _check_characters(source: InputSource, record: Record, errors: str) -> None:
+    """Text, key and kept strings that UTF-8 cannot hold (a lone surrogate, written `\\ud800` in
+    JSON) would fail the Parquet write mid-run: bad input, named here, or replaced under --errors."""
+    if not record.text.isascii():
+        record.text = _whole_characters(source, record.line, record.text, "text", errors)
+    if record.key is not None and not record.key.isascii():
+        record.key = _whole_characters(source, record.line, record.key, "the id", errors)
+    for name, value in (record.fields or {}).items():
+        if isinstance(value, str) and not value.isascii():
+            record.fields[name] = _whole_characters(source, record.line, value, f"field {name!r}", errors)
+
+
+def _whole_characters(source: InputSource, line: int, value: str, what: str, errors: str) -> str:
     try:
-        record.text.encode("utf-8")
-        return record.text
+        value.encode("utf-8")
+        return value
     except UnicodeEncodeError as exc:
         if errors == "strict":
-            code = f"U+{ord(record.text[exc.start]):04X}"
+            code = f"U+{ord(value[exc.start]):04X}"
             raise InputError(
-                located(
-                    source.name, record.line, f"text holds an unpaired surrogate ({code}), which is not valid Unicode"
-                )
+                located(source.name, line, f"{what} holds an unpaired surrogate ({code}), which is not valid Unicode")
             ) from None
-    return _SURROGATE.sub("\ufffd" if errors == "replace" else "", record.text)
+    return _SURROGATE.sub("\ufffd" if errors == "replace" else "", value)
 
 
 def scan(source: InputSource, options: ReadOptions) -> ReadStats:
@@ -239,6 +248,12 @@ def scan(source: InputSource, options: ReadOptions) -> ReadStats:
     for _ in read_records(source, options, stats):
         pass
     return stats
+
+
+def has_records(source: InputSource, options: ReadOptions) -> bool:
+    """Whether the input holds a non-blank record; stdin is read only up to it (and replayed)."""
+    with peeking() if source.is_stdin else contextlib.nullcontext():
+        return next(read_records(source, options), None) is not None
 
 
 def read_text_lines(path: str, encoding: str = "utf-8") -> list[str]:

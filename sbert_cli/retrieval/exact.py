@@ -38,8 +38,10 @@ def exact_search(
     space: str | None = None,
     shards: Sequence[ShardInfo] | None = None,
     chunk_rows: int = EXACT_CHUNK_ROWS,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force top-k over the store's shards (or the given ones), one chunk at a time.
+    """Brute-force top-k over the store's shards (or the given ones), one chunk at a time; with
+    `allowed` (sorted row ids: a `--where` filter's) over those rows only.
 
     Returns (ids, scores), each (queries, k') with k' = min(k, rows searched), best first; ties
     go to the smaller id so the order is reproducible. Memory is one shard plus queries x chunk.
@@ -50,6 +52,9 @@ def exact_search(
     best_ids = np.empty((nq, 0), dtype=np.int64)
     best_scores = np.empty((nq, 0), dtype=np.float32)
     for _, ids, vectors in iter_shard_vectors(store, store.shards if shards is None else shards):
+        if allowed is not None:
+            keep = np.isin(ids, allowed)
+            ids, vectors = ids[keep], vectors[keep]
         for start in range(0, len(ids), chunk_rows):
             block_ids = ids[start : start + chunk_rows]
             scores = _scores(queries, vectors[start : start + chunk_rows], space).astype(np.float32)
@@ -57,6 +62,17 @@ def exact_search(
             cand_scores = np.concatenate([best_scores, scores], axis=1)
             best_ids, best_scores = _top_k(cand_ids, cand_scores, k)
     return best_ids, best_scores
+
+
+def exact_over(
+    ids: np.ndarray, vectors: np.ndarray, query_vectors: np.ndarray, k: int, space: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k over rows already in memory (a narrow filter's matching rows)."""
+    queries = prepare_queries(query_vectors, space)
+    if len(ids) == 0:
+        return np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32)
+    scores = _scores(queries, vectors, space).astype(np.float32)
+    return _top_k(np.broadcast_to(ids, scores.shape), scores, k)
 
 
 def _top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

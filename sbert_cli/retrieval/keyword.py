@@ -267,12 +267,17 @@ class KeywordIndex:
         retriever, ids = _load_arrays(folder, manifest.docs, manifest.terms, store.path)
         return cls(store, manifest, retriever, ids)
 
-    def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: Sequence[str], k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, BM25 scores), each (queries, k), best first, ties to the smaller id. Only texts
-        sharing a term with the query are hits: the rest of a row is id -1, score -inf."""
+        sharing a term with the query are hits: the rest of a row is id -1, score -inf. With
+        `allowed` (sorted row ids: a `--where` filter's), only those rows' texts are scored."""
         k = min(k, self.manifest.docs)
         tokens = self.tokenizer.tokenize(list(queries), update_vocab=True, return_as="string", show_progress=False)
-        docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
+        # A mask of 0 leaves a text out of BM25's sums (bm25s's weight_mask): filter first.
+        mask = None if allowed is None else np.isin(np.asarray(self.ids), allowed).astype(np.float32)
+        docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0, weight_mask=mask)
         found = scores > 0
         ids = np.where(found, np.asarray(self.ids)[docs], -1).astype(np.int64)
         scores = np.where(found, scores, -np.inf).astype(np.float32)

@@ -324,11 +324,12 @@ class PartitionedGraph:
     def get_current_count(self) -> int:
         return sum(graph.get_current_count() for graph in self.graphs)
 
-    def knn_query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each partition's top k, merged: (labels, distances), closest first, ties by label."""
+    def knn_query(self, queries: np.ndarray, k: int, **options) -> tuple[np.ndarray, np.ndarray]:
+        """Each partition's top k, merged: (labels, distances), closest first, ties by label.
+        `options` go to each graph's knn_query (a `--where` filter)."""
         labels, distances = [], []
         for graph in self.graphs:
-            found, dist = graph.knn_query(queries, k=min(k, graph.get_current_count()))
+            found, dist = graph.knn_query(queries, k=min(k, graph.get_current_count()), **options)
             labels.append(found.astype(np.int64))
             distances.append(dist)
         labels_all, dist_all = np.concatenate(labels, axis=1), np.concatenate(distances, axis=1)

@@ -52,10 +52,15 @@ from sbert_cli.store.store import Store
 logging.getLogger("faiss").setLevel(logging.WARNING)
 
 QUANTIZE = ("none", "int8", "binary")
-# Candidates rescored, as a multiple of k, measured in benchmarks/bench_quantized.py (100k
-# all-MiniLM-L6-v2 vectors, recall@10 against exact search): int8 0.988 at 1, 1.000 from 2 on;
-# binary 0.90 at 10, 0.94 at 20, 0.96 at 30. The scan costs the same for any of them.
-DEFAULT_RESCORE = {"int8": 4, "binary": 30}
+# Candidates rescored, as a multiple of k, measured per query kind in benchmarks/
+# bench_quantized.py (100k all-MiniLM-L6-v2 vectors, recall@10 against exact search, STS-dev
+# sentences / single words): int8 0.989 / 0.986 at 1, 1.000 / 1.000 from 2 on; binary 0.996 /
+# 0.883 at 30, 1.000 / 0.945 at 80, 1.000 / 0.964 at 120, 1.000 / 0.980 at 200. Single words are
+# the hard kind: their neighbours' sign bits differ from the query's in nearly as many places as
+# anything else's, so the right rows sit deeper in the Hamming order. 120 keeps both kinds above
+# 0.95; the scan costs the same for any depth, and rescoring 1,200 candidates reads 1.8 MB of
+# memory-mapped vectors a query.
+DEFAULT_RESCORE = {"int8": 4, "binary": 120}
 CALIBRATION_ROWS = 100_000
 RESCORE_ROWS = 65_536  # candidate rows gathered at a time while rescoring: bounds the memory
 # Below this many queries faiss scans on one thread: splitting one query's scan across threads
@@ -281,6 +286,7 @@ class QuantizedIndex:
         self.ids = ids
         self.vectors = vectors
         self.default_rescore = DEFAULT_RESCORE[manifest.quantize]
+        self._order: np.ndarray | None = None  # argsort of ids, made on first use
 
     @classmethod
     def load(cls, store_path: Path, manifest: IndexManifest) -> QuantizedIndex:
@@ -298,28 +304,68 @@ class QuantizedIndex:
             )
         return cls(manifest, codes, ids, vectors)
 
-    def search(self, vectors: np.ndarray, k: int, rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, exact scores), each (queries, k), best first, for query vectors like the store's."""
+    def search(
+        self, vectors: np.ndarray, k: int, rescore: int | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, exact scores), each (queries, k), best first, for query vectors like the store's.
+        With `allowed` (sorted row ids: a `--where` filter's) only those rows are returned: the
+        scan takes candidates in proportion to 1 / the share allowed, deeper until k are found."""
         rescore = self.default_rescore if rescore is None else rescore
         queries = prepare_queries(vectors, self.manifest.space)
-        candidates = min(self.manifest.count, max(k, rescore * k))
+        keep = None if allowed is None else np.isin(self.ids, allowed)
+        share = 1.0 if keep is None else max(float(keep.mean()), 1.0 / max(self.manifest.count, 1))
+        candidates = min(self.manifest.count, int(np.ceil(max(k, rescore * k) / share)))
+        while True:
+            ids, scores = self._scan(queries, k, candidates, keep)
+            found = int(np.isfinite(scores).sum(1).min()) if len(scores) else k
+            if keep is None or found >= min(k, int(keep.sum())) or candidates >= self.manifest.count:
+                return ids, scores
+            candidates = min(self.manifest.count, candidates * 4)
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The full-precision vectors of the given row ids (all in the index), float32."""
+        if self._order is None:
+            self._order = np.argsort(self.ids, kind="stable")
+        positions = self._order[np.searchsorted(self.ids[self._order], ids)]
+        order = np.argsort(positions)  # read the memory-mapped file in its order
+        out = np.empty((len(ids), self.vectors.shape[1]), dtype=np.float32)
+        out[order] = self.vectors[positions[order]]
+        return out
+
+    def _scan(
+        self, queries: np.ndarray, k: int, candidates: int, keep: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         found = binary_codes(queries) if self.manifest.quantize == "binary" else queries
         with _faiss_threads(1 if len(queries) < FEW_QUERIES else None):
             _, positions = self.codes.search(found, candidates)
         step = max(1, RESCORE_ROWS // candidates)
-        parts = [self._rescore(queries[i : i + step], positions[i : i + step], k) for i in range(0, len(queries), step)]
+        parts = [
+            self._rescore(queries[i : i + step], positions[i : i + step], k, keep) for i in range(0, len(queries), step)
+        ]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _rescore(self, queries: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k best of each query's candidates by exact score, on exact search's scale."""
-        # Each distinct candidate row is read once, in file order (the vectors are memory-mapped).
+    def _rescore(
+        self, queries: np.ndarray, positions: np.ndarray, k: int, keep: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of each query's candidates by exact score, on exact search's scale (rows
+        a filter does not keep score -inf)."""
+        # Each distinct candidate row is read once, in file order (the vectors are memory-mapped),
+        # and scored against every query in one matrix product; each query then picks its own
+        # candidates' scores (a (queries, candidates, dim) gather ran 20-50 ms at 1,200).
         rows, inverse = np.unique(positions, return_inverse=True)
-        candidates = np.asarray(self.vectors[rows], dtype=np.float32)[inverse.reshape(positions.shape)]
+        vectors = np.asarray(self.vectors[rows], dtype=np.float32)
         space = self.manifest.space
         if space == "cosine":
-            candidates /= np.maximum(np.linalg.norm(candidates, axis=2, keepdims=True), 1e-12)
-        dots = np.matmul(candidates, queries[:, :, None])[..., 0]
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        pick = (inverse.reshape(positions.shape), np.arange(len(queries))[:, None])
+        # A few queries are scored without BLAS: their product (1,200 x 384 at 120 x k) crosses
+        # OpenBLAS's threading threshold, and two threads took 40 ms under load where numpy's
+        # own loop takes under 1 ms (the same reason faiss scans them on one thread).
+        few = len(queries) < FEW_QUERIES
+        dots = (np.einsum("rd,qd->rq", vectors, queries) if few else vectors @ queries.T)[pick]
         if space == "l2":
-            squared = (queries * queries).sum(1)[:, None] - 2 * dots + (candidates * candidates).sum(2)
+            squared = (queries * queries).sum(1)[:, None] - 2 * dots + (vectors * vectors).sum(1)[pick[0]]
             dots = -np.sqrt(np.maximum(squared, 0.0))
+        if keep is not None:
+            dots = np.where(keep[positions], dots, -np.inf)
         return _top_k(self.ids[positions], dots.astype(np.float32), k)

@@ -4,15 +4,16 @@ over shards added since the build, and its keyword index, alone or fused (retrie
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sbert_cli.errors import InputError, SbertError
-from sbert_cli.retrieval.exact import exact_search, merge_results, prepare_queries
-from sbert_cli.retrieval.fusion import DEFAULT_MODE, FUSION_DEPTH, Ranked, check_fusion, fuse, single
+from sbert_cli.retrieval.exact import exact_over, exact_search, merge_results, prepare_queries
+from sbert_cli.retrieval.filter import RowFilter, filter_rows, matching_vectors
+from sbert_cli.retrieval.fusion import DEFAULT_MODE, Ranked, check_fusion
 from sbert_cli.retrieval.graph import (
     DEFAULT_EF,
     check_graph_file,
@@ -23,37 +24,14 @@ from sbert_cli.retrieval.graph import (
 )
 from sbert_cli.retrieval.keyword import KeywordIndex
 from sbert_cli.retrieval.quantized import QuantizedIndex
+from sbert_cli.retrieval.ranking import Request, rank_records
+from sbert_cli.retrieval.records import FUSION_COLUMNS, HIT_COLUMNS, Hit, Layout, cosines, fetch_rows, plain
 from sbert_cli.store.integrity import DamagedFileError
 from sbert_cli.store.manifest import IndexManifest, KeywordManifest
 from sbert_cli.store.store import Store
 
 log = logging.getLogger("sbert")
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: the stored row and how close it is to the query (higher is closer)."""
-
-    query: str
-    rank: int  # 1-based
-    id: int
-    score: float  # cosine similarity for cosine/ip spaces on normalized vectors; -L2 distance for l2
-    text: str | None
-    source: str | None
-    line: int | None
-    # Where the hit stood in each ranking (None: not in that list's top); in hybrid mode `score`
-    # is the fused score, in keyword mode the BM25 score.
-    dense_rank: int | None = None
-    dense_score: float | None = None
-    keyword_rank: int | None = None
-    keyword_score: float | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-HIT_COLUMNS = ("query", "rank", "id", "score", "text", "source", "line")
-FUSION_COLUMNS = ("dense_rank", "dense_score", "keyword_rank", "keyword_score")
+__all__ = ["FUSION_COLUMNS", "HIT_COLUMNS", "Hit", "Index"]
 
 
 class Index:
@@ -76,6 +54,7 @@ class Index:
         self.pending = uncovered_shards(store, manifest) if manifest else list(store.shards)
         self._encoder = None
         self._keyword: KeywordIndex | None = None
+        self._layout: Layout | None = None
 
     @classmethod
     def open(cls, store_path: str | Path, *, exact: bool = False, device: str = "auto") -> Index:
@@ -146,12 +125,6 @@ class Index:
     def encode(self, queries: Sequence[str]) -> np.ndarray:
         return self.encoder().encode(list(queries))
 
-    def check_k(self, k: int) -> None:
-        if k < 1:
-            raise InputError(f"-k {k}: must be at least 1")
-        if k > self.rows:
-            raise InputError(f"-k {k} is larger than the store ({self.rows:,} rows); ask for at most {self.rows:,}")
-
     def keyword_index(self) -> KeywordIndex:
         """The store's BM25 index, opened on first use (dense search never needs it)."""
         if self._keyword is None:
@@ -175,15 +148,43 @@ class Index:
         has_keyword = self.store.has_text and KeywordManifest.path_in(self.store.path).is_file()
         return DEFAULT_MODE if has_keyword else "dense"
 
+    @property
+    def layout(self) -> Layout:
+        """Which optional columns (chunk, start, end, kept fields) the store's shards have."""
+        if self._layout is None:
+            self._layout = Layout.of(self.store) if self.store.shards else Layout(False, ())
+        return self._layout
+
+    def columns(self, mode: str | None = None) -> tuple[str, ...]:
+        """The keys of `Hit.as_dict()` for a search in `mode` (the CLI's column order)."""
+        return self.layout.columns(self.resolve_mode(mode))
+
+    def row_filter(self, where: str) -> RowFilter:
+        """The store rows a `--where` expression keeps (retrieval/filter.py)."""
+        return filter_rows(self.store, where)
+
     def search_vectors(
-        self, vectors: np.ndarray, k: int = 10, ef: int | None = None, rescore: int | None = None
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        ef: int | None = None,
+        rescore: int | None = None,
+        *,
+        where: RowFilter | str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores), each (queries, k), best first, for query vectors made like the store's.
-        `ef` tunes an HNSW graph, `rescore` a compressed index (candidates = rescore x k)."""
-        self.check_k(k)
+        """(ids, scores), each (queries, k'), best first, for query vectors made like the store's;
+        k' = min(k, rows searched). `ef` tunes an HNSW graph, `rescore` a compressed index
+        (candidates = rescore x k); `where` keeps only the rows a filter matches (filter first)."""
+        _check_k(k)
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.store.dim:
             raise InputError(f"query vectors have dimension {vectors.shape[1]}, the store {self.store.dim}")
+        row_filter = self.row_filter(where) if isinstance(where, str) else where
+        k = min(k, self.rows if row_filter is None else len(row_filter.ids))
+        if k == 0:
+            return np.empty((len(vectors), 0), np.int64), np.empty((len(vectors), 0), np.float32)
+        if row_filter is not None and (self.graph is None or row_filter.narrow):
+            return self._search_matching(vectors, k, row_filter)
         if self.graph is None:
             return exact_search(self.store, vectors, k, self.space)
         if ef is not None and ef < 1:
@@ -191,19 +192,57 @@ class Index:
         if rescore is not None and rescore < 1:
             raise InputError(f"--rescore {rescore}: must be at least 1")
         graph_k = min(k, self.manifest.count)
+        allowed = None if row_filter is None else row_filter.ids
         if isinstance(self.graph, QuantizedIndex):
-            ids, scores = self.graph.search(vectors, graph_k, rescore)
+            ids, scores = self.graph.search(vectors, graph_k, rescore, allowed=allowed)
         else:
-            ids, scores = self._search_graph(vectors, graph_k, ef)
+            try:
+                ids, scores = self._search_graph(vectors, graph_k, ef, row_filter)
+            except _TooFew:  # fewer matching rows reachable in the graph than asked for
+                return self._search_matching(vectors, k, row_filter)
         if self.pending:
-            return merge_results((ids, scores), exact_search(self.store, vectors, k, self.space, self.pending), k)
+            pending = exact_search(self.store, vectors, k, self.space, self.pending, allowed=allowed)
+            return merge_results((ids, scores), pending, k)
         return ids, scores
 
-    def _search_graph(self, vectors: np.ndarray, k: int, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_matching(self, vectors: np.ndarray, k: int, row_filter: RowFilter) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search over a filter's matching rows: their vectors read by id when they are
+        few, every shard scanned (matching rows kept) when they are many."""
+        if row_filter.narrow:
+            ids, matching = self._matching_vectors(row_filter)
+            return exact_over(ids, matching, vectors, k, self.space)
+        return exact_search(self.store, vectors, k, self.space, allowed=row_filter.ids)
+
+    def _matching_vectors(self, row_filter: RowFilter) -> tuple[np.ndarray, np.ndarray]:
+        """A narrow filter's rows and vectors: from the index, which holds them in memory (or
+        memory-mapped), where it covers them; from the shards otherwise (--exact, new shards)."""
+        get_items = getattr(self.graph, "get_items", None)
+        if get_items is None and not isinstance(self.graph, QuantizedIndex):
+            return matching_vectors(self.store, row_filter.ids)
+        pending = np.zeros(len(row_filter.ids), dtype=bool)
+        for shard in self.pending:
+            pending |= (row_filter.ids >= shard.id_min) & (row_filter.ids <= shard.id_max)
+        indexed = row_filter.ids[~pending]
+        if isinstance(self.graph, QuantizedIndex):
+            found = self.graph.vectors_of(indexed)
+        else:
+            found = np.asarray(get_items(indexed, return_type="numpy"), dtype=np.float32).reshape(-1, self.store.dim)
+        if not pending.any():
+            return indexed, found
+        more_ids, more = matching_vectors(self.store, row_filter.ids[pending], self.pending)
+        return np.concatenate([indexed, more_ids]), np.concatenate([found, more])
+
+    def _search_graph(
+        self, vectors: np.ndarray, k: int, ef: int | None, row_filter: RowFilter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         self.graph.set_ef(max(ef or self.default_ef, k))
+        # hnswlib calls the filter from its search threads; a Python callable needs the GIL anyway.
+        options = {} if row_filter is None else {"filter": row_filter.contains, "num_threads": 1}
         try:
-            labels, distances = self.graph.knn_query(prepare_queries(vectors, self.space), k=k)
+            labels, distances = self.graph.knn_query(prepare_queries(vectors, self.space), k=k, **options)
         except RuntimeError as exc:  # hnswlib: fewer than k reachable (tiny ef on a sparse graph)
+            if row_filter is not None:
+                raise _TooFew from exc
             raise SbertError(f"index search failed ({exc}); try a larger --ef or --exact") from exc
         scores = -np.sqrt(np.maximum(distances, 0.0)) if self.space == "l2" else 1.0 - distances
         return labels.astype(np.int64), scores.astype(np.float32)
@@ -219,48 +258,96 @@ class Index:
         rrf_k: float | None = None,
         alpha: float | None = None,
         rescore: int | None = None,
+        where: str | None = None,
+        chunks: bool = False,
+        min_cosine: float | None = None,
+        fusion: str | None = None,
     ) -> list[list[Hit]]:
-        """Top-k stored rows per query, best first, texts fetched by id.
+        """The k best records per query (`chunks=True`: chunk rows), best first.
 
-        `mode`: dense, keyword or hybrid (None: see `resolve_mode`); hybrid fuses by reciprocal
-        rank (`rrf_k`, default 60) or, given `alpha`, by weighted normalized scores (see
-        retrieval/fusion.py). `min_score` applies to the mode's score (cosine, BM25 or fused)."""
+        `mode`: dense, keyword or hybrid (None: see `resolve_mode`); hybrid fuses by a convex
+        combination of normalized scores (`alpha`) or by reciprocal rank (`fusion="rrf"`,
+        `rrf_k`): retrieval/fusion.py. `where`: a SQL boolean expression over the stored columns
+        (retrieval/filter.py); every hit satisfies it. `min_score` drops hits under the mode's
+        score (cosine, BM25, fused: 0 to 1 for convex), `min_cosine` under their cosine. Fewer
+        than k hits come back only when fewer records match (or the thresholds drop them)."""
         queries = _check_queries(queries)
-        self.check_k(k)
+        _check_k(k)
+        _check_threshold("--min-score", min_score)
+        _check_threshold("--min-cosine", min_cosine)
         mode = self.resolve_mode(mode)
-        check_fusion(mode, rrf_k, alpha)
-        depth = min(self.rows, max(k, FUSION_DEPTH)) if mode == "hybrid" else k
+        how = check_fusion(mode, rrf_k, alpha, fusion)
         # Keyword first: a missing or stale keyword index is refused before the model loads.
-        keyword = self.keyword_index().search(queries, depth) if mode != "dense" else None
-        dense = self.search_vectors(self.encode(queries), depth, ef, rescore) if mode != "keyword" else None
-        if dense is None or keyword is None:
-            name, (ids, scores) = ("dense", dense) if keyword is None else ("keyword", keyword)
-            ranked = [single(ids[q], scores[q], k, name) for q in range(len(queries))]
-        else:
-            rows = range(len(queries))
-            ranked = [fuse((dense[0][q], dense[1][q]), (keyword[0][q], keyword[1][q]), k, rrf_k, alpha) for q in rows]
-        return self._hits(queries, ranked, min_score)
+        keyword = self.keyword_index() if mode != "dense" else None
+        row_filter = self.row_filter(where) if where is not None else None
+        if row_filter is not None and len(row_filter.ids) == 0:
+            return [[] for _ in queries]
+        vectors = self.encode(queries)  # dense mode ranks by them; every mode reports the cosine
+        request = Request(queries, vectors, k, mode, how, ef, rescore, row_filter, not chunks and self.layout.chunked)
+        ranked = rank_records(self, keyword, request)
+        return self._hits(queries, vectors, ranked, mode, min_score, min_cosine)
 
-    def _hits(self, queries: list[str], ranked: list[list[Ranked]], min_score: float | None) -> list[list[Hit]]:
-        """Hits with their rows, dropping those under `min_score` (ranks stay as ranked)."""
-        kept = [[(n, r) for n, r in enumerate(per, 1) if min_score is None or r.score >= min_score] for per in ranked]
-        rows = self.store.fetch([r.id for per in kept for _, r in per])
+    def _hits(
+        self,
+        queries: list[str],
+        vectors: np.ndarray,
+        ranked: list[list[Ranked]],
+        mode: str,
+        min_score: float | None,
+        min_cosine: float | None,
+    ) -> list[list[Hit]]:
+        """Hits with their rows and cosines, dropping those under the thresholds (ranks stay)."""
+        columns = ("text", "source", "line", "key", *self.layout.extra, "embedding")
+        rows = fetch_rows(self.store, [r.id for per in ranked for r in per], columns)
+        missing = [r.id for per in ranked for r in per if r.id not in rows]
+        if missing:
+            raise SbertError(
+                f"{self.store.path}: row {missing[0]} found by the index is not in the store; "
+                f"rebuild with: sbert index {self.store.path} --rebuild"
+            )
         results = []
-        for query, per in zip(queries, kept, strict=True):
-            hits = []
-            for rank, r in per:
-                row = rows.get(r.id)
-                if row is None:
-                    raise SbertError(
-                        f"{self.store.path}: row {r.id} found by the index is not in the store; "
-                        f"rebuild with: sbert index {self.store.path} --rebuild"
-                    )
-                extra = (r.dense_rank, r.dense_score, r.keyword_rank, r.keyword_score)
-                hits.append(
-                    Hit(query, rank, r.id, r.score, row.get("text"), row.get("source"), row.get("line"), *extra)
+        for query, vector, per in zip(queries, vectors, ranked, strict=True):
+            found = [rows[r.id] for r in per]
+            hits = [
+                self._hit(query, rank, r, row, cos, mode)
+                for rank, (r, row, cos) in enumerate(
+                    zip(per, found, cosines(vector, found, self.store.dim), strict=True), 1
                 )
+                if (min_score is None or r.score >= min_score) and (min_cosine is None or cos >= min_cosine)
+            ]
             results.append(hits)
         return results
+
+    def _hit(self, query: str, rank: int, r: Ranked, row: dict, cosine: float, mode: str) -> Hit:
+        fused = (r.dense_rank, r.dense_score, r.keyword_rank, r.keyword_score)
+        return Hit(
+            query,
+            rank,
+            r.id,
+            r.score,
+            row.get("text"),
+            row.get("source"),
+            row.get("line"),
+            *fused,
+            cosine=cosine,
+            key=row.get("key"),
+            extra={c: plain(row.get(c)) for c in self.layout.extra},
+            mode=mode,
+        )
+
+
+class _TooFew(Exception):
+    """A filtered graph search found fewer matching rows than asked for."""
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise InputError(f"-k {k}: must be at least 1")
+
+
+def _check_threshold(name: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise InputError(f"{name} {value}: must be a finite number")
 
 
 def _check_queries(queries: Sequence[str] | str) -> list[str]:

@@ -4,9 +4,11 @@ indexes, then check again.
 A shard is re-encoded only from its input as it was: the file at the path the manifest records,
 with the size and modification time it had when it was encoded, read with the options it was
 read with (`InputEntry.read`; a store from before those were recorded is read with the defaults,
-and the records must still land on the shard's ids and row count). The shard's records are
-encoded in the windows the encode run formed (they start at a shard boundary), so the vectors
-are the ones written before (exactly so on the CPU; the checksum says which). An input that
+and the rows must still land on the shard's ids and row count). The input is read and cut into
+rows by the store's chunking stage from its start (a chunk beyond a record's first shifts the ids
+after it), the shard's rows picked by id, and encoded in the windows the encode run formed (they
+start at a shard boundary), so the vectors are the ones written before (exactly so on the CPU;
+the checksum says which). An input that
 changed or is gone cannot be repaired from: the error names each one needed.
 
 Indexes are rebuilt by `sbert index`'s own code, which rebuilds what is damaged or stale (a
@@ -18,7 +20,6 @@ This sits above the store: it imports the encoder and the index builders where i
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from sbert_cli.store.atomic import atomic_path
 from sbert_cli.store.check import CheckReport, check_store
 from sbert_cli.store.integrity import digest_file
 from sbert_cli.store.manifest import IndexManifest, InputEntry, KeywordManifest, ShardInfo
-from sbert_cli.store.store import Store, make_id, split_id, store_lock
+from sbert_cli.store.store import Store, make_id, store_lock
 from sbert_cli.store.writer import ShardLayout, write_shard
 
 
@@ -78,28 +79,25 @@ def repair_store(store_path: str | Path, *, device: str = "auto", reporter: Repo
 # -- shards ---------------------------------------------------------------------------------------
 def _repair_shards(store_path: Path, damaged: set, device: str, summary: RepairSummary, reporter: Reporter) -> bool:
     """Re-encode the `damaged` shards under the store lock; True when any shard's bytes changed."""
-    from sbert_cli.encoding.loader import encoder_for_store
-
     changed = False
     with store_lock(store_path):
         store = Store.open(store_path)
         entries = {e.index: e for e in store.manifest.inputs}
-        encoder = None
-
-        def entry_of(shard: ShardInfo) -> str:
-            return entries[shard.input].path or entries[shard.input].source
-
+        model = None  # (encoder, chunker), loaded for the first shard that can be repaired
         for pos, shard in enumerate(store.manifest.shards):
             if shard.file not in damaged:
                 continue
+            entry = entries[shard.input]
             try:
-                records = _shard_records(entries[shard.input], shard)
+                source = _source(entry)  # before the model loads: a missing input needs no model
+                model = model or _model(store, device)
+                rows, offset = _shard_rows(entry, shard, source, model[1])
             except InputNeeded as exc:
                 summary.needed.append(str(exc))
                 continue
-            reporter.message(f"{store.shard_path(shard)}: re-encoding {len(records):,} rows from {entry_of(shard)}")
-            encoder = encoder or encoder_for_store(store.model, device)
-            new = _write_again(store, entries[shard.input], shard, records, _encode(encoder, records))
+            reporter.message(f"{store.shard_path(shard)}: re-encoding {len(rows):,} rows from {entry.path}")
+            vectors = _encode(model[0], rows)
+            new = _write_again(store, dataclasses.replace(entry, id_offset=offset), shard, rows, vectors)
             store.manifest.shards[pos] = new
             store.manifest.save(store_path)  # the commit: one shard at a time, like an encode
             summary.reencoded.append(shard.file)
@@ -107,6 +105,16 @@ def _repair_shards(store_path: Path, damaged: set, device: str, summary: RepairS
                 summary.exact.append(shard.file)
             changed = changed or new.sha256 != shard.sha256
     return changed
+
+
+def _model(store: Store, device: str) -> tuple:
+    """The store's model and its chunking stage, as the encode run had them."""
+    from sbert_cli.chunking.stage import ChunkStats
+    from sbert_cli.encoding.loader import encoder_for_store
+    from sbert_cli.encoding.chunk_settings import chunker_for
+
+    encoder = encoder_for_store(store.model, device)
+    return encoder, chunker_for(encoder, store.manifest.chunking, ChunkStats())
 
 
 def _source(entry: InputEntry) -> InputSource:
@@ -124,26 +132,38 @@ def _source(entry: InputEntry) -> InputSource:
     return InputSource(entry.source, path, fmt, entry.format.endswith(".gz"))
 
 
-def _shard_records(entry: InputEntry, shard: ShardInfo) -> list[Record]:
-    """The records a shard was made from: those of its input whose lines fall in its id range."""
-    source = _source(entry)
-    read = ReadOptions(**{**(entry.read or {}), "format": source.format})
-    first, last = split_id(shard.id_min)[1], split_id(shard.id_max)[1]
-    lines = itertools.takewhile(lambda r: r.line <= last, read_records(source, read))
-    records = [r for r in lines if r.line >= first]
-    if not records or len(records) != shard.rows or make_id(entry.index, records[-1].line) != shard.id_max:
-        raise InputNeeded(f"{entry.path} (it now reads as {len(records):,} records where the shard had {shard.rows:,})")
-    return records
+def _shard_rows(entry: InputEntry, shard: ShardInfo, source: InputSource, chunker) -> tuple[list[Record], int]:
+    """The rows a shard was made from (records, or chunks of them) and the input's id offset
+    before its first row: the input is read and chunked from its start, each row's id computed
+    as the writer does (line + chunks beyond the first so far), and the shard's id range kept."""
+    known = {f.name for f in dataclasses.fields(ReadOptions)}  # options a later sbert dropped are ignored
+    options = {k: v for k, v in (entry.read or {}).items() if k in known and k != "format"}
+    read = ReadOptions(**options, format=source.format)
+    offset, before, last, rows = 0, 0, None, []
+    for row in chunker.rows(read_records(source, read)):
+        further = getattr(row, "chunk", 0) > 0
+        offset += further
+        row_id = make_id(entry.index, row.line + offset)
+        if row_id > shard.id_max:
+            break
+        if row_id >= shard.id_min:
+            before = before if rows else offset - further
+            rows.append(row)
+            last = row_id
+    if len(rows) != shard.rows or last != shard.id_max:
+        raise InputNeeded(f"{entry.path} (it now reads as {len(rows):,} rows where the shard had {shard.rows:,})")
+    return rows, before
 
 
-def _encode(encoder, records: list[Record]) -> np.ndarray:
-    """Vectors in the windows the encode run used: a shard starts at a window boundary."""
+def _encode(encoder, rows: list[Record]) -> np.ndarray:
+    """Vectors in the windows the encode run used (a shard starts at a window boundary), from
+    the token ids the chunking stage made, as the run's were."""
     from sbert_cli.encoding.devices import window_texts
     from sbert_cli.encoding.stream import aligned_windows
 
-    windows = aligned_windows(iter(records), len(records), window_texts(getattr(encoder, "device", "cpu")))
-    done = encoder.encode_windows((None, [r.text for r in window]) for window in windows)
-    return np.concatenate([w.embeddings for w in done])
+    windows = aligned_windows(iter(rows), len(rows), window_texts(getattr(encoder, "device", "cpu")))
+    items = ((None, [r.text for r in w], [getattr(r, "ids", None) for r in w]) for w in windows)
+    return np.concatenate([w.embeddings for w in encoder.encode_windows(items)])
 
 
 def _write_again(store: Store, entry: InputEntry, shard: ShardInfo, records: list[Record], vectors) -> ShardInfo:

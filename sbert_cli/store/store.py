@@ -147,9 +147,10 @@ class Store:
             )
         return table
 
-    def _read_rows(self, shard: ShardInfo, columns: list[str], row_ids: list[int]):
-        """Some rows of a shard, verified at the cost of reading them: their Parquet pages' CRCs
-        (older shards, without page CRCs, are hashed whole, once per process)."""
+    def read_rows(self, shard: ShardInfo, columns: list[str], row_ids):
+        """Some rows of a shard (`row_ids`: a list or an Arrow array of ids), verified at the cost
+        of reading them: their Parquet pages' CRCs (older shards, without page CRCs, are hashed
+        whole, once per process). Every partial read of a shard goes through here."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -202,11 +203,23 @@ class Store:
         present = [c for c in columns if c in self.columns()]
         out: dict[int, dict] = {}
         for pos, row_ids in by_shard.items():
-            table = self._read_rows(shards[pos], ["id", *present], row_ids)
+            table = self.read_rows(shards[pos], ["id", *present], row_ids)
             table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(row_ids, type=pa.int64())))
             for row in table.to_pylist():
                 out[row["id"]] = row
         return out
+
+    def shard_columns(self, shard: ShardInfo) -> list[str]:
+        """The columns one shard holds, from its footer (shards of older stores lack some)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path, expected = self.shard_path(shard), self.shard_expected(shard)
+        check_present(path, expected)
+        try:
+            return pq.read_schema(path).names
+        except (OSError, pa.ArrowException) as exc:
+            raise DamagedFileError(f"{path}: shard is damaged ({exc}); {expected.fix}") from exc
 
     def columns(self) -> list[str]:
         """Every shard's columns, in the writer's order (store/writer.py `shard_schema`)."""

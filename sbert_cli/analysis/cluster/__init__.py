@@ -9,7 +9,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sbert_cli.analysis.cluster.assign import ASSIGNMENT_COLUMNS, Assigner, check_output_path, write_assignments
+from sbert_cli.analysis.cluster.assign import (
+    ASSIGNMENT_COLUMNS,
+    Assigner,
+    assignment_columns,
+    check_output_path,
+    write_assignments,
+)
 from sbert_cli.analysis.cluster.fit import fit
 from sbert_cli.analysis.cluster.methods import (
     LINKAGES,
@@ -22,6 +28,7 @@ from sbert_cli.analysis.cluster.methods import (
     parse_size,
 )
 from sbert_cli.analysis.cluster.plot import check_plot_available, plot_clusters
+from sbert_cli.analysis.records import StoreRecords
 from sbert_cli.progress import Reporter
 from sbert_cli.store.store import Store
 
@@ -31,6 +38,7 @@ __all__ = [
     "METHODS",
     "NOISE",
     "Assigner",
+    "assignment_columns",
     "ClusterOptions",
     "ClusterSummary",
     "Fitted",
@@ -49,25 +57,27 @@ __all__ = [
 def run_cluster(
     store_path: str,
     options: ClusterOptions,
-    sink: Callable[[Iterator[dict]], None],
+    sink: Callable[[Iterator[dict], list[str]], None],
     plot: str | None = None,
     reporter: Reporter | None = None,
 ) -> ClusterSummary:
-    """Open, fit, stream the assignments into `sink`, plot: the whole command as a function."""
+    """Open, fit, stream the assignments into `sink` (rows, their columns), plot: the whole
+    command as a function. Records are clustered (rows with `options.chunks`): analysis/records.py."""
     started = time.perf_counter()
     if plot:
         check_plot_available(plot)
-    store = Store.open(store_path)
-    fitted = fit(store, options, reporter, plot=bool(plot))
-    assigner = Assigner(store, fitted, options.top)
-    sink(assigner.rows())
+    records = StoreRecords(Store.open(store_path), options.chunks)
+    fitted = fit(records, options, reporter, plot=bool(plot))
+    assigner = Assigner(records, fitted, options.top)
+    sink(assigner.rows(), assigner.columns)
     summary = assigner.summary
     if plot:
         assert fitted.plot_sample is not None
         vectors, labels = fitted.plot_sample
-        shown = f", {len(vectors):,} of {summary.rows:,} rows shown" if len(vectors) < summary.rows else ""
+        kind = records.kind
+        shown = f", {len(vectors):,} of {summary.rows:,} {kind} shown" if len(vectors) < summary.rows else ""
         title = f"{Path(store_path).name}: {fitted.method}, {fitted.clusters} clusters{shown} (PCA)"
-        plot_clusters(plot, vectors, labels, title)
+        plot_clusters(plot, vectors, labels, title, summary.central)
     summary.elapsed = time.perf_counter() - started
     return summary
 

@@ -9,24 +9,31 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.analysis.cluster.methods import CENTRAL_TEXTS, NOISE, ClusterSummary, Fitted, threads_for
-from sbert_cli.analysis.similarity import unit_rows
+from sbert_cli.analysis.records import RecordBlock, StoreRecords
 from sbert_cli.errors import InputError
 from sbert_cli.store.atomic import atomic_path
-from sbert_cli.store.store import Store
 
 # -- assignments --------------------------------------------------------------------------------------
-ASSIGNMENT_COLUMNS = ["id", "cluster", "distance", "text"]
+# Every record's place and id, its cluster, and its text; `--chunks` adds `chunk`, `start`, `end`
+# before `text` when the store has them.
+ASSIGNMENT_COLUMNS = ["id", "source", "line", "key", "cluster", "distance", "text"]
+_COLUMN_TYPES = {"source": "string", "key": "string", "text": "string", "distance": "float32"}
+
+
+def assignment_columns(records: StoreRecords) -> list[str]:
+    return [*records.columns[:-1], "cluster", "distance", "text"]
 
 
 class Assigner:
-    """Streams one row per store row (`id`, `cluster`, `distance`, `text`), shard by shard, and
-    counts cluster sizes and the most central rows as it goes; `summary` is complete once the
-    rows are exhausted."""
+    """Streams one row per record (`assignment_columns`), shard by shard, and counts cluster
+    sizes and the most central records as it goes; `summary` is complete once the rows are
+    exhausted."""
 
-    def __init__(self, store: Store, fitted: Fitted, top: int = CENTRAL_TEXTS) -> None:
-        self.store = store
+    def __init__(self, records: StoreRecords, fitted: Fitted, top: int = CENTRAL_TEXTS) -> None:
+        self.records = records
         self.fitted = fitted
         self.top = top
+        self.columns = assignment_columns(records)
         self.summary = ClusterSummary(
             fitted.method,
             fitted.clusters,
@@ -34,38 +41,31 @@ class Assigner:
             sample_size=fitted.sample_size,
             streamed=fitted.streamed,
         )
-        self._central: dict[int, list[tuple[float, int, str | None]]] = {}
+        self._central: dict[int, list[tuple[float, int, dict]]] = {}
 
     def rows(self) -> Iterator[dict]:
-        from sbert_cli.store.store import embeddings_to_numpy
-
-        store, fitted = self.store, self.fitted
+        fitted = self.fitted
         in_memory = fitted.labels is not None
-        columns = ["id"] + (["text"] if store.has_text else []) + ([] if in_memory else ["embedding"])
         offset = 0
-        for shard in store.shards:
-            table = store.read_shard(shard, columns)
-            ids = table.column("id").to_numpy()
-            texts = table.column("text").to_pylist() if store.has_text else [None] * len(ids)
+        for block in self.records.blocks(vectors=not in_memory):
+            n = len(block)
             if in_memory:
                 assert fitted.labels is not None and fitted.vectors is not None
-                labels = fitted.labels[offset : offset + len(ids)]
-                unit = fitted.vectors[offset : offset + len(ids)]
+                labels = fitted.labels[offset : offset + n]
+                unit = fitted.vectors[offset : offset + n]
             else:
-                unit = unit_rows(embeddings_to_numpy(table.column("embedding"), store.dim))
+                assert block.vectors is not None
+                unit = block.vectors
                 with threads_for(len(unit)):
                     labels = fitted.predictor.predict(unit).astype(np.int64)  # type: ignore[union-attr]
-            offset += len(ids)
+            offset += n
             distances = self._distances(unit, labels)
-            self._count(ids, labels, distances, texts)
-            for i, row_id in enumerate(ids.tolist()):
+            self._count(block, labels, distances)
+            for i, row in enumerate(block.rows()):
                 label = int(labels[i])
-                yield {
-                    "id": row_id,
-                    "cluster": label,
-                    "distance": None if label == NOISE else round(float(distances[i]), 6),
-                    "text": texts[i],
-                }
+                row["cluster"] = label
+                row["distance"] = None if label == NOISE else round(float(distances[i]), 6)
+                yield {c: row[c] for c in self.columns}
         self._finish()
 
     def _distances(self, unit: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -77,36 +77,36 @@ class Assigner:
             distances[member] = np.clip(1.0 - cos, 0.0, 2.0)
         return distances
 
-    def _count(self, ids: np.ndarray, labels: np.ndarray, distances: np.ndarray, texts: list) -> None:
+    def _count(self, block: RecordBlock, labels: np.ndarray, distances: np.ndarray) -> None:
         summary = self.summary
-        summary.rows += len(ids)
+        summary.rows += len(block)
         values, counts = np.unique(labels, return_counts=True)
         for value, count in zip(values.tolist(), counts.tolist(), strict=True):
             summary.sizes[value] = summary.sizes.get(value, 0) + count
         if self.top <= 0:
             return
-        # Per shard, keep only each cluster's `top` nearest rows: the pool stays tiny.
+        # Per shard, keep only each cluster's `top` nearest records: the pool stays tiny.
         order = np.lexsort((distances, labels))
         seen: dict[int, int] = {}
+        meta = block.meta
         for i in order.tolist():
             label = int(labels[i])
             if label == NOISE or seen.get(label, 0) >= self.top:
                 continue
             seen[label] = seen.get(label, 0) + 1
-            self._central.setdefault(label, []).append((float(distances[i]), int(ids[i]), texts[i]))
+            where = {c: meta[c][i] for c in ("id", "source", "line", "key", "text")}
+            self._central.setdefault(label, []).append((float(distances[i]), int(meta["id"][i]), where))
 
     def _finish(self) -> None:
         for label, pool in self._central.items():
             pool.sort(key=lambda item: (item[0], item[1]))
-            self.summary.central[label] = [
-                {"id": row_id, "distance": round(d, 6), "text": text} for d, row_id, text in pool[: self.top]
-            ]
+            self.summary.central[label] = [{**where, "distance": round(d, 6)} for d, _, where in pool[: self.top]]
 
 
 ASSIGNMENT_BATCH_ROWS = 65_536
 
 
-def write_assignments(path: str, rows: Iterator[dict]) -> int:
+def write_assignments(path: str, rows: Iterator[dict], columns: list[str] = ASSIGNMENT_COLUMNS) -> int:
     """Write assignment rows to a .parquet or .jsonl file, committed atomically (a crash never
     leaves half a file under the name asked for). Returns the row count."""
     target = Path(path)
@@ -114,7 +114,7 @@ def write_assignments(path: str, rows: Iterator[dict]) -> int:
     if not target.parent.exists():
         raise InputError(f"{path}: directory {target.parent} does not exist")
     with atomic_path(target) as tmp:
-        return _write_jsonl(tmp, rows) if kind == "jsonl" else _write_parquet(tmp, rows)
+        return _write_jsonl(tmp, rows) if kind == "jsonl" else _write_parquet(tmp, rows, columns)
 
 
 def _write_jsonl(path: Path, rows: Iterator[dict]) -> int:
@@ -126,16 +126,14 @@ def _write_jsonl(path: Path, rows: Iterator[dict]) -> int:
     return written
 
 
-def _write_parquet(path: Path, rows: Iterator[dict]) -> int:
+def _write_parquet(path: Path, rows: Iterator[dict], columns: list[str]) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pa.schema(
         [
-            pa.field("id", pa.int64(), nullable=False),
-            pa.field("cluster", pa.int64(), nullable=False),
-            pa.field("distance", pa.float32()),
-            pa.field("text", pa.string()),
+            pa.field(c, getattr(pa, _COLUMN_TYPES.get(c, "int64"))(), nullable=c not in ("id", "cluster"))
+            for c in columns
         ]
     )
     written = 0

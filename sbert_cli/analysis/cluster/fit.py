@@ -25,52 +25,52 @@ from sbert_cli.analysis.cluster.methods import (
     load_unit,
     sample_store,
 )
+from sbert_cli.analysis.records import StoreRecords
 from sbert_cli.analysis.similarity import unit_rows
 from sbert_cli.errors import InputError
 from sbert_cli.progress import NullReporter, Reporter
-from sbert_cli.store.store import Store
 
 
-def _check(store: Store, options: ClusterOptions) -> None:
+def _check(records: StoreRecords, options: ClusterOptions) -> None:
     if options.method not in METHODS:
         raise InputError(f"--method {options.method}: choose from {', '.join(METHODS)}")
-    if store.rows == 0:
-        raise InputError(f"{store.path}: the store is empty; there is nothing to cluster")
+    if records.rows == 0:
+        raise InputError(f"{records.path}: the store is empty; there is nothing to cluster")
     if options.k is not None and options.k < 1:
         raise InputError(f"--k {options.k}: give a number of clusters >= 1, or auto")
-    if options.k is not None and options.k > store.rows:
-        raise InputError(f"--k {options.k} is larger than the store ({store.rows:,} rows)")
+    if options.k is not None and options.k > records.rows:
+        raise InputError(f"--k {options.k} is larger than the store ({records.rows:,} {records.kind})")
 
 
-def fit(store: Store, options: ClusterOptions, reporter: Reporter | None = None, plot: bool = False) -> Fitted:
+def fit(records: StoreRecords, options: ClusterOptions, reporter: Reporter | None = None, plot: bool = False) -> Fitted:
     """Fit the chosen method on the store (validated first: empty store, k, sizes)."""
     reporter = reporter or NullReporter()
-    _check(store, options)
+    _check(records, options)
     limit = options.memory_limit or default_memory_limit()
-    need = in_memory_bytes(store.rows, store.dim)
+    need = in_memory_bytes(records.rows, records.dim)
     if options.method == "community":
-        return _fit_community(store, options, need, limit)
+        return _fit_community(records, options, need, limit)
     if options.method == "agglomerative":
-        return _fit_agglomerative(store, options, reporter)
-    return _fit_kmeans(store, options, reporter, need, limit, plot)
+        return _fit_agglomerative(records, options, reporter)
+    return _fit_kmeans(records, options, reporter, need, limit, plot)
 
 
-def _fit_community(store: Store, options: ClusterOptions, need: int, limit: int) -> Fitted:
+def _fit_community(records: StoreRecords, options: ClusterOptions, need: int, limit: int) -> Fitted:
     if not 0.0 < options.threshold <= 1.0:
         raise InputError(f"--threshold {options.threshold}: give a cosine in (0, 1]")
     if options.min_size < 1:
         raise InputError(f"--min-size {options.min_size}: give 1 or more")
     if need > limit:
         raise InputError(
-            f"{store.path}: {store.rows:,} rows need about {human_bytes(need)} for community clustering, over the "
+            f"{records.path}: {records.rows:,} {records.kind} need about {human_bytes(need)} for community clustering, over the "
             f"{human_bytes(limit)} memory limit; raise --memory-limit or use --method kmeans"
         )
-    x = load_unit(store)
+    x = load_unit(records)
     groups = community_detection(x, options.threshold, options.min_size)
-    labels = np.full(store.rows, NOISE, dtype=np.int64)
+    labels = np.full(records.rows, NOISE, dtype=np.int64)
     for label, members in enumerate(groups):
         labels[members] = label
-    centres = x[[g[0] for g in groups]] if groups else np.empty((0, store.dim), np.float32)
+    centres = x[[g[0] for g in groups]] if groups else np.empty((0, records.dim), np.float32)
     return Fitted("community", centres, labels, x, plot_sample=_plot_sample(x, labels, options.seed))
 
 
@@ -82,20 +82,20 @@ def _auto_k(sample: np.ndarray, options: ClusterOptions, labels_for, reporter: R
     return k, scores, len(sample)
 
 
-def _fit_agglomerative(store: Store, options: ClusterOptions, reporter: Reporter) -> Fitted:
+def _fit_agglomerative(records: StoreRecords, options: ClusterOptions, reporter: Reporter) -> Fitted:
     # Read through the module so tests can lower the limit.
-    if store.rows > methods.AGGLOMERATIVE_MAX_ROWS:
+    if records.rows > methods.AGGLOMERATIVE_MAX_ROWS:
         raise InputError(
-            f"{store.path}: agglomerative clustering is for stores of up to {methods.AGGLOMERATIVE_MAX_ROWS:,} rows "
-            f"(this one has {store.rows:,}); use --method kmeans or --method community"
+            f"{records.path}: agglomerative clustering is for stores of up to {methods.AGGLOMERATIVE_MAX_ROWS:,} rows "
+            f"(this one has {records.rows:,} {records.kind}); use --method kmeans or --method community"
         )
     if options.linkage not in LINKAGES:
         raise InputError(f"--linkage {options.linkage}: choose from {', '.join(LINKAGES)}")
-    x = load_unit(store)
+    x = load_unit(records)
     k, scores, sample_size = options.k, {}, 0
     if k is None:
         k, scores, sample_size = _auto_k(x, options, lambda s, k: agglomerative_labels(s, k, options.linkage), reporter)
-    labels = agglomerative_labels(x, k, options.linkage) if k > 1 else np.zeros(store.rows, dtype=np.int64)
+    labels = agglomerative_labels(x, k, options.linkage) if k > 1 else np.zeros(records.rows, dtype=np.int64)
     plot_sample = _plot_sample(x, labels, options.seed)
     return Fitted(
         "agglomerative",
@@ -108,13 +108,15 @@ def _fit_agglomerative(store: Store, options: ClusterOptions, reporter: Reporter
     )
 
 
-def _fit_kmeans(store: Store, options: ClusterOptions, reporter: Reporter, need: int, limit: int, plot: bool) -> Fitted:
+def _fit_kmeans(
+    records: StoreRecords, options: ClusterOptions, reporter: Reporter, need: int, limit: int, plot: bool
+) -> Fitted:
     """k-means in memory when the store fits in `limit`, else mini-batch shard by shard."""
     streamed = need > limit
-    x = None if streamed else load_unit(store)
+    x = None if streamed else load_unit(records)
     k, scores, sample_size = options.k, {}, 0
     if streamed:
-        _, sample = sample_store(store, max(options.sample, 10 * (k or options.k_max)), options.seed)
+        _, sample = sample_store(records, max(options.sample, 10 * (k or options.k_max)), options.seed)
     else:
         sample = x
     if k is None:
@@ -128,10 +130,10 @@ def _fit_kmeans(store: Store, options: ClusterOptions, reporter: Reporter, need:
             "kmeans", centres, labels, x, silhouettes=scores, sample_size=sample_size, plot_sample=plot_sample
         )
     reporter.message(
-        f"{store.rows:,} rows need about {human_bytes(need)} in memory, over the {human_bytes(limit)} limit: "
+        f"{records.rows:,} {records.kind} need about {human_bytes(need)} in memory, over the {human_bytes(limit)} limit: "
         f"fitting MiniBatchKMeans shard by shard ({MINIBATCH_EPOCHS} passes)"
     )
-    model = fit_minibatch(store, k, options.seed, sample)
+    model = fit_minibatch(records, k, options.seed, sample)
     points = sample[:PLOT_MAX_POINTS]
     plot_sample = (points, model.predict(points).astype(np.int64)) if plot else None
     centres = unit_rows(model.cluster_centers_)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sbert_cli.analysis.records import StoreRecords
 from sbert_cli.analysis.similarity import unit_rows
 from sbert_cli.errors import InputError
-from sbert_cli.store.store import Store
 
 METHODS = ("kmeans", "community", "agglomerative")
 LINKAGES = ("ward", "average", "complete", "single")
@@ -55,6 +55,7 @@ class ClusterOptions:
     min_size: int = 2
     linkage: str = "ward"
     sample: int = 5_000
+    chunks: bool = False  # cluster every row (chunk) instead of every record
     memory_limit: int | None = None  # bytes; None: default_memory_limit()
     top: int = CENTRAL_TEXTS
 
@@ -135,26 +136,27 @@ def human_bytes(n: float) -> str:
 
 
 # -- reading --------------------------------------------------------------------------------------------
-def sample_store(store: Store, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A uniform random sample of `size` rows (ids, unit vectors), one shard in memory at a time."""
-    rows = store.rows
+def sample_store(records: StoreRecords, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform random sample of `size` records (ids, unit vectors), one shard in memory at a time."""
+    rows = records.rows
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(rows, size=min(size, rows), replace=False))
     ids, vectors = [], []
     offset = 0
-    for shard_ids, shard_vectors in store.iter_embeddings():
-        n = len(shard_ids)
+    for block in records.blocks():
+        n = len(block)
         lo, hi = np.searchsorted(picks, [offset, offset + n])
         local = picks[lo:hi] - offset
-        ids.append(shard_ids[local])
-        vectors.append(unit_rows(shard_vectors[local]))
+        ids.append(np.asarray(block.meta["id"], dtype=np.int64)[local])
+        vectors.append(block.vectors[local])
         offset += n
     return np.concatenate(ids), np.concatenate(vectors)
 
 
-def load_unit(store: Store) -> np.ndarray:
-    _, vectors = store.load_embeddings()
-    return unit_rows(vectors)
+def load_unit(records: StoreRecords) -> np.ndarray:
+    vectors = records.load().vectors
+    assert vectors is not None
+    return vectors
 
 
 # -- k ------------------------------------------------------------------------------------------------
@@ -213,22 +215,23 @@ def centroids(x: np.ndarray, labels: np.ndarray, clusters: int) -> np.ndarray:
     return unit_rows(sums.astype(np.float32))
 
 
-def _minibatches(store: Store, size: int, min_last: int) -> Iterator[np.ndarray]:
+def _minibatches(records: StoreRecords, size: int, min_last: int) -> Iterator[np.ndarray]:
     """Unit vectors of the whole store in batches of `size` rows across shard boundaries; a short
     tail joins the batch before it (MiniBatchKMeans refuses batches smaller than k)."""
     pending: list[np.ndarray] = []
     held = 0
     previous: np.ndarray | None = None
-    for _, vectors in store.iter_embeddings():
-        pending.append(unit_rows(vectors))
-        held += len(vectors)
+    for block in records.blocks():
+        assert block.vectors is not None
+        pending.append(block.vectors)
+        held += len(block)
         while held >= size:
             block = np.concatenate(pending)
             if previous is not None:
                 yield previous
             previous, rest = block[:size], block[size:]
             pending, held = [rest], len(rest)
-    tail = np.concatenate(pending) if pending else np.empty((0, store.dim), np.float32)
+    tail = np.concatenate(pending) if pending else np.empty((0, records.dim), np.float32)
     if previous is None:
         if len(tail):
             yield tail
@@ -240,7 +243,7 @@ def _minibatches(store: Store, size: int, min_last: int) -> Iterator[np.ndarray]
             yield tail
 
 
-def fit_minibatch(store: Store, k: int, seed: int, init_sample: np.ndarray, epochs: int = MINIBATCH_EPOCHS):
+def fit_minibatch(records: StoreRecords, k: int, seed: int, init_sample: np.ndarray, epochs: int = MINIBATCH_EPOCHS):
     """MiniBatchKMeans fitted shard by shard, started from k-means on a sample so the first
     mini-batches refine good centres instead of finding them."""
     from sklearn.cluster import MiniBatchKMeans
@@ -249,7 +252,7 @@ def fit_minibatch(store: Store, k: int, seed: int, init_sample: np.ndarray, epoc
     model = MiniBatchKMeans(n_clusters=k, init=init, n_init=1, random_state=seed, batch_size=MINIBATCH_SIZE)
     with threads_for(MINIBATCH_SIZE):
         for _ in range(epochs):
-            for batch in _minibatches(store, MINIBATCH_SIZE, k):
+            for batch in _minibatches(records, MINIBATCH_SIZE, k):
                 model.partial_fit(batch)
     return model
 

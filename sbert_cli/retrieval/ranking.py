@@ -1,0 +1,104 @@
+"""One search's ranking: the dense and keyword candidate lists, fused or alone, grouped into
+records, fetched deeper until k distinct records (or every candidate) are in hand.
+
+Chunk rows of one record compete for the same slots, so a list k deep may hold fewer than k
+records: the lists are searched again GROW times deeper, only for the queries still short,
+until each has k records or its lists ran out (a keyword list runs out when fewer texts than
+asked share a term with the query; a dense one when it holds every row the filter allows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sbert_cli.retrieval.filter import RowFilter
+from sbert_cli.retrieval.fusion import FUSION_DEPTH, Fusion, Ranked, fuse, single
+from sbert_cli.retrieval.records import best_per_record, record_keys
+
+if TYPE_CHECKING:
+    from sbert_cli.retrieval.keyword import KeywordIndex
+    from sbert_cli.retrieval.search import Index
+
+GROW = 4  # each deeper search asks for this many times the candidates of the one before
+CHUNKS_PER_RECORD = 4  # a record-level search's first depth: k x this many chunk rows
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one `Index.search` call asks for, once its arguments are checked."""
+
+    queries: list[str]
+    vectors: np.ndarray
+    k: int
+    mode: str
+    fusion: Fusion
+    ef: int | None
+    rescore: int | None
+    row_filter: RowFilter | None
+    grouped: bool  # rank records (the store has chunk rows and `chunks` was not asked)
+
+
+def _first_depth(request: Request, total: int) -> int:
+    depth = max(request.k, FUSION_DEPTH) if request.mode == "hybrid" else request.k
+    if request.grouped:
+        depth *= CHUNKS_PER_RECORD
+    return min(total, depth)
+
+
+def _lists(index: Index, keyword: KeywordIndex | None, request: Request, todo: list[int], depth: int):
+    """The dense and keyword (ids, scores) arrays of the queries in `todo` (None: not used)."""
+    dense = kw = None
+    allowed = None if request.row_filter is None else request.row_filter.ids
+    if request.mode != "keyword":
+        dense = index.search_vectors(
+            request.vectors[todo], depth, request.ef, request.rescore, where=request.row_filter
+        )
+    if request.mode != "dense":
+        kw = keyword.search([request.queries[q] for q in todo], depth, allowed=allowed)
+    return dense, kw
+
+
+def _count(pair: tuple[np.ndarray, np.ndarray]) -> int:
+    ids, scores = pair
+    return int(np.count_nonzero((ids >= 0) & np.isfinite(scores)))
+
+
+def _combine(request: Request, dense, kw, depth: int) -> tuple[list[Ranked], bool]:
+    """One query's ranked rows, and whether its lists ran out before `depth`."""
+    if dense is not None and kw is not None:
+        ranked = fuse(dense, kw, 2 * depth, fusion=request.fusion)
+    elif dense is not None:
+        ranked = single(*dense, depth, "dense")
+    else:
+        ranked = single(*kw, depth, "keyword")
+    exhausted = all(_count(pair) < depth for pair in (dense, kw) if pair is not None)
+    return ranked, exhausted
+
+
+def rank_records(index: Index, keyword: KeywordIndex | None, request: Request) -> list[list[Ranked]]:
+    """Each query's k best rows, or with `request.grouped` the best row of each of its k best
+    records (max-sim: a record ranks by its best chunk), best first."""
+    total = index.rows if request.row_filter is None else len(request.row_filter.ids)
+    depth = _first_depth(request, total)
+    out: list[list[Ranked]] = [[] for _ in request.queries]
+    todo = list(range(len(request.queries)))
+    while todo:
+        dense, kw = _lists(index, keyword, request, todo, depth)
+        short = []
+        for j, q in enumerate(todo):
+            ranked, exhausted = _combine(
+                request,
+                None if dense is None else (dense[0][j], dense[1][j]),
+                None if kw is None else (kw[0][j], kw[1][j]),
+                depth,
+            )
+            if request.grouped:
+                ranked = best_per_record(ranked, record_keys(index.store, index.layout, [r.id for r in ranked]))
+            out[q] = ranked[: request.k]
+            if len(ranked) < request.k and not exhausted and depth < total:
+                short.append(q)
+        todo, depth = short, min(total, depth * GROW)
+    return out

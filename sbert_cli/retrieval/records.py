@@ -1,0 +1,149 @@
+"""Hits and records: what a search returns, and how chunk rows group into the records they cut.
+
+A record is one input record (a line of a text file, a JSON line, a CSV row): the store rows
+sharing its input and `line`. A store whose shards have a `chunk` column may hold several rows
+(chunks) per record; in one without it every row is its own record. Record-level search ranks
+a record by its best chunk (max-sim: the first of its rows in the chunk ranking) and shows that
+chunk as the passage; `chunks=True` returns the rows themselves.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sbert_cli.retrieval.fusion import Ranked
+from sbert_cli.store.store import LINE_BITS, Store
+
+HIT_COLUMNS = ("query", "rank", "id", "score", "cosine", "text", "source", "line", "key")
+CHUNK_COLUMNS = ("chunk", "start", "end")
+FUSION_COLUMNS = ("dense_rank", "dense_score", "keyword_rank", "keyword_score")
+# Shard columns that are not kept fields: the row's identity, its text and its vector.
+_BUILT_IN = {"id", "text", "source", "line", "key", "embedding", *CHUNK_COLUMNS}
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a record (or, with `chunks=True`, a chunk row) and how close it is.
+
+    `score` is the mode's own (dense: the index space's similarity, cosine for normalized
+    vectors; keyword: BM25; hybrid: the fused score), `cosine` the dense cosine similarity
+    of the query and the hit's passage whatever the mode. `extra` holds the store's further
+    columns (chunk, start, end, kept fields); `as_dict` is exactly one `--format jsonl` line."""
+
+    query: str
+    rank: int  # 1-based
+    id: int
+    score: float
+    text: str | None
+    source: str | None
+    line: int | None
+    # Where the hit stood in each ranking (None: not in that list's top); in hybrid mode `score`
+    # is the fused score, in keyword mode the BM25 score.
+    dense_rank: int | None = None
+    dense_score: float | None = None
+    keyword_rank: int | None = None
+    keyword_score: float | None = None
+    cosine: float | None = None
+    key: str | None = None
+    extra: dict = field(default_factory=dict)
+    mode: str = "dense"
+
+    def as_dict(self) -> dict:
+        out = {c: getattr(self, c) for c in HIT_COLUMNS}
+        out.update(self.extra)
+        if self.mode != "dense":
+            out.update({c: getattr(self, c) for c in FUSION_COLUMNS})
+        return out
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which optional columns a store's shards have (read from their Parquet schemas)."""
+
+    chunked: bool
+    extra: tuple[str, ...]  # chunk columns present, then kept fields, in shard order
+
+    @classmethod
+    def of(cls, store: Store) -> Layout:
+
+        names: list[str] = []
+        shards = store.shards
+        for shard in {id(s): s for s in (shards[:1] + shards[-1:])}.values():
+            for name in store.shard_columns(shard):
+                if name not in names:
+                    names.append(name)
+        chunk = tuple(c for c in CHUNK_COLUMNS if c in names)
+        kept = tuple(n for n in names if n not in _BUILT_IN)
+        return cls("chunk" in names, chunk + kept)
+
+    def columns(self, mode: str) -> tuple[str, ...]:
+        return HIT_COLUMNS + self.extra + (FUSION_COLUMNS if mode != "dense" else ())
+
+
+def fetch_rows(store: Store, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
+    """Rows by id, like `Store.fetch`, with whichever of `columns` each shard has (an older
+    shard without chunk or kept-field columns gives None for them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    shards = sorted(store.shards, key=lambda s: s.id_min)
+    starts = np.array([s.id_min for s in shards], dtype=np.int64)
+    by_shard: dict[int, list[int]] = {}
+    for row_id in sorted({int(i) for i in ids}):
+        pos = int(np.searchsorted(starts, row_id, side="right")) - 1
+        if pos >= 0 and row_id <= shards[pos].id_max:
+            by_shard.setdefault(pos, []).append(row_id)
+    out: dict[int, dict] = {}
+    for pos, row_ids in by_shard.items():
+        wanted = pa.array(row_ids, type=pa.int64())
+        present = [c for c in columns if c in store.shard_columns(shards[pos])]
+        table = store.read_rows(shards[pos], ["id", *present], wanted)  # verified (store/integrity.py)
+        for row in table.filter(pc.is_in(table.column("id"), value_set=wanted)).to_pylist():
+            out[row["id"]] = row
+    return out
+
+
+def record_keys(store: Store, layout: Layout, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """Each row id's record, as (input, line): rows of one record share it."""
+    ids = [int(i) for i in ids]
+    if not layout.chunked:
+        return {i: (i >> LINE_BITS, i) for i in ids}
+    rows = fetch_rows(store, ids, ("line",))
+    return {i: (i >> LINE_BITS, rows[i]["line"] if i in rows else i) for i in ids}
+
+
+def best_per_record(ranked: list[Ranked], keys: dict[int, tuple[int, int]]) -> list[Ranked]:
+    """The first (best) row of each record, in ranking order: no record twice."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for r in ranked:
+        record = keys[r.id]
+        if record not in seen:
+            seen.add(record)
+            out.append(r)
+    return out
+
+
+def plain(value):
+    """A stored value as JSON writes it: timestamps (kept fields) as ISO 8601 text."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    return value
+
+
+def cosines(query: np.ndarray, rows: list[dict | None], dim: int) -> list[float | None]:
+    """The cosine similarity of a query vector and each fetched row's stored vector."""
+    out: list[float | None] = []
+    unit = query / max(float(np.linalg.norm(query)), 1e-12)
+    for row in rows:
+        vector = None if row is None else row.get("embedding")
+        if vector is None:
+            out.append(None)
+            continue
+        v = np.asarray(vector, dtype=np.float32).reshape(dim)
+        out.append(float(unit @ v / max(float(np.linalg.norm(v)), 1e-12)))
+    return out
