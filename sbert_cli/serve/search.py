@@ -79,6 +79,8 @@ def parse_params(fields: Mapping[str, Any], options: ServeOptions) -> tuple[tupl
             known = ", ".join(sorted(SEARCH_PARAMETERS))
             raise ApiError(422, f"{name}: not supported by this sbert (search takes: {known})")
         params[name] = _converter(SEARCH_PARAMETERS[name])(name, value)
+        if isinstance(params[name], str) and len(params[name]) > options.max_text_chars:
+            raise ApiError(422, f"{name}: {len(params[name]):,} characters; at most {options.max_text_chars:,}")
     k = params.get("k")
     if k is not None and k > options.max_k:
         raise ApiError(422, f"k {k}: at most {options.max_k:,} hits per query")
@@ -138,7 +140,7 @@ def search_group(index: Index, params: dict, payloads: list[list[str]]) -> tuple
     mode = index.resolve_mode(params.get("mode"))
     queries = [q for qs in payloads for q in qs]
     results = index.search(queries, **params)
-    columns = index.columns(mode)  # as `sbert search --format jsonl` (cli/search.py)
+    columns = index.columns(mode)  # the keys `sbert search --format jsonl` writes, in its order
     rows = [[{c: h.as_dict().get(c) for c in columns} for h in per] for per in results]
     out, start = [], 0
     for qs in payloads:
