@@ -110,8 +110,8 @@ def _repair_shards(store_path: Path, damaged: set, device: str, summary: RepairS
 def _model(store: Store, device: str) -> tuple:
     """The store's model and its chunking stage, as the encode run had them."""
     from sbert_cli.chunking.stage import ChunkStats
-    from sbert_cli.encoding.loader import encoder_for_store
     from sbert_cli.encoding.chunk_settings import chunker_for
+    from sbert_cli.encoding.loader import encoder_for_store
 
     encoder = encoder_for_store(store.model, device)
     return encoder, chunker_for(encoder, store.manifest.chunking, ChunkStats())
