@@ -151,6 +151,9 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true", help="only the in-process per-stage CPU comparison")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     args = parser.parse_args()
+    from _data import require_file
+
+    require_file(args.sts, "STS-benchmark sentences (--sts FILE)")
     if args.stages:
         stage_costs(sentences(args.sts, args.texts), args.rounds, args.threads)
         return

@@ -145,6 +145,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's own]")
     parser.add_argument("--no-oracle", action="store_true", help="skip sentence-transformers")
     args = parser.parse_args()
+    from _data import require_file
+
+    require_file(args.sts, "STS-benchmark pairs (--sts FILE)")
+    if not any(args.books.glob("*.txt")):
+        require_file(args.books / "*.txt", "book paragraphs, one per line (--books DIR)")
 
     import torch
 

@@ -4,7 +4,8 @@
     python benchmarks/bench_serve.py --model hash:64 --rows 100000   # the server's own overhead, 100k rows
     python benchmarks/bench_serve.py --rows 5000                     # the real model (all-MiniLM-L6-v2)
 
-Rows are sentences of the books in ../shared/data (cycled, numbered, past their count). The store
+Rows are sentences of the books in ../shared/data (sample_corpus/ without it; cycled, numbered,
+past their count). The store
 is built once per (model, rows) in --work. The server is a subprocess (`sbert serve --port 0`);
 clients are coroutines on one httpx.AsyncClient in this process (which shares the machine's cores
 with the server, as a local client would). Each phase runs sequentially (1 client) and then with
@@ -58,10 +59,10 @@ def register_hash() -> None:
 
 
 def sentences(limit: int) -> list[str]:
-    if DATA is None:
-        raise SystemExit("no ../shared/data/books next to this checkout")
+    # Without ../shared/data: the repository's sample_corpus (the same books' first paragraphs).
+    books = DATA / "books" if DATA is not None else ROOT / "sample_corpus"
     found = []
-    for path in sorted((DATA / "books").glob("*.txt")):
+    for path in sorted(books.glob("*.txt")):
         for line in path.read_text(encoding="utf-8").splitlines():
             found += [s.strip() for s in re.split(r"(?<=[.!?])\s+", line) if len(s.split()) >= 4]
     rows = found[:limit]

@@ -336,6 +336,8 @@ BENCH_DATA_ARGS = {
     "bench_sts": ["--data", f"{MISSING}/stsb/sts-dev.csv"],
     "bench_train": ["--train", f"{MISSING}/stsb/sts-train.csv", "--dev", f"{MISSING}/stsb/sts-dev.csv"],
     "bench_engine": ["--data", MISSING],
+    "bench_documents": ["--sts", f"{MISSING}/stsb/sts-dev.csv", "--books", f"{MISSING}/books"],
+    "bench_chunk_overhead": ["--sts", f"{MISSING}/stsb/sts-train.csv"],
 }
 # These make their own data (random vectors, generated files) or use only sample_corpus/.
 SELF_CONTAINED_BENCHMARKS = {"bench_startup", "bench_integrity", "bench_filter", "bench_serve", "bench_sync"}

@@ -120,15 +120,16 @@ def test_appending_inherits_the_stores_layout(corpus, tmp_path):
     assert "text" not in pd.read_parquet(store / Store.open(store).shards[-1].file).columns
 
 
-def test_ids_once_kept_are_asked_for(tmp_path):
+def test_ids_given_to_a_store_made_without_them_are_refused(tmp_path):
     first = tmp_path / "a.jsonl"
     first.write_text('{"text": "one", "doc": "d1"}\n')
     store = tmp_path / "s"
-    assert encode(str(first), "-o", str(store), "--id-field", "doc").exit_code == 0
+    assert encode(str(first), "-o", str(store)).exit_code == 0
     second = tmp_path / "b.jsonl"
     second.write_text('{"text": "two", "doc": "d2"}\n')
     one_line_refusal(
-        encode(str(second), "-o", str(store)), f"{store}: this store keeps ids; give --id-field for the new inputs too"
+        encode(str(second), "-o", str(store), "--id-field", "doc"),
+        f"{store}: --id-field given, but this store was made without ids; use a new store",
     )
 
 

@@ -319,3 +319,14 @@ def test_k_larger_than_the_store_returns_every_row_with_key_and_cosine(tmp_path)
             assert hit["cosine"] == pytest.approx(float(query @ hash_embed(hit["text"], 64)), abs=1e-5)
     result = sbert("search", store, "red apples", "-k", "100", "--exact", "--format", "jsonl")
     assert result.exit_code == 0 and [h["key"] for h in jsonl(result)][0] == "n1" and len(jsonl(result)) == 3
+
+
+@pytest.mark.parametrize("script", ["bench_hybrid.py", "bench_quantized.py"])
+def test_search_benchmarks_say_in_one_line_what_data_they_need(tmp_path, script):
+    command = [sys.executable, str(ROOT / "benchmarks" / script), "--data", str(tmp_path / "none")]
+    if script == "bench_quantized.py":
+        command += ["--work", str(tmp_path / "work")]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and done.stdout == ""  # benchmarks/_data.py: bad input, as the CLI
+    assert done.stderr.startswith(f"{script}: needs ") and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "work").exists()

@@ -137,19 +137,23 @@ def test_post_search_answers_many_queries_as_one_each(client, store):
     assert default_mode["mode"] == "hybrid" and len(default_mode["results"][0]["hits"]) == 10
 
 
-def test_search_parameters_follow_the_librarys_search(client):
+def test_search_parameters_follow_the_librarys_search(client, store):
     assert "unknown_thing: not supported by this sbert" in error_of(
         client.get("/search", params={"q": "x", "unknown_thing": "1"}), 422
     )
-    response = client.get("/search", params={"q": "whale", "where": "source = 'moby_dick.txt'"})
-    if "where" in serve_search.SEARCH_PARAMETERS:
-        assert response.status_code in (200, 422), response.text  # the library decides
-    else:
-        assert "where: not supported by this sbert" in error_of(response, 422)
+    where = "source LIKE '%moby_dick.txt' AND line > 20"
+    served = client.get("/search", params={"q": "whale", "k": 5, "where": where, "format": "jsonl"})
+    cli = sbert("search", store, "whale", "-k", "5", "--where", where, "--format", "jsonl")
+    assert served.status_code == 200 and served.text == cli.stdout
+    hits = [json.loads(line) for line in served.text.splitlines()]
+    assert len(hits) == 5 and all(h["source"].endswith("moby_dick.txt") and h["line"] > 20 for h in hits)
+    assert error_of(client.get("/search", params={"q": "x", "where": "no_such_column = 1"}), 422)
     assert "not an integer" in error_of(client.get("/search", params={"q": "x", "k": "ten"}), 422)
     assert "not an integer" in error_of(client.post("/search", json={"query": "x", "k": 2.5}), 422)
     assert "--mode fuzzy: choose from" in error_of(client.get("/search", params={"q": "x", "mode": "fuzzy"}), 422)
-    assert "larger than the store" in error_of(client.get("/search", params={"q": "x", "k": 600}), 422)
+    every = client.get("/search", params={"q": "x", "k": 600})  # k beyond the store: the rows there are
+    assert every.status_code == 200 and len(every.json()["results"][0]["hits"]) == 500
+    assert "at least 1" in error_of(client.get("/search", params={"q": "x", "k": 0}), 422)
     assert "the query is empty" in error_of(client.get("/search", params={"q": "  "}), 422)
     assert "no query given" in error_of(client.get("/search"), 422)
     assert "choose json or jsonl" in error_of(client.get("/search", params={"q": "x", "format": "csv"}), 422)

@@ -121,8 +121,9 @@ def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeO
 
 
 def _store_layout(options: EncodeOptions, existing: Store | None) -> None:
-    """Storage dtype, texts kept or not, rows per shard, ids or none: one of each per store.
-    Appending takes the store's; one given that differs is refused (it used to be ignored)."""
+    """Storage dtype, texts kept or not, rows per shard, a key column: one of each per store.
+    Appending takes the store's; one given that differs is refused (it used to be ignored).
+    Inputs without ids may join a store with keys (their key is null), as README's docs_store."""
     if existing is None:
         options.storage_dtype = options.storage_dtype or "float32"
         options.store_text = True if options.store_text is None else options.store_text
@@ -131,8 +132,6 @@ def _store_layout(options: EncodeOptions, existing: Store | None) -> None:
     manifest = existing.manifest
     if options.read.id_field and not manifest.has_key:
         raise InputError(f"{existing.path}: --id-field given, but this store was made without ids; use a new store")
-    if not options.read.id_field and manifest.has_key and manifest.shards:
-        raise InputError(f"{existing.path}: this store keeps ids; give --id-field for the new inputs too")
     texts = {True: "--text", False: "--no-text"}
     given = {
         "--storage-dtype": (options.storage_dtype, manifest.storage_dtype, f"--storage-dtype {options.storage_dtype}"),

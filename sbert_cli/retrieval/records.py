@@ -72,7 +72,10 @@ class Layout:
         names = store.columns()  # the manifest's layout: every shard of a store has the same columns
         chunk = tuple(c for c in CHUNK_COLUMNS if c in names)
         kept = tuple(n for n in names if n not in _BUILT_IN)
-        return cls("chunk" in names, chunk + kept)
+        # The writer counts, per input, the rows beyond one a record (`id_offset`): where every
+        # input's is 0, each row is its own record and the search needs no grouping.
+        several = any(getattr(entry, "id_offset", 1) > 0 for entry in store.manifest.inputs)
+        return cls("chunk" in names and several, chunk + kept)
 
     def columns(self, mode: str) -> tuple[str, ...]:
         return HIT_COLUMNS + self.extra + (FUSION_COLUMNS if mode != "dense" else ())

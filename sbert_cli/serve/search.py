@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sbert_cli.retrieval.search import FUSION_COLUMNS, HIT_COLUMNS, Index
+from sbert_cli.retrieval.search import Index
 from sbert_cli.serve.config import ApiError, ServeOptions
 
 _QUERY_FIELDS = ("q", "query", "queries")
@@ -79,6 +79,8 @@ def parse_params(fields: Mapping[str, Any], options: ServeOptions) -> tuple[tupl
             known = ", ".join(sorted(SEARCH_PARAMETERS))
             raise ApiError(422, f"{name}: not supported by this sbert (search takes: {known})")
         params[name] = _converter(SEARCH_PARAMETERS[name])(name, value)
+        if isinstance(params[name], str) and len(params[name]) > options.max_text_chars:
+            raise ApiError(422, f"{name}: {len(params[name]):,} characters; at most {options.max_text_chars:,}")
     k = params.get("k")
     if k is not None and k > options.max_k:
         raise ApiError(422, f"k {k}: at most {options.max_k:,} hits per query")
@@ -133,17 +135,12 @@ def parse_post(body: Any, options: ServeOptions) -> SearchRequest:
     return build_request(body, queries, options)
 
 
-def hit_columns(mode: str) -> tuple[str, ...]:
-    # As `sbert search --format jsonl`: keyword and hybrid hits also say where they stood in each list.
-    return HIT_COLUMNS + (() if mode == "dense" else FUSION_COLUMNS)
-
-
 def search_group(index: Index, params: dict, payloads: list[list[str]]) -> tuple[str, list[list[list[dict]]]]:
     """One `Index.search` over every request's queries: (mode, hits per query per request)."""
     mode = index.resolve_mode(params.get("mode"))
     queries = [q for qs in payloads for q in qs]
     results = index.search(queries, **params)
-    columns = hit_columns(mode)
+    columns = index.columns(mode)  # the keys `sbert search --format jsonl` writes, in its order
     rows = [[{c: h.as_dict().get(c) for c in columns} for h in per] for per in results]
     out, start = [], 0
     for qs in payloads:
