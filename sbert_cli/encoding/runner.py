@@ -217,13 +217,9 @@ def encode_corpus(
         return EncodeSummary(str(store_path), inputs_skipped=[s.name for s in sources], store_rows=manifest.rows)
     total, types = _count_records(plan, options)
     if existing is None and encoder is None and loop is None and options.dtype == "auto":
-        from sbert_cli.encoding.calibrate import engine_for_run  # backend and dtype, by measurement
+        from sbert_cli.encoding.calibrate import engine_for_run  # backend, dtype, workers: by measurement
 
-        engine = engine_for_run(
-            options.model_settings(), plan, total, options.read, options.threads, options.batch_tokens, reporter.message
-        )
-        options.dtype, options.backend = engine.dtype, engine.backend
-        options.workers = options.workers or engine.workers
+        engine_for_run(options, plan, total, reporter.message)
         manifest.model = describe_model(options.model_settings())
     counted = {item.source.name: item.records for item in plan}
     created = not store_path.exists()
