@@ -98,7 +98,8 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path, sample_texts):
 def test_killed_run_resumes_to_the_same_store(tmp_path, sample_texts, encoder):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(sample_texts[:320]) + "\n", encoding="utf-8")
-    args = [str(corpus), "--shard-size", "40", "--device", "cpu", "--dtype", "fp32"]
+    # --truncate: one row per paragraph, so rows are lines (resuming inside a chunked record: test_documents.py)
+    args = [str(corpus), "--shard-size", "40", "--device", "cpu", "--dtype", "fp32", "--truncate"]
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*SBERT, "encode", *args, "-o", str(killed), "-q"], stderr=subprocess.PIPE)

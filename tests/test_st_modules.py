@@ -258,7 +258,8 @@ def test_encode_records_the_prompt_and_appends_with_it(st_models, tmp_path):
     corpus.write_text("\n".join(TEXTS[:3]) + "\n", encoding="utf-8")
     more.write_text("\n".join(TEXTS[3:]) + "\n", encoding="utf-8")
     store = tmp_path / "store"
-    model = ["--model", str(st_models["a"]), "--device", "cpu", "--dtype", "fp32", "-q"]
+    # --truncate: one row per text, as sentence-transformers encodes them (chunking has its own tests)
+    model = ["--model", str(st_models["a"]), "--device", "cpu", "--dtype", "fp32", "-q", "--truncate"]
     result = runner.invoke(app, ["encode", str(corpus), "-o", str(store), "--prompt-name", "doc", *model])
     assert result.exit_code == 0, result.output
     recorded = json.loads((store / "manifest.json").read_text())["model"]
