@@ -258,9 +258,9 @@ def test_encode_records_the_prompt_and_appends_with_it(st_models, tmp_path):
     corpus.write_text("\n".join(TEXTS[:3]) + "\n", encoding="utf-8")
     more.write_text("\n".join(TEXTS[3:]) + "\n", encoding="utf-8")
     store = tmp_path / "store"
-    # --truncate: one row per text, as sentence-transformers encodes them (chunking has its own tests)
-    model = ["--model", str(st_models["a"]), "--device", "cpu", "--dtype", "fp32", "-q", "--truncate"]
-    result = runner.invoke(app, ["encode", str(corpus), "-o", str(store), "--prompt-name", "doc", *model])
+    model = ["--model", str(st_models["a"]), "--device", "cpu", "--dtype", "fp32", "-q"]
+    # --truncate: the comparison is with sentence-transformers' one (truncated) vector per text
+    result = runner.invoke(app, ["encode", str(corpus), "-o", str(store), "--prompt-name", "doc", "--truncate", *model])
     assert result.exit_code == 0, result.output
     recorded = json.loads((store / "manifest.json").read_text())["model"]
     assert (recorded["prompt"], recorded["modules"], recorded["dim"]) == ("passage: ", ["Dense:2_Dense"], 24)
