@@ -259,7 +259,8 @@ def test_encode_records_the_prompt_and_appends_with_it(st_models, tmp_path):
     more.write_text("\n".join(TEXTS[3:]) + "\n", encoding="utf-8")
     store = tmp_path / "store"
     model = ["--model", str(st_models["a"]), "--device", "cpu", "--dtype", "fp32", "-q"]
-    result = runner.invoke(app, ["encode", str(corpus), "-o", str(store), "--prompt-name", "doc", *model])
+    # --truncate: the comparison is with sentence-transformers' one (truncated) vector per text
+    result = runner.invoke(app, ["encode", str(corpus), "-o", str(store), "--prompt-name", "doc", "--truncate", *model])
     assert result.exit_code == 0, result.output
     recorded = json.loads((store / "manifest.json").read_text())["model"]
     assert (recorded["prompt"], recorded["modules"], recorded["dim"]) == ("passage: ", ["Dense:2_Dense"], 24)

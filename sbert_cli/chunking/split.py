@@ -12,8 +12,7 @@ import numpy as np
 PARAGRAPH, SENTENCE, WORD, TOKEN, INSIDE = 3, 2, 1, 0, -1
 SENTENCE_END = ".!?\u2026\u3002\uff01\uff1f"  # ... and the CJK full stop, exclamation and question marks
 CLOSERS = "\"')]}\u201d\u2019\u00bb"  # a sentence may end inside quotes or brackets: `."` `?)`
-PARAGRAPH_NEAR = 2  # a paragraph end counts when it lies in the last 1/2 of the budget
-NEAR = 4  # a sentence end counts when it lies in the last 1/4 of the budget
+NEAR = 4  # a paragraph or sentence end counts when it lies in the last 1/NEAR of the budget
 WORD_NEAR = 16  # a word end counts when it lies in the last 16 tokens (else: a token boundary)
 
 
@@ -42,21 +41,19 @@ def piece(text: str, spans: np.ndarray, start: int, end: int) -> tuple[int, int]
 
 
 def best_cut(text: str, spans: np.ndarray, start: int, limit: int, budget: int) -> int:
-    """The end (exclusive) of the chunk that starts at token `start` and may reach `limit`: the
-    last paragraph end in the second half of the budget, else the last sentence end in its last
-    quarter, else a word end in the last WORD_NEAR tokens, else the limit itself."""
+    """The end (exclusive) of the chunk that starts at token `start` and may reach `limit`."""
+    near = max(1, budget // NEAR)
     best, best_score = limit, INSIDE
-    for e in range(limit, max(start + 1, limit - budget // PARAGRAPH_NEAR) - 1, -1):
+    for e in range(limit, max(start + 1, limit - near) - 1, -1):
         score = boundary(text, spans, e)
-        if score == PARAGRAPH:
-            return e
-        back = limit - e
-        allowed = (
-            score == TOKEN or (score == WORD and back < WORD_NEAR) or (score == SENTENCE and back <= budget // NEAR)
-        )
-        if allowed and score > best_score:
+        if score >= SENTENCE:
+            if score == PARAGRAPH:
+                return e
+            if best_score < SENTENCE:
+                best, best_score = e, score
+        elif score > best_score and (score < WORD or limit - e < WORD_NEAR):
             best, best_score = e, score
-    if best_score == INSIDE:  # no clean boundary near the limit: the first one before it
+    if best_score == INSIDE:  # no clean boundary at all: the first one before the limit
         for e in range(limit, start, -1):
             if boundary(text, spans, e) > INSIDE:
                 return e

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sbert_cli.encoding.settings import ModelSettings
 
@@ -291,15 +291,31 @@ def first_texts(plan: list[PlannedInput], read: ReadOptions, n: int) -> list[str
     return texts
 
 
-def engine_for_run(
-    settings: ModelSettings,
-    plan: list[PlannedInput],
-    total: int,
-    read: ReadOptions,
-    threads: int | None,
-    batch_tokens: int | None,
-    say: Callable[[str], None],
-) -> Engine:
-    """`auto_engine` for an encode run: its size (unknown with stdin) and its first texts."""
+class RunOptions(Protocol):
+    """What `engine_for_run` reads and sets of an encode run's options (runner.EncodeOptions)."""
+
+    dtype: str
+    backend: str
+    workers: int | None
+    threads: int | None
+    batch_tokens: int | None
+    read: ReadOptions
+
+    def model_settings(self) -> ModelSettings: ...
+
+
+def engine_for_run(options: RunOptions, plan: list[PlannedInput], total: int, say: Callable[[str], None]) -> Engine:
+    """`auto_engine` for an encode run (its size, unknown with stdin, and its first texts); sets
+    the run's dtype, backend and, unless given, workers to the engine's."""
     known = None if any(item.source.is_stdin for item in plan) else total
-    return auto_engine(settings, known, lambda n: first_texts(plan, read, n), say, threads, batch_tokens)
+    engine = auto_engine(
+        options.model_settings(),
+        known,
+        lambda n: first_texts(plan, options.read, n),
+        say,
+        options.threads,
+        options.batch_tokens,
+    )
+    options.dtype, options.backend = engine.dtype, engine.backend
+    options.workers = options.workers or engine.workers
+    return engine

@@ -205,15 +205,16 @@ def encode_corpus(
     manifest.shard_size = manifest.shard_size if existing else options.shard_size
     row_settings(options, manifest, existing.manifest if existing else None, loop is not None)
     if existing is not None and options.sync:  # the store follows its inputs (a new one is encoded as usual)
-        from sbert_cli.encoding.sync import sync_corpus  # imports this module: loaded on use
-
-        return sync_corpus(store_path, sources, options, reporter, encoder)
+        return _sync(store_path, sources, options, reporter, encoder)
     plan = plan_inputs(sources, manifest.copy(), options.force, reporter.message)
     if not plan:
         return EncodeSummary(str(store_path), inputs_skipped=[s.name for s in sources], store_rows=manifest.rows)
     total, types = _count_records(plan, options)
     if existing is None and encoder is None and loop is None and options.dtype == "auto":
-        _choose_engine(options, plan, total, manifest, reporter)
+        from sbert_cli.encoding.calibrate import engine_for_run  # backend, dtype, workers: by measurement
+
+        engine_for_run(options, plan, total, reporter.message)
+        manifest.model = describe_model(options.model_settings())
     counted = {item.source.name: item.records for item in plan}
     created = not store_path.exists()
     try:
@@ -238,6 +239,12 @@ def encode_corpus(
         raise
 
 
+def _sync(store_path: Path, sources: list[InputSource], options: EncodeOptions, reporter, encoder) -> EncodeSummary:
+    from sbert_cli.encoding.sync import sync_corpus  # imports this module: loaded on use
+
+    return sync_corpus(store_path, sources, options, reporter, encoder)
+
+
 def _sources(inputs: list[str], options: EncodeOptions, existing: Store | None) -> list[InputSource]:
     """The inputs, checked: --sync needs named files; a missing or cut shard of the store is an
     error, not "nothing to do" (except one of an input --force encodes again)."""
@@ -248,19 +255,6 @@ def _sources(inputs: list[str], options: EncodeOptions, existing: Store | None) 
         forced = {str(s.path.resolve()) for s in sources if s.path} if options.force else set()
         existing.check_shard_files(frozenset(e.index for e in existing.manifest.inputs if e.path in forced))
     return sources
-
-
-def _choose_engine(options: EncodeOptions, plan, total: int, manifest: StoreManifest, reporter: Reporter) -> None:
-    """--dtype auto on a new store: the backend, dtype and workers, by measurement."""
-    from sbert_cli.encoding.calibrate import engine_for_run
-    from sbert_cli.encoding.loader import describe_model
-
-    engine = engine_for_run(
-        options.model_settings(), plan, total, options.read, options.threads, options.batch_tokens, reporter.message
-    )
-    options.dtype, options.backend = engine.dtype, engine.backend
-    options.workers = options.workers or engine.workers
-    manifest.model = describe_model(options.model_settings())
 
 
 def _prepare_store(store_path: Path, manifest: StoreManifest, plan: list[PlannedInput], options, summary) -> int:
