@@ -161,7 +161,7 @@ def encode(
     verbose: Verbose = False,
 ) -> None:
     """Encode text into a Parquet embedding store. Safe to kill: run it again to continue."""
-    from sbert_cli.cli.progress import CliReporter, stage_text
+    from sbert_cli.cli.progress import CliReporter
     from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
     from sbert_cli.errors import InputError
     from sbert_cli.inputs.fields import parse_names
@@ -212,7 +212,13 @@ def encode(
             from sbert_cli.distributed import RayOptions, encode_on_ray
 
             summary = encode_on_ray(inputs, output, options, RayOptions(ray, ray_workers), reporter=reporter)
-    say = reporter.message
+    _report(summary, reporter.message, sync)
+
+
+def _report(summary, say, sync: bool) -> None:
+    """The run's one summary line (a sync's counts first)."""
+    from sbert_cli.cli.progress import stage_text
+
     if sync:  # a new store: every input was new
         from sbert_cli.encoding.plan import SyncCounts
 
