@@ -52,6 +52,14 @@ def _pending(store: Store, covered_files: set[str]) -> tuple[int, int]:
     return new_rows, len(covered_files - current)
 
 
+def _state(store: Store, covered_shards) -> str:
+    """ "up to date", or how far the index lags behind the store's shards."""
+    new_rows, gone = _pending(store, {s.file for s in covered_shards})
+    if not (new_rows or gone):
+        return "up to date"
+    return f"stale by {new_rows:,} rows" + (f" and {gone} removed shard(s)" if gone else "")
+
+
 def _index_info(store: Store) -> dict | None:
     try:
         manifest = IndexManifest.load(store.path)
@@ -59,12 +67,8 @@ def _index_info(store: Store) -> dict | None:
         return {"state": f"damaged: {exc}"}
     if manifest is None:
         return None
-    covered = {s.file for s in manifest.shards}
-    new_rows, gone = _pending(store, covered)
+    state = _state(store, manifest.shards)
     total = manifest.count + manifest.deleted
-    state = "up to date"
-    if new_rows or gone:
-        state = f"stale by {new_rows:,} rows" + (f" and {gone} removed shard(s)" if gone else "")
     return {
         "kind": "hnsw" if manifest.quantize == "none" else f"{manifest.quantize} codes",
         "rows": manifest.count,
@@ -84,10 +88,7 @@ def _keyword_info(store: Store) -> dict | None:
         return {"state": f"damaged: {exc}"}
     if manifest is None:
         return None
-    new_rows, gone = _pending(store, {s.file for s in manifest.shards})
-    state = "up to date"
-    if new_rows or gone:
-        state = f"stale by {new_rows:,} rows" + (f" and {gone} removed shard(s)" if gone else "")
+    state = _state(store, manifest.shards)
     return {"rows": manifest.docs, "terms": manifest.terms, "state": state, "updated": manifest.updated}
 
 
