@@ -288,3 +288,12 @@ def test_bf16_stays_close_to_fp32(encoder, sample_texts):
     assert ours.dtype == np.float32  # pooled and normalized in fp32 whatever the transformer ran in
     cos = (ours * reference).sum(1)
     assert cos.min() >= 0.999, f"min cosine {cos.min()}"  # measured 0.99993 on this CPU (native bf16)
+
+
+def test_calling_the_transformers_tokenizer_leaves_the_encoders_truncation_alone(encoder):
+    """transformers resets its fast tokenizer's truncation on every call; the encoder keeps its own copy."""
+    long = "word " * 1000
+    encoder.tokenizer(long)  # truncation=False by default: this used to switch the encoder's off too
+    vectors = encoder.encode([long, "short"])
+    assert len(vectors) == 2  # both cut at max_seq_length: the same first tokens, the same vector
+    np.testing.assert_allclose(vectors[0], encoder.encode(["word " * 600])[0], atol=1e-5)

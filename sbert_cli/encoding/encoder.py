@@ -116,7 +116,11 @@ class Encoder(WindowEncoder):
         self.head = SentenceHead(self.spec, self.device)
         self.prompt_length = excluded_prompt_tokens(self.tokenizer, self.spec)
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self._fast_tokenizer = getattr(self.tokenizer, "backend_tokenizer", None)
+        # A copy of the fast tokenizer's backend, the encoder's own: any call of the transformers
+        # tokenizer in this process (a test, a training collator) resets its backend's truncation,
+        # and the model must never see more than max_seq_length tokens.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        self._fast_tokenizer = None if backend is None else type(backend).from_str(backend.to_str())
         if self._fast_tokenizer is not None:
             self._fast_tokenizer.enable_truncation(max_length=self.spec.max_seq_length)
             self._fast_tokenizer.no_padding()
