@@ -101,7 +101,8 @@ def machine_line() -> str:
 
 
 def sbert_cmd(corpus: Path, store: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "sbert_cli", "encode", str(corpus), "-o", str(store), "-q", *RUNS[name]]
+    # --truncate: sentence-transformers cuts at max_seq_length; chunking would encode more text.
+    return [sys.executable, "-m", "sbert_cli", "encode", str(corpus), "-o", str(store), "-q", "--truncate", *RUNS[name]]
 
 
 def run_rounds(args, work: Path, corpus: Path, env: dict[str, str]) -> tuple[dict[str, list], dict[str, float]]:

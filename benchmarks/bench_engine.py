@@ -86,7 +86,10 @@ def model_flops(lengths: list[int], layers: int = 6, hidden: int = 384) -> float
 def command(name: str, corpus: Path, work: Path, store: str = "store") -> list[str]:
     if name in PEERS:
         return [sys.executable, "-c", PEER_SCRIPT, str(corpus), str(work / f"{name}.npy"), name.split("-")[1]]
-    return [sys.executable, "-m", "sbert_cli", "encode", str(corpus), "-o", str(work / f"{store}-{name}"), *RUNS[name]]
+    # --truncate: one vector per paragraph, cut at max_seq_length as sentence-transformers cuts it,
+    # so every contender does the same work (chunking would encode every long paragraph whole).
+    out = str(work / f"{store}-{name}")
+    return [sys.executable, "-m", "sbert_cli", "encode", str(corpus), "-o", out, "--truncate", *RUNS[name]]
 
 
 def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float, float]:
