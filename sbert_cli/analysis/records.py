@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sbert_cli.analysis.similarity import unit_rows
+from sbert_cli.analysis.vectors import unit_rows
 from sbert_cli.store.store import Store, embeddings_to_numpy
 
 CHUNK_COLUMNS = ("chunk", "start", "end")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sbert_cli.analysis.pairs import PairOptions, PairSet, parse_columns, read_pairs
+from sbert_cli.analysis.vectors import unit_rows
 from sbert_cli.errors import InputError
 
 if TYPE_CHECKING:
@@ -35,14 +36,6 @@ __all__ = [
 
 
 # -- cosine -----------------------------------------------------------------------------------------
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (zero rows stay zero), so a dot product is a cosine whatever the
-    encoder's normalize setting was."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
-
-
 def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine of every row of `a` with every row of `b`: (len(a), len(b))."""
     return unit_rows(a) @ unit_rows(b).T

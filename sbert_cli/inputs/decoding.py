@@ -20,8 +20,7 @@ from sbert_cli.errors import InputError, located
 from sbert_cli.inputs.stdin import stdin_binary
 
 if TYPE_CHECKING:
-    from sbert_cli.inputs.reader import ReadOptions
-    from sbert_cli.inputs.sources import InputSource
+    from sbert_cli.inputs.sources import InputSource, ReadOptions
 
 BOM = "\ufeff"
 READ_CHUNK = 1 << 16

@@ -18,20 +18,8 @@ from sbert_cli.inputs import fields
 from sbert_cli.inputs.decoding import decoded_lines, described, open_binary
 from sbert_cli.inputs.delimited import CSV_FIELD_LIMIT, column_index, delimited_rows
 from sbert_cli.inputs.parquet_reader import PARQUET_ERRORS, column_values, open_parquet, resolve_columns
-from sbert_cli.inputs.sources import FORMATS, STDIN, InputSource, detect_format, expand_inputs
+from sbert_cli.inputs.sources import FORMATS, STDIN, InputSource, ReadOptions, detect_format, expand_inputs
 from sbert_cli.inputs.stdin import peeking
-
-
-@dataclass
-class ReadOptions:
-    format: str | None = None
-    text_field: str = "text"
-    id_field: str | None = None
-    text_column: str | None = None
-    header: bool | None = None
-    encoding: str = "utf-8"
-    errors: str = "strict"
-    keep_fields: tuple[str, ...] = ()  # stored as typed columns (inputs/fields.py)
 
 
 @dataclass

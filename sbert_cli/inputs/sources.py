@@ -30,6 +30,18 @@ _KINDS = (
 )
 
 
+@dataclass
+class ReadOptions:
+    format: str | None = None
+    text_field: str = "text"
+    id_field: str | None = None
+    text_column: str | None = None
+    header: bool | None = None
+    encoding: str = "utf-8"
+    errors: str = "strict"
+    keep_fields: tuple[str, ...] = ()  # stored as typed columns (inputs/fields.py)
+
+
 @dataclass(frozen=True)
 class InputSource:
     """One input as the user named it: a file path, or `-` for standard input."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sbert_cli.analysis.cluster import methods
+import sbert_cli.analysis.cluster.methods as methods
 from sbert_cli.analysis.cluster.methods import (
     LINKAGES,
     METHODS,
@@ -26,7 +26,7 @@ from sbert_cli.analysis.cluster.methods import (
     sample_store,
 )
 from sbert_cli.analysis.records import StoreRecords
-from sbert_cli.analysis.similarity import unit_rows
+from sbert_cli.analysis.vectors import unit_rows
 from sbert_cli.errors import InputError
 from sbert_cli.progress import NullReporter, Reporter
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.analysis.records import StoreRecords
-from sbert_cli.analysis.similarity import unit_rows
+from sbert_cli.analysis.vectors import unit_rows
 from sbert_cli.errors import InputError
 
 METHODS = ("kmeans", "community", "agglomerative")
