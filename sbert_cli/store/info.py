@@ -53,7 +53,7 @@ def _pending(store: Store, covered_files: set[str]) -> tuple[int, int]:
 
 
 def _state(store: Store, covered_shards) -> str:
-    """ "up to date", or how far the index lags behind the store's shards."""
+    """Whether an index is up to date, or how far it lags behind the store's shards."""
     new_rows, gone = _pending(store, {s.file for s in covered_shards})
     if not (new_rows or gone):
         return "up to date"
