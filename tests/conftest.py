@@ -9,6 +9,7 @@ fixture (or `real_sample_store`) use the real all-MiniLM-L6-v2, loaded once and 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,4 +110,12 @@ def real_sample_store(tmp_path_factory: pytest.TempPathFactory, encoder) -> Path
 
     path = tmp_path_factory.mktemp("stores") / "real-sample"
     encode_corpus([str(SAMPLE_CORPUS)], path, EncodeOptions(device="cpu", dtype="fp32", shard_size=200))
+    return path
+
+
+@pytest.fixture()
+def store(tmp_path: Path, built: Path) -> Path:
+    """A private copy of the module's `built` store, so a test may damage or change it."""
+    path = tmp_path / "store"
+    shutil.copytree(built, path)
     return path

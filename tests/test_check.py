@@ -5,7 +5,6 @@ the inputs it needs when they changed."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +48,6 @@ def built(tmp_path_factory, corpus) -> Path:
     path = tmp_path_factory.mktemp("built") / "store"
     encode_corpus([str(corpus)], path, EncodeOptions(model=HASH, shard_size=25))
     build_index(path)
-    return path
-
-
-@pytest.fixture()
-def store(tmp_path, built) -> Path:
-    path = tmp_path / "store"
-    shutil.copytree(built, path)
     return path
 
 

@@ -40,13 +40,6 @@ def built(tmp_path_factory, sample_store) -> Path:
     return path
 
 
-@pytest.fixture()
-def store(tmp_path, built) -> Path:
-    path = tmp_path / "store"
-    shutil.copytree(built, path)
-    return path
-
-
 def brute_force(store: Path, query: str, keep, k: int) -> list[int]:
     """The reference: every stored row the predicate keeps, scored by the hash model directly."""
     index = Index.open(store, exact=True)

@@ -4,7 +4,6 @@ scores equal to a fresh build after shards are added, and damaged or stale index
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +58,6 @@ def built(tmp_path_factory, corpus) -> Path:
     path = tmp_path_factory.mktemp("built") / "store"
     encode(path, corpus)
     build_index(path)
-    return path
-
-
-@pytest.fixture()
-def store(tmp_path, built) -> Path:
-    path = tmp_path / "store"
-    shutil.copytree(built, path)
     return path
 
 
