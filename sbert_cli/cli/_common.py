@@ -90,6 +90,10 @@ PromptOpt = Annotated[
     str | None,
     typer.Option("--prompt", metavar="TEXT", help='Prepend this text to every input; --prompt "" for none.'),
 ]
+MaxSeqLengthOpt = Annotated[
+    int | None, typer.Option(metavar="TOKENS", help="Truncate texts to this many tokens [default: the model's].")
+]
+ThreadsOpt = Annotated[int | None, typer.Option(metavar="N", help="CPU threads for the model [default: all cores].")]
 OutputFormat = Literal["table", "jsonl", "tsv", "csv", "json"]
 
 

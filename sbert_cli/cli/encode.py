@@ -10,6 +10,7 @@ from sbert_cli.cli._common import (
     BackendOpt,
     DeviceOpt,
     DtypeOpt,
+    MaxSeqLengthOpt,
     ModelOpt,
     NormalizeOpt,
     PoolingOpt,
@@ -17,6 +18,7 @@ from sbert_cli.cli._common import (
     PromptNameOpt,
     PromptOpt,
     Quiet,
+    ThreadsOpt,
     Verbose,
     handle_errors,
     setup_logging,
@@ -40,16 +42,12 @@ def encode(
     normalize: NormalizeOpt = None,
     prompt_name: PromptNameOpt = None,
     prompt: PromptOpt = None,
-    max_seq_length: Annotated[
-        int | None, typer.Option(metavar="TOKENS", help="Truncate texts to this many tokens [default: the model's].")
-    ] = None,
+    max_seq_length: MaxSeqLengthOpt = None,
     batch_tokens: Annotated[
         int | None,
         typer.Option(metavar="TOKENS", help="Padded tokens per batch [default: 2048 on CPU, 65536 on GPU]."),
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option(metavar="N", help="CPU threads for the model [default: all cores].")
-    ] = None,
+    threads: ThreadsOpt = None,
     workers: Annotated[
         int | None,
         typer.Option(

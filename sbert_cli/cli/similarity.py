@@ -10,6 +10,7 @@ from sbert_cli.cli._common import (
     BackendOpt,
     DeviceOpt,
     DtypeOpt,
+    MaxSeqLengthOpt,
     ModelOpt,
     NormalizeOpt,
     OutputFormat,
@@ -17,6 +18,7 @@ from sbert_cli.cli._common import (
     PromptNameOpt,
     PromptOpt,
     Quiet,
+    ThreadsOpt,
     Verbose,
     handle_errors,
     messenger,
@@ -101,12 +103,8 @@ def similarity(
     normalize: NormalizeOpt = None,
     prompt_name: PromptNameOpt = None,
     prompt: PromptOpt = None,
-    max_seq_length: Annotated[
-        int | None, typer.Option(metavar="TOKENS", help="Truncate texts to this many tokens [default: the model's].")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(metavar="N", help="CPU threads for the model [default: all cores].")
-    ] = None,
+    max_seq_length: MaxSeqLengthOpt = None,
+    threads: ThreadsOpt = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
