@@ -14,6 +14,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -160,3 +161,27 @@ def hash_factory(settings: ModelSettings) -> HashEncoder:
     if key not in _ENCODERS:
         _ENCODERS[key] = HashEncoder(dim, pooling, normalize, max_tokens, settings.prompt)
     return _ENCODERS[key]
+
+
+def save_tiny_bert(folder: Path) -> None:
+    """A random 2-layer BERT (hidden size 32, seed 0) with the bundled model's tokenizer, saved in
+    `folder`; the global torch RNG is left as it was."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from sbert_cli.encoding.model import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None)[1])
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    torch.random.set_rng_state(state)
+    tokenizer.save_pretrained(folder)

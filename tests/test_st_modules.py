@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import save_tiny_bert
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
@@ -164,21 +165,10 @@ def st_models(tmp_path_factory) -> dict[str, Path]:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Dense, Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
-    from transformers import AutoTokenizer, BertConfig, BertModel
 
     root = tmp_path_factory.mktemp("st_models")
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None)[1])
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(root / "bert")
-    tokenizer.save_pretrained(root / "bert")
+    save_tiny_bert(root / "bert")
 
     def build(name, pooling, include_prompt, extra, prompts, default=None, **save) -> Path:
         modules = [Transformer(str(root / "bert"), max_seq_length=64), Pooling(32, pooling, include_prompt), *extra]

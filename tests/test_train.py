@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import save_tiny_bert
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
@@ -198,10 +199,7 @@ def test_pooling_override_is_for_plain_checkpoints_only(tmp_path):
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """A random 2-layer BERT with hidden size 32: `plain` (transformers only) and `st` (with
     mean pooling and normalization), sharing the bundled model's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from sbert_cli.encoding.model import resolve_model_path
     from sbert_cli.training.isolation import import_sentence_transformers
 
     import_sentence_transformers()
@@ -209,20 +207,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     root = tmp_path_factory.mktemp("tiny")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None)[1])
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(root / "plain")
-    torch.random.set_rng_state(state)
-    tokenizer.save_pretrained(root / "plain")
+    save_tiny_bert(root / "plain")
     transformer = Transformer(str(root / "plain"), max_seq_length=64)
     model = SentenceTransformer(modules=[transformer, Pooling(32, "mean"), Normalize()], device="cpu")
     model.save(str(root / "st"), create_model_card=False)
