@@ -91,6 +91,16 @@ def test_other_normalizations_as_documented():
     assert {r.id: r.score for r in best}[3] == pytest.approx(0.5 * 0.0 + 0.5 * 4.0 / 8.0)
 
 
+def test_one_empty_list_fuses_by_the_other():
+    dense, keyword = lists([0.9, 0.5], [3, 4], [4.0, 2.0])
+    empty = (np.array([], dtype=np.int64), np.array([], dtype=np.float32))
+    for norm in ("dbsf", "z", "mm+tmm"):
+        fusion = Fusion("convex", norm=norm)
+        assert [r.id for r in fuse(empty, keyword, k=3, fusion=fusion)] == [3, 4]
+        assert [r.id for r in fuse(dense, empty, k=3, fusion=fusion)] == [1, 2]
+        assert all(np.isfinite(r.score) for r in fuse(empty, keyword, k=3, fusion=fusion))
+
+
 def test_fusion_arguments_are_checked():
     with pytest.raises(InputError, match="--alpha 2.0: must be from 0 to 1"):
         check_fusion("hybrid", None, 2.0)

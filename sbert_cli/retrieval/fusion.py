@@ -139,12 +139,14 @@ def standardized(pairs: list[tuple[int, float]], slots: int, zero_floor: bool, d
     scale ((s - mean + 3 sd) / 6 sd, clipped to [0, 1]) of a list, and the value of a document
     missing from it. With `zero_floor` (BM25) a list shorter than `slots` is padded with the 0
     that every text without a query term scores, and a missing document scores that 0."""
+    if not pairs:
+        return {}, 0.0
     values = np.array([s for _, s in pairs], dtype=np.float64)
     short = zero_floor and len(values) < slots
     stats = np.concatenate([values, np.zeros(slots - len(values))]) if short else values
-    mean, sd = float(stats.mean()), float(stats.std()) if len(stats) else 0.0
+    mean, sd = float(stats.mean()), float(stats.std())
     sd = sd if sd > 0 else 1.0
-    missing = 0.0 if short or not len(values) else float(values.min())
+    missing = 0.0 if short else float(values.min())
 
     def scale(x: float) -> float:
         return min(1.0, max(0.0, (x - mean + 3 * sd) / (6 * sd))) if dbsf else (x - mean) / sd
