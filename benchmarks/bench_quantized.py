@@ -140,6 +140,35 @@ def _time(index: Index, queries: np.ndarray, rescore: int | None) -> tuple[float
     return qps, 1000 * statistics.median(times)
 
 
+def depth_study(store: Store, queries: dict[str, np.ndarray], k: int = 10) -> None:
+    """How deep in the Hamming order (sign bits, as the binary index) each query's exact top k
+    lie, per kind, and whether the first 30 x k candidates' rescored scores foretell it: the
+    spread (best - kth) a per-query rescoring depth would read, and the kth score itself."""
+    _, vectors = store.load_embeddings()
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    codes = np.packbits(vectors > 0, axis=1).view(np.uint64)
+    print(f"\nDepth study, {len(vectors):,} vectors: Hamming depth (x k) holding all of the exact top {k}")
+    print("| kind | median | 90% | 95% | 99% | found in 30 x k | 120 x k | 400 x k | corr spread | corr kth |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for kind, batch in queries.items():
+        need, spread, kth = [], [], []
+        for q in batch / np.linalg.norm(batch, axis=1, keepdims=True):
+            code = np.packbits(q > 0).view(np.uint64)
+            order = np.argsort(np.bitwise_count(codes ^ code).sum(1), kind="stable")
+            rank = np.empty(len(order), np.int64)
+            rank[order] = np.arange(len(order))
+            cos = vectors @ q
+            need.append((rank[np.argpartition(-cos, k)[:k]].max() + 1) / k)
+            first = np.sort(cos[order[: 30 * k]])[::-1]
+            spread.append(first[0] - first[k - 1])
+            kth.append(first[k - 1])
+        need = np.array(need)
+        pct = " | ".join(f"{v:.0f}" for v in np.percentile(need, [50, 90, 95, 99]))
+        found = " | ".join(f"{np.mean(need <= m):.3f}" for m in (30, 120, 400))
+        corr = [np.corrcoef(np.log(need), x)[0, 1] for x in (spread, kth)]
+        print(f"| {kind} | {pct} | {found} | {corr[0]:.2f} | {corr[1]:.2f} |")
+
+
 def query_texts(data: Path, count: int) -> dict[str, list[str]]:
     """Two kinds: STS-dev sentences (sentence1, as paraphrase queries) and single words of STS-dev
     (names and rare words: the kind whose neighbours a sign-bit code separates worst)."""
@@ -160,6 +189,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000, help="Size of the blended set (0: skip it).")
     parser.add_argument("--queries", type=int, default=500, help="Queries of each kind.")
     parser.add_argument("--only", default="none,int8,binary", help="Indexes to measure (none takes minutes at 100k).")
+    parser.add_argument("--depth-study", action="store_true", help="Only the binary rescoring depth study.")
     args = parser.parse_args()
     require(args.data, BOOKS, STS_TRAIN, STS_DEV)
 
@@ -170,6 +200,11 @@ def main() -> None:
     encoder = Index.open(real.path, exact=True, device="cpu")
     queries = {kind: encoder.encode(texts) for kind, texts in query_texts(args.data, args.queries).items()}
     print(f"encoded {sum(len(q) for q in queries.values()):,} queries in {time.perf_counter() - started:.1f} s")
+    if args.depth_study:
+        depth_study(
+            blended_store(args.work / f"blended-{args.rows}.store", real, args.rows) if args.rows else real, queries
+        )
+        return
     if args.rows:
         blended = blended_store(args.work / f"blended-{args.rows}.store", real, args.rows)
         measure(blended, args.work, queries, f"{args.rows:,} vectors (real + blends of real all-MiniLM-L6-v2)", kinds)

@@ -328,6 +328,7 @@ BENCH_DATA_ARGS = {
     "bench_encode": ["--corpus", f"{MISSING}/books/war_and_peace.txt"],
     "bench_gpu": ["--data", MISSING],
     "bench_hybrid": ["--data", MISSING],
+    "bench_fusion": ["--data", MISSING],
     "bench_linkage": ["--data", MISSING],
     "bench_quantized": ["--data", MISSING, "--work", f"{MISSING}/work"],
     "bench_ray": ["--data", MISSING],

@@ -89,17 +89,18 @@ def test_fusion_is_computed_as_documented():
     assert (rrf[0].dense_rank, rrf[0].keyword_rank, rrf[0].keyword_score) == (3, 1, pytest.approx(4.0))
     assert (rrf[1].keyword_rank, rrf[1].keyword_score) == (None, None)
     assert [r.score for r in fuse(dense, keyword, k=1, rrf_k=0)] == pytest.approx([1 / 3 + 1])
-    # Convex (the default), mm+tmm: dense min-max to 1, .5, 0; BM25 divided by its max: 1, .5.
+    # Convex, mm+tmm (the default before dbsf): dense min-max to 1, .5, 0; BM25 / its max: 1, .5.
     # alpha .5: 1 -> .5, 3 -> .5 (tie: both best rank 1, smaller id first), 2 -> .25, 4 -> .25.
-    weighted = fuse(dense, keyword, k=4, alpha=0.5)
+    weighted = fuse(dense, keyword, k=4, fusion=Fusion("convex", alpha=0.5, norm="mm+tmm"))
     assert [r.id for r in weighted] == [1, 3, 2, 4]
     assert [r.score for r in weighted] == pytest.approx([0.5, 0.5, 0.25, 0.25])
-    default = fuse(dense, keyword, k=4)  # alpha 0.4
-    assert [r.id for r in default] == [3, 1, 4, 2]
-    assert [r.score for r in default] == pytest.approx([0.6, 0.4, 0.3, 0.2])
+    at_04 = fuse(dense, keyword, k=4, fusion=Fusion("convex", alpha=0.4, norm="mm+tmm"))
+    assert [r.id for r in at_04] == [3, 1, 4, 2]
+    assert [r.score for r in at_04] == pytest.approx([0.6, 0.4, 0.3, 0.2])
     assert [r.id for r in fuse(dense, keyword, k=4, alpha=1.0)][:3] == [1, 2, 3]
     # A lone document in a list normalizes to 1 (span 0).
-    assert [r.score for r in fuse((np.array([7]), np.array([0.3])), keyword, k=1, alpha=0.9)] == pytest.approx([0.9])
+    lone = fuse((np.array([7]), np.array([0.3])), keyword, k=1, fusion=Fusion("convex", alpha=0.9, norm="mm+tmm"))
+    assert [r.score for r in lone] == pytest.approx([0.9])
     # Plain min-max (the first version) maps the weaker of two BM25 matches to 0, like no match.
     minmax = fuse(dense, keyword, k=4, fusion=Fusion("convex", alpha=0.5, norm="minmax"))
     assert [r.score for r in minmax] == pytest.approx([0.5, 0.5, 0.25, 0.0])
@@ -113,7 +114,7 @@ def test_hybrid_hits_report_both_ranks_from_the_shell(store):
     assert result.exit_code == 0, result.output
     hits = jsonl(result)
     assert len(hits) == 10 and {"dense_rank", "dense_score", "keyword_rank", "keyword_score"} <= set(hits[0])
-    for hit in hits:  # convex, alpha 0.4: every fused score is from 0 to 1, and in order
+    for hit in hits:  # convex (dbsf, adaptive alpha): every fused score is from 0 to 1, and in order
         assert 0.0 <= hit["score"] <= 1.0 and -1.0 <= hit["cosine"] <= 1.0
     for per in (hits[:5], hits[5:]):
         assert [h["score"] for h in per] == sorted((h["score"] for h in per), reverse=True)

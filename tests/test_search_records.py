@@ -146,7 +146,7 @@ def test_table_names_its_score_and_shows_the_passage(chunked):
 
 def test_min_cosine_and_min_score_name_their_scale(chunked):
     hybrid = Index.open(chunked).search([QUERY], k=4)[0]
-    assert all(0.0 <= h.score <= 1.0 for h in hybrid) and hybrid[0].score == pytest.approx(1.0)
+    assert all(0.0 <= h.score <= 1.0 for h in hybrid) and hybrid[0].score > 0.5  # dbsf: 0 to 1
     result = sbert("search", chunked, QUERY, "--min-score", "0.5", "--format", "jsonl")  # hybrid: 0 to 1
     hits = jsonl(result)
     assert result.exit_code == 0 and hits and all(h["score"] >= 0.5 for h in hits)

@@ -61,13 +61,17 @@ ModeOpt = Annotated[
 FusionOpt = Annotated[
     Literal["convex", "rrf"] | None,
     typer.Option(
-        help="Hybrid: convex = alpha x dense + (1 - alpha) x BM25, each normalized per query (dense min-max, "
-        "BM25 / its max); rrf = reciprocal rank fusion [default: convex].",
+        help="Hybrid: convex = alpha x dense + (1 - alpha) x BM25, each list's scores normalized per query "
+        "(mean +- 3 sd to 0..1, DBSF); rrf = reciprocal rank fusion [default: convex].",
     ),
 ]
 
 AlphaOpt = Annotated[
-    float | None, typer.Option(help="Hybrid convex: the dense weight, 0 to 1 [default: 0.4, measured].")
+    float | None,
+    typer.Option(
+        help="Hybrid convex: the dense weight, 0 to 1 [default: per query, from how sharply each list's best "
+        "scores stand out; measured].",
+    ),
 ]
 
 RrfKOpt = Annotated[

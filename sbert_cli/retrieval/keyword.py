@@ -278,6 +278,21 @@ class KeywordIndex:
         of inputs removed since the build are never hits."""
         return without_gone(lambda n: self._retrieve(queries, n, allowed), k, self.manifest.docs, self.gone)
 
+    def best_scores(self, queries: Sequence[str]) -> np.ndarray:
+        """The highest BM25 score any text could reach for each query: the sum of its indexed
+        terms' IDF (Lucene's term score idf x tf / (tf + k1 (1 - b + b dl / avgdl)) tends to the IDF
+        as tf grows); 0 for a query without an indexed term. A query's own scale for its scores."""
+        tokens = self.tokenizer.tokenize(list(queries), update_vocab=True, return_as="string", show_progress=False)
+        scores = self.retriever.scores
+        indptr, docs = np.asarray(scores["indptr"]), int(scores["num_docs"])
+        vocab = self.retriever.vocab_dict
+        out = np.zeros(len(tokens), dtype=np.float64)
+        for q, words in enumerate(tokens):
+            terms = np.array([vocab[w] for w in words if w in vocab], dtype=np.int64)
+            df = (indptr[terms + 1] - indptr[terms]).astype(np.float64)
+            out[q] = float(np.log1p((docs - df + 0.5) / (df + 0.5)).sum())
+        return out
+
     def _retrieve(self, queries: Sequence[str], k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         tokens = self.tokenizer.tokenize(list(queries), update_vocab=True, return_as="string", show_progress=False)
         # A mask of 0 leaves a text out of BM25's sums (bm25s's weight_mask): filter first.

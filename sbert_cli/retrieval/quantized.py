@@ -58,8 +58,8 @@ QUANTIZE = ("none", "int8", "binary")
 # 0.883 at 30, 1.000 / 0.945 at 80, 1.000 / 0.964 at 120, 1.000 / 0.980 at 200. Single words are
 # the hard kind: their neighbours' sign bits differ from the query's in nearly as many places as
 # anything else's, so the right rows sit deeper in the Hamming order. 120 keeps both kinds above
-# 0.95; the scan costs the same for any depth, and rescoring 1,200 candidates reads 1.8 MB of
-# memory-mapped vectors a query.
+# 0.95. Fixed, not set per query from the candidates' score spread: such a rule needs a threshold
+# fitted to one model's scores, and a query of a kind it misjudges would be rescored too shallow.
 DEFAULT_RESCORE = {"int8": 4, "binary": 120}
 CALIBRATION_ROWS = 100_000
 RESCORE_ROWS = 65_536  # candidate rows gathered at a time while rescoring: bounds the memory

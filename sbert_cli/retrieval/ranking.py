@@ -10,20 +10,42 @@ asked share a term with the query; a dense one when it holds every row the filte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from sbert_cli.retrieval.filter import RowFilter
-from sbert_cli.retrieval.fusion import FUSION_DEPTH, Fusion, Ranked, fuse, single
-from sbert_cli.retrieval.records import best_per_record, record_keys
-
-if TYPE_CHECKING:
-    from sbert_cli.retrieval.keyword import KeywordIndex
-    from sbert_cli.retrieval.search import Index
+from sbert_cli.retrieval.fusion import FUSION_DEPTH, PEAK_FLOOR, Fusion, Ranked, fuse, single
+from sbert_cli.retrieval.keyword import KeywordIndex
+from sbert_cli.retrieval.records import Layout, best_per_record, record_keys
+from sbert_cli.store.store import Store
 
 GROW = 4  # each deeper search asks for this many times the candidates of the one before
 CHUNKS_PER_RECORD = 4  # a record-level search's first depth: k x this many chunk rows
+
+
+class DenseIndex(Protocol):
+    """What ranking needs of a dense index (search.Index is one): declared here so that ranking,
+    which search imports, never imports search back."""
+
+    store: Store
+    space: str  # "cosine", "ip" or "l2" (scores are then negative distances)
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def layout(self) -> Layout: ...
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        ef: int | None = None,
+        rescore: int | None = None,
+        *,
+        where: RowFilter | str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -48,17 +70,20 @@ def _first_depth(request: Request, total: int) -> int:
     return min(total, depth)
 
 
-def _lists(index: Index, keyword: KeywordIndex | None, request: Request, todo: list[int], depth: int):
+def _lists(index: DenseIndex, keyword: KeywordIndex | None, request: Request, todo: list[int], depth: int):
     """The dense and keyword (ids, scores) arrays of the queries in `todo` (None: not used)."""
-    dense = kw = None
+    dense = kw = best = None
     allowed = None if request.row_filter is None else request.row_filter.ids
     if request.mode != "keyword":
         dense = index.search_vectors(
             request.vectors[todo], depth, request.ef, request.rescore, where=request.row_filter
         )
     if request.mode != "dense":
-        kw = keyword.search([request.queries[q] for q in todo], depth, allowed=allowed)
-    return dense, kw
+        texts = [request.queries[q] for q in todo]
+        kw = keyword.search(texts, depth, allowed=allowed)
+        if request.fusion.norm == "mm+best":
+            best = keyword.best_scores(texts)
+    return dense, kw, best
 
 
 def _count(pair: tuple[np.ndarray, np.ndarray]) -> int:
@@ -66,10 +91,10 @@ def _count(pair: tuple[np.ndarray, np.ndarray]) -> int:
     return int(np.count_nonzero((ids >= 0) & np.isfinite(scores)))
 
 
-def _combine(request: Request, dense, kw, depth: int) -> tuple[list[Ranked], bool]:
+def _combine(request: Request, dense, kw, depth: int, floor: float | None, best) -> tuple[list[Ranked], bool]:
     """One query's ranked rows, and whether its lists ran out before `depth`."""
     if dense is not None and kw is not None:
-        ranked = fuse(dense, kw, 2 * depth, fusion=request.fusion)
+        ranked = fuse(dense, kw, 2 * depth, fusion=request.fusion, dense_floor=floor, keyword_best=best)
     elif dense is not None:
         ranked = single(*dense, depth, "dense")
     else:
@@ -78,15 +103,16 @@ def _combine(request: Request, dense, kw, depth: int) -> tuple[list[Ranked], boo
     return ranked, exhausted
 
 
-def rank_records(index: Index, keyword: KeywordIndex | None, request: Request) -> list[list[Ranked]]:
+def rank_records(index: DenseIndex, keyword: KeywordIndex | None, request: Request) -> list[list[Ranked]]:
     """Each query's k best rows, or with `request.grouped` the best row of each of its k best
     records (max-sim: a record ranks by its best chunk), best first."""
     total = index.rows if request.row_filter is None else len(request.row_filter.ids)
     depth = _first_depth(request, total)
     out: list[list[Ranked]] = [[] for _ in request.queries]
     todo = list(range(len(request.queries)))
+    floor = None if index.space == "l2" else PEAK_FLOOR
     while todo:
-        dense, kw = _lists(index, keyword, request, todo, depth)
+        dense, kw, best = _lists(index, keyword, request, todo, depth)
         short = []
         for j, q in enumerate(todo):
             ranked, exhausted = _combine(
@@ -94,6 +120,8 @@ def rank_records(index: Index, keyword: KeywordIndex | None, request: Request) -
                 None if dense is None else (dense[0][j], dense[1][j]),
                 None if kw is None else (kw[0][j], kw[1][j]),
                 depth,
+                floor,
+                None if best is None else float(best[j]),
             )
             if request.grouped:
                 ranked = best_per_record(ranked, record_keys(index.store, index.layout, [r.id for r in ranked]))

@@ -278,7 +278,7 @@ class Index:
         """The k best records per query (`chunks=True`: chunk rows), best first.
 
         `mode`: dense, keyword or hybrid (None: see `resolve_mode`); hybrid fuses by a convex
-        combination of normalized scores (`alpha`) or by reciprocal rank (`fusion="rrf"`,
+        combination of normalized scores (`alpha`, None: set per query) or by reciprocal rank (`fusion="rrf"`,
         `rrf_k`): retrieval/fusion.py. `where`: a SQL boolean expression over the stored columns
         (retrieval/filter.py); every hit satisfies it. `min_score` drops hits under the mode's
         score (cosine, BM25, fused: 0 to 1 for convex), `min_cosine` under their cosine. Fewer
