@@ -238,9 +238,18 @@ def test_a_big_job_measures_every_engine_stops_the_slow_ones_and_keeps_only_the_
 
 def test_a_small_job_measures_only_what_it_can_afford(engines):
     result = calibrate.calibrate(calibrate.ModelSettings(device="cpu"), SAMPLE, None, 2048, total=2100)
-    assert list(result.seconds) == ["openvino bf16"] and not result.complete  # the likeliest fastest only
+    # The likeliest fastest, and the first fp32 engine (bf16 must beat one), stopped once it lost.
+    assert list(result.seconds) == ["openvino bf16", "openvino fp32"] and not result.complete
     said = calibrate.describe(result, 4)
-    assert said.startswith("engine: openvino bf16 (") and "1 of 4 engines" in said
+    assert said.startswith("engine: openvino bf16 (") and "2 of 4 engines" in said
+
+
+def test_bf16_is_never_chosen_without_an_fp32_engine_to_beat(engines):
+    rates, _, _, _ = engines
+    rates[("torch", "bf16")] = 2.5  # bf16 slower than fp32 (an AVX512-BF16 Xeon without AMX, torch)
+    settings = calibrate.ModelSettings(device="cpu", backend="torch")
+    result = calibrate.calibrate(settings, SAMPLE, None, 2048, total=2100)
+    assert (result.backend, result.dtype) == ("torch", "fp32") and result.complete
 
 
 def test_close_engines_are_timed_twice(engines):

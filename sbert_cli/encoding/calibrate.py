@@ -256,6 +256,18 @@ def choose_workers(tokenize_s: float, model_s: float, cores: int) -> int:
     return 2
 
 
+def affordable(
+    seconds: dict[tuple[str, str], float], engine: tuple[str, str], spent: float, scale: float | None
+) -> bool:
+    """Whether measuring `engine` next is worth it: the first always; the first fp32 one always
+    (bf16 must beat fp32 to be chosen: on some CPUs it is slower); any other only while the
+    measuring, one engine more, stays within CALIBRATION_SHARE of the job's estimated time (the
+    best sample time x `scale`, the job's texts over the sample's; None: unknown, measure all)."""
+    if not seconds or scale is None or (engine[1] == "fp32" and all(e[1] != "fp32" for e in seconds)):
+        return True
+    return spent * (1 + 1 / len(seconds)) <= CALIBRATION_SHARE * min(seconds.values()) * scale
+
+
 def calibrate(
     settings: ModelSettings, texts: list[str], threads: int | None, batch_tokens: int, total: int | None = None
 ) -> Calibration:
@@ -277,12 +289,8 @@ def calibrate(
         prepared = _prepare(first, texts, batch_tokens)
         tokenize_s = time.perf_counter() - tokenizing
         for engine in engines:
-            spent = time.perf_counter() - started
-            if run.winner is not None and total is not None:
-                job_s = run.seconds[run.winner] * total / len(texts)
-                if spent + spent / len(run.seconds) > CALIBRATION_SHARE * job_s:
-                    break  # one more engine would cost more than the job can give
-            run.measure(engine, prepared, lambda encoder: _prepare(encoder, texts[:4], batch_tokens))
+            if affordable(run.seconds, engine, time.perf_counter() - started, total and total / len(texts)):
+                run.measure(engine, prepared, lambda encoder: _prepare(encoder, texts[:4], batch_tokens))
     backend, dtype = run.winner
     return Calibration(
         backend,

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from sbert_cli.encoding.settings import ModelSettings
 
-CUTOFF = 1.25  # an engine past this many times the best so far cannot win (bf16 needs 0.97x): stopped
+CUTOFF = 1.1  # an engine past this many times the best so far cannot win (bf16 needs 0.97x): stopped
 CLOSE = 1.1  # an engine within this of the best so far is timed again, and so is the best
 BF16_MIN_GAIN = 0.97  # bf16 replaces fp32 only when it takes under 97% of the fastest fp32 time
 
