@@ -139,7 +139,7 @@ def run_rounds(names: list[str], rounds: int, corpus: Path, work: Path, env: dic
             got = run_once(name, corpus, work, env)
             results[name].append(got)
             load = os.getloadavg()[0]
-            print(f"round {rnd + 1}: {name:10} {got['wall']:7.1f} s wall {got['cpu']:7.1f} s CPU (load {load:.1f})")
+            print(f"round {rnd + 1}: {name:10} {got['wall']:7.1f} s wall {got['cpu']:7.1f} s CPU (load {load:.1f})", flush=True)
     gemm.append(gemm_rates(os.cpu_count() or 1))
     return results, {d: statistics.median(g[d] for g in gemm) for d in gemm[0]}
 

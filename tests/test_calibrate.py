@@ -297,3 +297,17 @@ def test_a_partial_result_decides_jobs_its_size_and_a_bigger_job_measures_again(
     assert not calibrate.usable({**partial, "backend": "torch", "dtype": "bf16"}, 2100, engines)  # gone
     assert not calibrate.usable({"backend": "openvino"}, 2100, engines)  # a damaged entry: measure again
     assert not calibrate.usable(None, 2100, engines)
+
+
+def test_a_small_job_takes_the_fastest_measured_engine_of_its_dtype(bf16_cpu, monkeypatch):
+    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.available", lambda: True)
+    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.runs_bf16", lambda: True)
+    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.version", lambda: "")
+    settings = calibrate.ModelSettings(device="cpu")
+    small = calibrate.auto_engine(settings, 500, lambda n: pytest.fail("a small job measures nothing"), print)
+    assert small == calibrate.Engine("torch", "fp32")  # nothing measured yet: torch fp32
+    seconds = {"openvino bf16": 0.5, "openvino fp32": 0.8, "torch fp32": 1.3}
+    measured = calibrate.Calibration("openvino", "bf16", seconds, 0.01, 1, 16, 1400, "now")
+    calibrate._remember(calibrate.cache_key(settings, None, 2048), measured)
+    # fp32 (exact vectors) for small work, on the fastest fp32 engine measured: OpenVINO.
+    assert calibrate.auto_engine(settings, 500, lambda n: [], print) == calibrate.Engine("openvino", "fp32", 1)

@@ -11,8 +11,9 @@ the dtype and backend it used in the store (appending keeps the dtype).
 - Candidates: torch and, when installed, OpenVINO (the `openvino` extra), each in fp32 and, on
   CPUs with native bf16, bf16. `--backend torch|openvino` keeps the measurement to that backend,
   `--dtype fp32|bf16` to that dtype (`--dtype fp32`: torch or OpenVINO, both at parity).
-- Small jobs (`SMALL_JOB_TEXTS` or fewer) run torch in the dtype asked (fp32 for auto):
-  calibrating costs more than it can save, and small interactive work keeps exact parity.
+- Small jobs (`SMALL_JOB_TEXTS` or fewer) measure nothing (it costs more than it can save) and
+  run in the dtype asked, fp32 for auto (small interactive work keeps exact parity): on the
+  fastest engine of that dtype an earlier measurement found, else torch.
 - Measuring is cheap and bounded (encoding/timing.py): engines are loaded one at a time, the
   likeliest fastest first; one that cannot win stops after a batch; the losers are freed (RSS
   stays the winner's); and a job measures no more engines than CALIBRATION_SHARE of its
@@ -49,9 +50,10 @@ if TYPE_CHECKING:
 CACHE_VERSION = 3
 SMALL_JOB_TEXTS = 2048  # one window: the job is over before a calibration would pay for itself
 SAMPLE_FROM = 512  # the calibration texts are spread over the run's first texts, so that a few
-SAMPLE_TEXTS = 32  # short headings at the top of a file do not stand for the whole corpus
-# 32 book paragraphs (~2,800 tokens, under two CPU batches) take ~0.8 s in torch fp32 and ~0.35 s
-# in OpenVINO bf16 on the 2-core AMD EPYC; with the model loads, all four engines cost ~5 s, once.
+SAMPLE_TEXTS = 16  # short headings at the top of a file do not stand for the whole corpus
+# 16 book paragraphs (~1,400 tokens, one CPU batch) take ~0.4 CPU s in OpenVINO bf16 on the 2-core
+# AMD EPYC. A cold `auto` on 2,100 Moby-Dick paragraphs at load 8-9 (CPU s over the fixed OpenVINO
+# bf16 run's start-up): 3.2 with 32 texts and a gc after each engine, ~1.5 with 16 and one gc.
 CALIBRATION_SHARE = 0.03  # measuring stops before it costs more than this share of the job's time
 TOKENIZE_SHARE = 0.5  # a second tokenizer worker once tokenizing takes half the model's time
 DEFAULT_ENGINE = ("torch", "fp32")
@@ -199,11 +201,11 @@ def auto_engine(
         DEFAULT_ENGINE[0] if settings.backend == "auto" else settings.backend,
         "fp32" if settings.dtype == "auto" else settings.dtype,
     )
-    if total is not None and total <= SMALL_JOB_TEXTS:
-        return fallback
     budget = batch_tokens or DEFAULT_CPU_BATCH_TOKENS
     key = cache_key(settings, threads, budget)
     cached = read_cache().get(key)
+    if total is not None and total <= SMALL_JOB_TEXTS:
+        return fastest_measured(cached, fallback, candidates(settings))
     if usable(cached, total, candidates(settings)):
         return Engine(cached["backend"], cached["dtype"], int(cached.get("workers") or 1))
     texts = sample(SAMPLE_FROM)
@@ -213,6 +215,17 @@ def auto_engine(
     _remember(key, result)
     say(describe(result, len(candidates(settings))))
     return Engine(result.backend, result.dtype, result.workers)
+
+
+def fastest_measured(cached: object, fallback: Engine, engines: list[tuple[str, str]]) -> Engine:
+    """A small job's engine: the fastest one a cached result measured in the small job's dtype
+    (fp32 for auto: its exact vectors), else `fallback`. Nothing is measured for it."""
+    try:
+        seconds = {tuple(name.split()): s for name, s in cached["seconds"].items()}
+        found = min((s, e) for e, s in seconds.items() if e[1] == fallback.dtype and e in engines)[1]
+        return Engine(found[0], found[1], int(cached.get("workers") or 1))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return fallback
 
 
 def describe(result: Calibration, engines: int | None = None) -> str:
@@ -291,6 +304,7 @@ def calibrate(
         for engine in engines:
             if affordable(run.seconds, engine, time.perf_counter() - started, total and total / len(texts)):
                 run.measure(engine, prepared, lambda encoder: _prepare(encoder, texts[:4], batch_tokens))
+        run.finish()
     backend, dtype = run.winner
     return Calibration(
         backend,
