@@ -139,7 +139,10 @@ def run_rounds(names: list[str], rounds: int, corpus: Path, work: Path, env: dic
             got = run_once(name, corpus, work, env)
             results[name].append(got)
             load = os.getloadavg()[0]
-            print(f"round {rnd + 1}: {name:10} {got['wall']:7.1f} s wall {got['cpu']:7.1f} s CPU (load {load:.1f})", flush=True)
+            print(
+                f"round {rnd + 1}: {name:10} {got['wall']:7.1f} s wall {got['cpu']:7.1f} s CPU (load {load:.1f})",
+                flush=True,
+            )
     gemm.append(gemm_rates(os.cpu_count() or 1))
     return results, {d: statistics.median(g[d] for g in gemm) for d in gemm[0]}
 
@@ -314,7 +317,10 @@ def main() -> None:
     print_verdicts(work)
     print_auto(rows)
     scores = (
-        sts_scores(sorted({(r["backend"], r["dtype"]) for r in rows}, key=lambda e: (e[1] != "fp32", e[0] != "torch")), args.data)
+        sts_scores(
+            sorted({(r["backend"], r["dtype"]) for r in rows}, key=lambda e: (e[1] != "fp32", e[0] != "torch")),
+            args.data,
+        )
         if args.sts
         else {}
     )
