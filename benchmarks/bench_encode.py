@@ -93,11 +93,16 @@ def sts_spearman(dtype: str) -> float:
     return 100 * spearmanr((a * b).sum(1), gold).statistic
 
 
-def machine_line() -> str:
-    from sbert_cli.encoding.devices import cpu_bf16_flags, cpu_name
+# The CPU features the engines' matrix kernels use: vector width, bf16 and int8 dot products, AMX.
+MATRIX_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 
-    flags = ", ".join(cpu_bf16_flags()) or "none"
-    return f"{cpu_name()}, {os.cpu_count()} cores, bf16 features: {flags}"
+
+def machine_line() -> str:
+    from sbert_cli.encoding.devices import _cpuinfo, cpu_name
+
+    found = set(_cpuinfo("flags").split())
+    flags = ", ".join(f for f in MATRIX_FLAGS if f in found) or "none of " + ", ".join(MATRIX_FLAGS)
+    return f"{cpu_name()}, {os.cpu_count()} cores, matrix features: {flags}"
 
 
 def sbert_cmd(corpus: Path, store: Path, name: str) -> list[str]:

@@ -53,9 +53,20 @@ RUNS = {
     "ov-bf16": ["--dtype", "bf16", "--backend", "openvino"],
     "onnx-fp32": ["--dtype", "fp32", "--backend", "onnx"],
     "int8": ["--dtype", "int8"],
-    "auto": ["--dtype", "auto"],
+    "fp32-auto": ["--dtype", "fp32"],  # --backend auto: the fastest fp32 engine, measured
+    "auto": ["--dtype", "auto"],  # warm: a full verdict cached (measured before the rounds)
+    "auto-cold": ["--dtype", "auto"],  # cold: no verdict cached, measured in the timed run
 }
-DEFAULT_RUNS = ["fp32", "bf16", "ov-fp32", "ov-bf16", "int8", "auto"]
+DEFAULT_RUNS = ["fp32", "bf16", "ov-fp32", "ov-bf16", "int8", "fp32-auto", "auto", "auto-cold"]
+FIXED = ("fp32", "bf16", "ov-fp32", "ov-bf16")  # the engines `auto` chooses between
+COLD = ("auto-cold",)
+PRIME_SCRIPT = """
+import sys
+from sbert_cli.encoding import calibrate
+texts = [line.rstrip("\\n") for line in open(sys.argv[1], encoding="utf-8") if line.strip()]
+for dtype in ("auto", "fp32"):  # a job big enough to measure every engine
+    calibrate.auto_engine(calibrate.ModelSettings(device="cpu", dtype=dtype), 10**9, lambda n: texts[:n], print)
+"""
 STAGES = re.compile(r"stages: .*?model ([0-9.]+) s")
 
 
@@ -107,6 +118,9 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float,
 def run_once(name: str, corpus: Path, work: Path, env: dict[str, str]) -> dict:
     if name not in PEERS:
         shutil.rmtree(work / f"store-{name}", ignore_errors=True)  # a new store: auto decides afresh
+    if name in COLD:  # the cold cache: graphs and compiled models kept, no engine verdict
+        env = {**env, "SBERT_CACHE": str(work / "cold-cache")}
+        (work / "cold-cache" / "calibration.json").unlink(missing_ok=True)
     log = work / f"{name}.log"
     wall, cpu, rss = timed(command(name, corpus, work), env, log)
     found = STAGES.findall(log.read_text(encoding="utf-8", errors="replace"))
@@ -125,7 +139,10 @@ def run_rounds(names: list[str], rounds: int, corpus: Path, work: Path, env: dic
             got = run_once(name, corpus, work, env)
             results[name].append(got)
             load = os.getloadavg()[0]
-            print(f"round {rnd + 1}: {name:10} {got['wall']:7.1f} s wall {got['cpu']:7.1f} s CPU (load {load:.1f})")
+            print(
+                f"round {rnd + 1}: {name:10} {got['wall']:7.1f} s wall {got['cpu']:7.1f} s CPU (load {load:.1f})",
+                flush=True,
+            )
     gemm.append(gemm_rates(os.cpu_count() or 1))
     return results, {d: statistics.median(g[d] for g in gemm) for d in gemm[0]}
 
@@ -194,6 +211,76 @@ def sts_scores(engines: list[tuple[str, str]], data: Path) -> dict[str, tuple[fl
     return out
 
 
+def prepare_caches(args, corpus: Path, work: Path, env: dict[str, str]) -> None:
+    """Untimed: the ONNX export (once per model), OpenVINO's compiled models and the OS file
+    cache, by a 20-text run of each fixed contender; the warm cache's full engine verdicts (what a
+    big job leaves); the cold cache, a copy without verdicts."""
+    warm = work / "warm.txt"
+    warm.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(True)[:20]), encoding="utf-8")
+    for name in [n for n in args.runs if not n.startswith("auto")]:
+        subprocess.run(command(name, warm, work, "warm"), env=env, check=True, capture_output=True)
+    if "auto" in args.runs or "fp32-auto" in args.runs:
+        done = subprocess.run([sys.executable, "-c", PRIME_SCRIPT, str(corpus)], env=env, capture_output=True)
+        if done.returncode != 0:
+            raise SystemExit(f"measuring the engines failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+    cache = Path(env["SBERT_CACHE"])
+    for folder in ("onnx", "openvino"):
+        if (cache / folder).is_dir():
+            shutil.copytree(cache / folder, work / "cold-cache" / folder, dirs_exist_ok=True)
+
+
+def print_verdicts(work: Path) -> None:
+    for label, folder in (("warm", "cache"), ("cold", "cold-cache")):
+        path = work / folder / "calibration.json"
+        entries = json.loads(path.read_text()).values() if path.is_file() else []
+        for entry in entries:
+            seconds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(entry["seconds"].items(), key=lambda kv: kv[1]))
+            print(
+                f"engine verdict ({label} cache): {entry['backend']} {entry['dtype']}; sample seconds {seconds}; "
+                f"workers {entry['workers']}; {'complete' if entry.get('complete', True) else 'partial'}, "
+                f"measuring took {entry.get('cost_s', 0):.1f} s"
+            )
+
+
+def print_auto(rows: list[dict]) -> None:
+    """`auto` (warm and cold cache) against the fastest fixed engine of the same run."""
+    by = {r["name"]: r for r in rows}
+    fixed = [by[n] for n in FIXED if n in by]
+    if not fixed:
+        return
+    best = min(fixed, key=lambda r: r["wall"])
+    for name, words in (("auto", "warm cache"), ("auto-cold", "cold cache"), ("fp32-auto", "--dtype fp32")):
+        if name in by:
+            row = by[name]
+            against = (
+                best
+                if name != "fp32-auto"
+                else min((r for r in fixed if r["dtype"] == "fp32"), key=lambda r: r["wall"], default=best)
+            )
+            print(
+                f"{name} ({words}): {row['backend']} {row['dtype']}, {row['wall']:.1f} s wall, {row['cpu']:.1f} CPU s; "
+                f"fastest fixed choice sbert {against['name']} {against['wall']:.1f} s, {against['cpu']:.1f} CPU s: "
+                f"{row['wall'] / against['wall'] - 1:+.1%} wall, {row['cpu'] / against['cpu'] - 1:+.1%} CPU (target: at most +5%)"
+            )
+
+
+def print_int8(rows: list[dict], scores: dict[str, tuple[float, float]]) -> None:
+    by = {r["name"]: r for r in rows}
+    bf16 = [r for r in rows if r["dtype"] == "bf16" and r["name"] in FIXED]
+    if "int8" not in by or not bf16:
+        return
+    int8, fastest = by["int8"], min(bf16, key=lambda r: r["wall"])
+    line = (
+        f"int8 (ONNX Runtime): {int8['wall']:.1f} s wall, {int8['cpu']:.1f} CPU s; fastest bf16 (sbert "
+        f"{fastest['name']}) {fastest['wall']:.1f} s: int8 takes {int8['wall'] / fastest['wall']:.2f}x its time"
+    )
+    fp32 = next((v for k, v in scores.items() if k.endswith("fp32")), None)
+    if fp32 and "onnx int8" in scores:
+        rho, cos = scores["onnx int8"]
+        line += f"; STS dev Spearman x100 {rho:.2f} vs fp32 {fp32[0]:.2f} ({rho - fp32[0]:+.2f}), min cosine {cos:.4f}"
+    print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=2100)
@@ -201,8 +288,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=None, help="[default: DATA/books/moby_dick.txt]")
     parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, choices=list(RUNS))
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--sts", action="store_true", help="also STS-benchmark dev Spearman per engine")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--no-sts", dest="sts", action="store_false", help="skip STS-benchmark dev per engine")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     args.corpus = args.corpus or args.data / "books" / "moby_dick.txt"
@@ -222,27 +309,24 @@ def main() -> None:
     lengths = [len(ids) for ids in cached_encoder(None, device="cpu", dtype="fp32").tokenize(texts)[0]]
     env = {**os.environ, "SBERT_CACHE": str(work / "cache")}  # auto measures once, in its first run
     print(f"corpus: {len(texts)} paragraphs of {args.corpus.name}, {sum(lengths)} tokens; machine: {machine_line()}")
-    warm = work / "warm.txt"  # the ONNX export (once per model) and the OS file cache, not timed
-    warm.write_text("\n".join(texts[:20]) + "\n", encoding="utf-8")
-    for name in [n for n in args.runs if n != "auto"]:
-        subprocess.run(command(name, warm, work, "warm"), env=env, check=True, capture_output=True)
+    prepare_caches(args, corpus, work, env)
     print(f"load average before: {os.getloadavg()}")
     results, gemm = run_rounds([*args.peers, *args.runs], args.rounds, corpus, work, env)
     print(f"load average after: {os.getloadavg()}")
     rows = print_table(results, work, model_flops(lengths), gemm)
-    calibration = work / "cache" / "calibration.json"
-    if calibration.is_file():
-        for entry in json.loads(calibration.read_text()).values():
-            print(
-                f"calibration: {entry['backend']} {entry['dtype']}, seconds {entry['seconds']}, workers {entry['workers']}"
-            )
+    print_verdicts(work)
+    print_auto(rows)
     scores = (
-        sts_scores(sorted({(r["backend"], r["dtype"]) for r in rows}, key=lambda e: e[1] != "fp32"), args.data)
+        sts_scores(
+            sorted({(r["backend"], r["dtype"]) for r in rows}, key=lambda e: (e[1] != "fp32", e[0] != "torch")),
+            args.data,
+        )
         if args.sts
         else {}
     )
     for engine, (rho, cos) in scores.items():
         print(f"STS dev Spearman x100 {engine:14} {rho:.2f}  min cosine to the first fp32 engine {cos:.6f}")
+    print_int8(rows, scores)
     (work / "results.json").write_text(json.dumps({"rows": rows, "gemm": gemm, "sts": scores}, indent=1))
 
 

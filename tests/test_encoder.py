@@ -258,6 +258,21 @@ def test_openvino_backend_refuses_what_it_cannot_run(monkeypatch):
         devices.resolve_backend("openvino", "cpu", "fp32")
 
 
+@pytest.mark.slow
+def test_openvino_keeps_its_compiled_model_for_the_next_start(encoder, monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    from sbert_cli.encoding import openvino_backend
+    from sbert_cli.encoding.encoder import Encoder
+
+    monkeypatch.setattr(openvino_backend, "compiled_cache_dir", lambda: tmp_path / "compiled")
+    texts = ["A man is eating food.", "The cat sat on the mat, watching the rain."]
+    first = Encoder(spec=encoder.spec, device="cpu", dtype="fp32", backend="openvino")
+    assert [p.suffix for p in (tmp_path / "compiled").iterdir()] == [".blob"]  # compiled once, kept
+    again = Encoder(spec=encoder.spec, device="cpu", dtype="fp32", backend="openvino")  # from the cache
+    np.testing.assert_array_equal(first.encode(texts), again.encode(texts))
+    assert (first.encode(texts) * encoder.encode(texts)).sum(1).min() >= 0.9999
+
+
 def test_the_torch_model_runs_without_the_unused_pooler(encoder):
     assert getattr(encoder.model, "pooler", None) is None  # sentence-transformers never reads it
 

@@ -1,5 +1,5 @@
 """The encode engine: parallel feeding, the out-of-memory retry, the result sink a GPU uses, and
-`--dtype auto`'s calibration cache. Plumbing runs on the hash model; the few real-model tests
+the stage clock (`--dtype auto`'s calibration: test_calibrate.py). Plumbing runs on the hash model; the few real-model tests
 use the session's shared fp32 load. No timing is asserted anywhere."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from fakes import HASH_MODEL, HashEncoder
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
-from sbert_cli.encoding import calibrate
 from sbert_cli.encoding.batching import fit_batches, pad_rows, padded_size, plan_batches
 from sbert_cli.encoding.feeder import default_workers, ordered_map, threaded
 from sbert_cli.encoding.gpu import ResultSink, is_out_of_memory
@@ -295,143 +294,6 @@ def test_result_sink_collects_batches_late_and_in_place():
     assert len(sink.pending) == 2 and not out[5].any()  # the last two are not collected yet
     assert sink.finish() is out and not sink.pending
     assert out.tolist() == [[p, -p] for p in range(6)]
-
-
-# -- --dtype auto: calibration ------------------------------------------------------------------
-
-
-@pytest.fixture
-def bf16_cpu(monkeypatch, tmp_path):
-    """A CPU that has native bf16, with an empty calibration cache of its own."""
-    monkeypatch.setenv("SBERT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("sbert_cli.encoding.devices.cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr("sbert_cli.encoding.devices.cpu_bf16_flags", lambda: ["avx512_bf16"])
-
-
-def fake_calibration(calls: list, dtype: str, backend: str = "torch"):
-    def measure(settings, texts, threads, batch_tokens):
-        calls.append(len(texts))
-        seconds = {"torch fp32": 1.0, f"{backend} {dtype}": 0.8}
-        return calibrate.Calibration(backend, dtype, seconds, 0.01, 1, len(texts), 100, "now")
-
-    return measure
-
-
-def test_auto_is_fp32_for_small_jobs_without_measuring(bf16_cpu, monkeypatch):
-    calls: list = []
-    monkeypatch.setattr(calibrate, "calibrate", fake_calibration(calls, "bf16"))
-    settings = calibrate.ModelSettings(device="cpu")
-    assert calibrate.auto_engine(settings, 500, lambda n: ["text"] * n, print) == calibrate.Engine("torch", "fp32")
-    assert calibrate.auto_engine(settings, None, lambda n: [], print).dtype == "fp32"  # stdin only: nothing to time
-    assert calls == []
-
-
-def test_auto_calibrates_once_then_uses_the_cache(bf16_cpu, monkeypatch):
-    calls, said = [], []
-    monkeypatch.setattr(calibrate, "calibrate", fake_calibration(calls, "bf16"))
-    settings = calibrate.ModelSettings(device="cpu")
-    texts = [f"text {i}" for i in range(600)]
-    chosen = calibrate.Engine("torch", "bf16", 1)
-    assert calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], said.append) == chosen
-    assert calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], said.append) == chosen
-    assert calls == [calibrate.SAMPLE_TEXTS]  # measured once, on texts spread over the first 512
-    assert len(said) == 1 and said[0].startswith("--dtype auto: torch bf16 (") and "torch fp32 1.25x" in said[0]
-    assert calibrate.cache_file().is_file()
-    # Another thread count is another measurement.
-    assert calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], said.append, threads=1) == chosen
-    assert len(calls) == 2
-
-
-def test_cached_engine_that_is_no_longer_a_candidate_is_measured_again(bf16_cpu, monkeypatch):
-    """A cache entry naming OpenVINO is not used once OpenVINO is gone: measured again."""
-    calls: list = []
-    monkeypatch.setattr(calibrate, "calibrate", fake_calibration(calls, "bf16", "openvino"))
-    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.available", lambda: True)
-    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.runs_bf16", lambda: True)
-    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.version", lambda: "")  # same key either way
-    settings = calibrate.ModelSettings(device="cpu")
-    texts = [f"text {i}" for i in range(600)]
-    assert calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], print).backend == "openvino"
-    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.available", lambda: False)
-    monkeypatch.setattr(calibrate, "calibrate", fake_calibration(calls, "bf16"))
-    assert calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], print) == calibrate.Engine("torch", "bf16", 1)
-    assert len(calls) == 2
-
-
-def test_candidates_follow_the_backend_and_the_cpu(bf16_cpu, monkeypatch):
-    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.available", lambda: True)
-    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.runs_bf16", lambda: True)
-    auto = calibrate.ModelSettings(device="cpu")
-    assert calibrate.candidates(auto) == [
-        ("torch", "fp32"),
-        ("openvino", "fp32"),
-        ("torch", "bf16"),
-        ("openvino", "bf16"),
-    ]
-    assert calibrate.candidates(calibrate.ModelSettings(backend="torch")) == [("torch", "fp32"), ("torch", "bf16")]
-    monkeypatch.setattr("sbert_cli.encoding.devices.cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr("sbert_cli.encoding.openvino_backend.available", lambda: False)
-    assert calibrate.candidates(auto) == [("torch", "fp32")]
-    assert not calibrate.calibrates(auto)  # one engine: nothing to measure
-
-
-def test_explicit_dtype_and_other_devices_never_calibrate(bf16_cpu):
-    fixed = calibrate.auto_engine(calibrate.ModelSettings(dtype="fp32"), 10**6, lambda n: [], print)
-    assert fixed == calibrate.Engine("auto", "fp32")
-    hashed = calibrate.auto_engine(calibrate.ModelSettings(model=HASH_MODEL), 10**6, lambda n: [], print)
-    assert hashed.dtype == "auto"
-    assert not calibrate.calibrates(calibrate.ModelSettings(backend="onnx", device="cpu"))
-
-
-def test_bf16_must_win_clearly():
-    assert calibrate.choose_dtype(1.0, 0.90) == "bf16"
-    assert calibrate.choose_dtype(1.0, 0.99) == "fp32"  # within the margin: fp32's exact vectors
-    assert calibrate.choose_dtype(1.0, 1.20) == "fp32"
-
-
-def test_the_fastest_engine_wins_and_bf16_must_beat_the_fastest_fp32():
-    seconds = {("torch", "fp32"): 1.0, ("openvino", "fp32"): 0.6, ("torch", "bf16"): 0.59, ("openvino", "bf16"): 0.4}
-    assert calibrate.choose_engine(seconds) == ("openvino", "bf16")
-    seconds[("openvino", "bf16")] = 0.595  # beats torch fp32 by far, openvino fp32 by too little
-    assert calibrate.choose_engine(seconds) == ("openvino", "fp32")
-    assert calibrate.choose_engine({("torch", "fp32"): 1.0}) == ("torch", "fp32")
-
-
-def test_workers_follow_the_tokenizing_share():
-    assert calibrate.choose_workers(0.01, 1.0, cores=2) == 1  # tokenizing 1% of the model: one worker
-    assert calibrate.choose_workers(0.6, 1.0, cores=2) == 2  # it would bound the run: a second one
-    assert calibrate.choose_workers(0.6, 1.0, cores=1) == 1
-
-
-def test_spread_samples_across_the_first_texts():
-    assert calibrate.spread(list(range(512)), 4) == [0, 128, 256, 384]
-    assert calibrate.spread([1, 2], 4) == [1, 2]
-
-
-@pytest.mark.slow
-def test_auto_store_records_the_measured_dtype_and_appending_keeps_it(bf16_cpu, encoder, monkeypatch, tmp_path):
-    """Real model: a new store's auto runs the calibration (a real one, on 8 texts), records the
-    dtype it chose, and the second store reuses the cached result."""
-    monkeypatch.setattr(calibrate, "SMALL_JOB_TEXTS", 10)
-    monkeypatch.setattr(calibrate, "SAMPLE_TEXTS", 8)
-    monkeypatch.setattr("sbert_cli.encoding.loader.unload_encoder", lambda settings: None)  # keep the shared fp32
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(f"Sentence number {i} is about {WORDS[i % len(WORDS)]}." for i in range(30)))
-    said = Messages()
-    options = EncodeOptions(device="cpu", dtype="auto")
-    encode_corpus([str(path)], tmp_path / "a", options, reporter=said)
-    record = Store.open(tmp_path / "a").manifest.model
-    chosen = record.dtype
-    assert chosen in ("fp32", "bf16") and record.backend in ("torch", "openvino")  # the engine it ran on
-    assert any(line.startswith(f"--dtype auto: {record.backend} {chosen} (") for line in said.lines)
-    monkeypatch.setattr(calibrate, "calibrate", lambda *a: pytest.fail("calibrated twice"))
-    encode_corpus([str(path)], tmp_path / "b", EncodeOptions(device="cpu", dtype="auto"))
-    again = Store.open(tmp_path / "b").manifest.model
-    assert (again.dtype, again.backend) == (chosen, record.backend)
-    other = tmp_path / "more.txt"
-    other.write_text("One more line.\n")
-    encode_corpus([str(other)], tmp_path / "a", EncodeOptions(device="cpu", dtype="auto"))
-    assert Store.open(tmp_path / "a").manifest.model.dtype == chosen  # an append keeps the store's dtype
 
 
 # -- stage timings -------------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def encode_corpus(
     if not plan:
         return EncodeSummary(str(store_path), inputs_skipped=[s.name for s in sources], store_rows=manifest.rows)
     total, types = _count_records(plan, options)
-    if existing is None and encoder is None and loop is None and options.dtype == "auto":
+    if existing is None and encoder is None and loop is None and "auto" in (options.dtype, options.backend):
         from sbert_cli.encoding.calibrate import engine_for_run  # backend, dtype, workers: by measurement
 
         engine_for_run(options, plan, total, reporter.message)
