@@ -70,6 +70,14 @@ class KeptRows:
         self.in_memory = self._load_all(reuse)
         self._build_lookup()
 
+    def for_store(self, store: Store) -> KeptRows:
+        """These rows for another opening of the store: themselves where it lists the same shards
+        (the same files, the same checksums), else rebuilt for it (reusing the shards in common)."""
+        if [_shard_key(s) for s in store.shards] != [_shard_key(s) for s in self.store.shards]:
+            return KeptRows(store, self.budget, self)
+        self.store = store
+        return self
+
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self._tables.values()) if self.in_memory else self._lru_bytes
@@ -92,9 +100,10 @@ class KeptRows:
 
     def _build_lookup(self) -> None:
         """Sorted row ids with the shard and offset of each (in-memory mode)."""
-        shards = self.store.shards
-        parts = [(n, self._tables[_shard_key(s)].column("id").to_numpy()) for n, s in enumerate(shards)]
-        parts = [(n, ids) for n, ids in parts if len(ids)] if self.in_memory else []
+        parts = []
+        if self.in_memory:
+            parts = [(n, self._tables[_shard_key(s)].column("id").to_numpy()) for n, s in enumerate(self.store.shards)]
+            parts = [(n, ids) for n, ids in parts if len(ids)]
         if not parts:
             self._ids = np.empty(0, np.int64)
             self._shard_of = self._offset_of = np.empty(0, np.int32)

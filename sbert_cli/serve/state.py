@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from sbert_cli.retrieval.quantized import QuantizedIndex
 from sbert_cli.retrieval.search import Index
 from sbert_cli.serve.config import ServeOptions
 from sbert_cli.store.manifest import MANIFEST, IndexManifest, KeywordManifest
+from sbert_cli.store.store import Store
 
 log = logging.getLogger("sbert")
 
@@ -104,13 +106,17 @@ def open_index(options: ServeOptions, previous: Snapshot | None = None) -> tuple
     (retrieval/kept.py; the shards `previous` kept too are not read again). Exact search where
     asked for, or where the store has no index yet (said in the log)."""
     path = Path(options.store)
-    exact = options.exact or (Path(path).is_dir() and IndexManifest.load(path) is None)
-    index = Index.open(path, exact=exact, device=options.device)
-    if exact and not options.exact:
-        log.warning("%s: has no index yet; searching exactly (build one with: sbert index %s)", path, path)
-    index.encoder()
-    keyword = index.keyword_index() if index.resolve_mode(None) != "dense" else None
-    rows = KeptRows(index.store, options.keep_rows_bytes, previous.kept if previous is not None else None)
+    # The rows are read (and verified) in a thread while the indexes load: start-up is the longer
+    # of the two, not their sum (Parquet, hnswlib and bm25s' loading release the GIL).
+    with ThreadPoolExecutor(1, thread_name_prefix="sbert-rows") as pool:
+        kept = pool.submit(KeptRows, Store.open(path), options.keep_rows_bytes, previous.kept if previous else None)
+        exact = options.exact or (Path(path).is_dir() and IndexManifest.load(path) is None)
+        index = Index.open(path, exact=exact, device=options.device)
+        if exact and not options.exact:
+            log.warning("%s: has no index yet; searching exactly (build one with: sbert index %s)", path, path)
+        index.encoder()
+        keyword = index.keyword_index() if index.resolve_mode(None) != "dense" else None
+        rows = kept.result().for_store(index.store)  # a writer may have committed between the two opens
     keep(index.store, rows)
     # One search's worth of reading (the graph, a row's vector, the keyword postings), so the first
     # request after start-up or a swap is as fast as the rest. No query is encoded: the encoder
