@@ -272,6 +272,8 @@ def run(url: str, startup: float, queries: list[str], inputs: list[str]) -> None
     table(f"Embeddings ({ARGS.texts} texts a request), {os.getloadavg()[0]:.1f} load", [alone, best])
     wall, cpu = max(p[0] for p in peer), max(p[1] for p in peer)
     print(f"\nengine: {httpx.get(f'{url}/health').json()['engine']}")
+    peer_policy = os.environ.get("OMP_WAIT_POLICY", "unset: OpenMP's default, threads spin between batches")
+    print(f"OMP_WAIT_POLICY: server PASSIVE (sbert serve sets it), `sbert encode`'s loop here {peer_policy}")
     print(
         f"\n`sbert encode`'s model loop on the same {len(texts):,} texts (best of {ARGS.rounds}): {wall:,.1f} "
         f"texts/s wall, {cpu:,.1f} texts/CPU s; served with {ARGS.clients} clients: "

@@ -100,6 +100,11 @@ def serve(
     from sbert_cli.serve.server import serve as run
 
     setup_logging(verbose, quiet)
+    # Between model batches a server's OpenMP threads would spin, waiting for work, on the cores
+    # its event loop (and, on a shared machine, other processes) need; asleep instead, the model
+    # took a third of the CPU seconds per text under load (benchmarks/bench_serve.py). Read when
+    # torch loads, which is later; a value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     api_key = None
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env, "")
