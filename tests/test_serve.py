@@ -168,6 +168,12 @@ def test_health_says_rows_model_and_index(client):
     index = body["index"]
     assert index["kind"] == "hnsw" and index["indexed_rows"] == 500 and index["pending_shards"] == 0
     assert index["keyword"] == {"docs": 500, "pending_shards": 0} and index["default_mode"] == "hybrid"
+    kept = body["kept_rows"]
+    assert kept["in_memory"] and 0 < kept["bytes"] <= kept["budget_bytes"] and "embedding" not in kept["columns"]
+    client.post("/v1/embeddings", json={"input": "load the model"})
+    engine = client.get("/health").json()["engine"]
+    assert engine["embeddings"]["dtype"] == body["model"]["dtype"] and engine["embeddings"]["device"] == "cpu"
+    assert engine["queries"] == "HashEncoder"
 
 
 def test_health_of_a_store_without_index_searches_exactly(tmp_path, shared_store):

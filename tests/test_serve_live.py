@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import signal
@@ -140,6 +141,7 @@ def test_a_request_alone_does_not_wait_for_company(store):
 
 # -- the command line -------------------------------------------------------------------------------
 def test_cli_refuses_what_it_cannot_serve(store, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     missing = sbert("serve", tmp_path / "nope")
     assert missing.exit_code == 2 and "no such store" in missing.stderr and "Traceback" not in missing.output
     monkeypatch.delenv("SBERT_TEST_KEY", raising=False)
@@ -150,6 +152,7 @@ def test_cli_refuses_what_it_cannot_serve(store, tmp_path, monkeypatch):
         taken.listen()
         busy = sbert("serve", store, "--port", str(taken.getsockname()[1]))
     assert busy.exit_code == 1 and "cannot listen on 127.0.0.1" in busy.stderr
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # set by `sbert serve` (undone by monkeypatch)
     bad_host = sbert("serve", store, "--host", "no-such-host.invalid")
     assert bad_host.exit_code == 2 and "--host no-such-host.invalid" in bad_host.stderr
 

@@ -62,6 +62,17 @@ PollOpt = Annotated[
     ),
 ]
 
+KeepRowsOpt = Annotated[
+    int,
+    typer.Option(
+        "--keep-rows-mb",
+        metavar="MB",
+        min=0,
+        help="Memory for the hits' columns (text, source, line, key, kept fields), kept to answer searches "
+        "without reading the store; a larger store's row groups are read as needed, the latest kept.",
+    ),
+]
+
 
 @handle_errors
 def serve(
@@ -78,6 +89,7 @@ def serve(
     batch_wait_ms: BatchWaitMsOpt = 5.0,
     batch_tokens: BatchTokensOpt = 16_384,
     poll: PollOpt = 1.0,
+    keep_rows_mb: KeepRowsOpt = 1024,
     device: DeviceOpt = "auto",
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -88,6 +100,11 @@ def serve(
     from sbert_cli.serve.server import serve as run
 
     setup_logging(verbose, quiet)
+    # Between model batches a server's OpenMP threads would spin, waiting for work, on the cores
+    # its event loop (and, on a shared machine, other processes) need; asleep instead, the model
+    # took a third of the CPU seconds per text under load (benchmarks/bench_serve.py). Read when
+    # torch loads, which is later; a value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     api_key = None
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env, "")
@@ -106,5 +123,6 @@ def serve(
         batch_wait_ms=batch_wait_ms,
         batch_tokens=batch_tokens,
         poll_s=poll,
+        keep_rows_bytes=keep_rows_mb << 20,
     )
     run(options, host, port, verbose)

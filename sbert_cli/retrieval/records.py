@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sbert_cli.retrieval.fusion import Ranked
+from sbert_cli.retrieval.kept import NOT_KEPT, kept_for
 from sbert_cli.store.store import LINE_BITS, Store
 
 HIT_COLUMNS = ("query", "rank", "id", "score", "cosine", "text", "source", "line", "key")
@@ -82,9 +83,13 @@ class Layout:
 
 
 def fetch_rows(store: Store, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
-    """Rows by id with whichever of `columns` the store has: `Store.fetch`, which verifies what
-    it reads, finds a row in any shard whose id range holds it (one input's ranges overlap after
-    `--sync`), and raises `ShardGone` when a writer removed a shard (search then reopens)."""
+    """Rows by id with whichever of `columns` the store has: from the rows a server keeps in
+    memory for this store (retrieval/kept.py) where it keeps them, else `Store.fetch`, which
+    verifies what it reads, finds a row in any shard whose id range holds it (one input's ranges
+    overlap after `--sync`), and raises `ShardGone` when a writer removed a shard (search then reopens)."""
+    kept = kept_for(store)
+    if kept is not None and not set(columns) & set(NOT_KEPT):
+        return kept.fetch(ids, columns)
     return store.fetch(ids, tuple(columns))
 
 
@@ -116,12 +121,11 @@ def plain(value):
     return value
 
 
-def cosines(query: np.ndarray, rows: list[dict | None], dim: int) -> list[float | None]:
-    """The cosine similarity of a query vector and each fetched row's stored vector."""
+def cosines(query: np.ndarray, vectors: list[np.ndarray | None], dim: int) -> list[float | None]:
+    """The cosine similarity of a query vector and each row's vector (None: not found)."""
     out: list[float | None] = []
     unit = query / max(float(np.linalg.norm(query)), 1e-12)
-    for row in rows:
-        vector = None if row is None else row.get("embedding")
+    for vector in vectors:
         if vector is None:
             out.append(None)
             continue

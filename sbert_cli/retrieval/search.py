@@ -238,6 +238,13 @@ class Index:
         more_ids, more = matching_vectors(self.store, row_filter.ids[pending], self.pending)
         return np.concatenate([indexed, more_ids]), np.concatenate([found, more])
 
+    def vectors_of(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Rows' vectors by id: from the index, which holds them in memory (or memory-mapped),
+        where it covers them; read from the shards otherwise."""
+        wanted = np.unique(np.asarray(ids, dtype=np.int64))
+        found, vectors = self._matching_vectors(RowFilter("", wanted, self.rows)) if len(wanted) else ([], [])
+        return dict(zip(np.asarray(found).tolist(), vectors, strict=True))
+
     def _search_graph(
         self, vectors: np.ndarray, k: int, ef: int | None, row_filter: RowFilter | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -302,15 +309,16 @@ class Index:
     def _hits(
         self,
         queries: list[str],
-        vectors: np.ndarray,
+        query_vectors: np.ndarray,
         ranked: list[list[Ranked]],
         mode: str,
         min_score: float | None,
         min_cosine: float | None,
     ) -> list[list[Hit]]:
         """Hits with their rows and cosines, dropping those under the thresholds (ranks stay)."""
-        columns = ("text", "source", "line", "key", *self.layout.extra, "embedding")
+        columns = ("text", "source", "line", "key", *self.layout.extra)
         rows = fetch_rows(self.store, [r.id for per in ranked for r in per], columns)
+        vectors = self.vectors_of([r.id for per in ranked for r in per])  # for the cosines
         missing = [r.id for per in ranked for r in per if r.id not in rows]
         if missing:
             raise SbertError(
@@ -318,13 +326,12 @@ class Index:
                 f"rebuild with: sbert index {self.store.path} --rebuild"
             )
         results = []
-        for query, vector, per in zip(queries, vectors, ranked, strict=True):
+        for query, query_vector, per in zip(queries, query_vectors, ranked, strict=True):
             found = [rows[r.id] for r in per]
+            near = cosines(query_vector, [vectors.get(r.id) for r in per], self.store.dim)
             hits = [
                 self._hit(query, rank, r, row, cos, mode)
-                for rank, (r, row, cos) in enumerate(
-                    zip(per, found, cosines(vector, found, self.store.dim), strict=True), 1
-                )
+                for rank, (r, row, cos) in enumerate(zip(per, found, near, strict=True), 1)
                 if (min_score is None or r.score >= min_score) and (min_cosine is None or cos >= min_cosine)
             ]
             results.append(hits)

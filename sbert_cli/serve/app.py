@@ -195,7 +195,9 @@ def routes(server: Server) -> list[Route]:
         return JSON({"object": "search", "mode": mode, "store": snapshot.summary(), "results": results})
 
     async def health(request: Request) -> Response:
-        return JSON({"status": "ok", "store": options.store, **server.live.current.health()})
+        snapshot = server.live.current
+        engine = {"embeddings": server.embedders.engine(), "queries": type(snapshot.index.encoder()).__name__}
+        return JSON({"status": "ok", "store": options.store, **snapshot.health(), "engine": engine})
 
     async def metrics(request: Request) -> Response:
         server.metrics.queued.set(server.batcher.queued if server.batcher else 0)

@@ -25,6 +25,8 @@ from typing import Any
 from sbert_cli.serve.config import ApiError
 
 log = logging.getLogger("sbert")
+GATHER_SHARE = 0.1  # after a group, wait for company up to this share of its run time...
+GATHER_MAX_S = 0.05  # ...and never longer than this
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Batcher:
         self._full = asyncio.Event()
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbert-engine")
         self._task: asyncio.Task | None = None
+        self._last_run_s = 0.0  # how long the last group took in the engine
+        self._in_flight = 0  # requests in the server as that group finished: its own and those queued
 
     @property
     def queued(self) -> int:
@@ -112,14 +116,19 @@ class Batcher:
                 if self.company(len(self._pending)):
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._full.wait(), self.wait_s)
+            elif self._last_run_s > 0:
+                await self._gather(self._in_flight, min(GATHER_MAX_S, GATHER_SHARE * self._last_run_s))
             group = self._take()
             if not group:
                 continue
             key = group[0].key
+            started = loop.time()
             try:
                 results = await loop.run_in_executor(self._engine, self.run_group, key, [j.payload for j in group])
             except Exception as exc:  # the runner answers per payload; this is a bug in it
                 results = [exc] * len(group)
+            self._last_run_s = loop.time() - started
+            self._in_flight = len(group) + len(self._pending)
             for observer in self.observers:
                 observer(key, group)
             for job, result in zip(group, results, strict=True):
@@ -129,6 +138,27 @@ class Batcher:
                     job.future.set_exception(result)
                 else:
                     job.future.set_result(result)
+
+    async def _gather(self, want: int, timeout_s: float) -> None:
+        """After a group, wait up to `timeout_s` for the clients it answered to send their next
+        requests (until `want` are queued, or a batch's budget): otherwise the engine alternates
+        between two half groups, those that queued while it ran and those it just answered, and a
+        model runs small batches less efficiently (all-MiniLM-L6-v2 on 2 cores: 64 texts a batch
+        ~40 texts/CPU s, 128 ~55, 512 ~85). Bounded by a share of the last group's run, so a fast
+        group (a search) waits next to nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(self._pending) < want and self._first_key_cost() < self.budget:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
+    def _first_key_cost(self) -> int:
+        key = self._pending[0].key if self._pending else None
+        return sum(j.cost for j in self._pending if j.key == key)
 
     def _take(self) -> list[Job]:
         """The next group: the oldest live job and every queued job with its key, up to the budget."""

@@ -24,6 +24,9 @@ class ServeOptions:
     batch_tokens: int = 16_384
     # Following the store: its manifests are looked at this often (seconds; 0: never).
     poll_s: float = 1.0
+    # The hits' columns (text, source, line, key, chunk, kept fields) kept in memory up to this
+    # many bytes; a larger store's row groups are read as hits need them, the latest kept.
+    keep_rows_bytes: int = 1 << 30
     listen_url: str = ""  # for the start-up line, filled in by the server
 
 

@@ -93,6 +93,21 @@ class Embedders:
         self._loaded: dict[str | None, WindowEncoder] = {}
         self._lock = asyncio.Lock()
 
+    def engine(self) -> dict | None:
+        """What runs /v1/embeddings (None until the model is loaded): the store's engine, as
+        `sbert encode` recorded it (backend, dtype), on this device."""
+        if not self._loaded:
+            return None
+        encoder = next(iter(self._loaded.values()))
+        record = encoder.describe()
+        threads = getattr(encoder, "threads", None)
+        return {
+            "backend": record.backend,
+            "dtype": record.dtype,
+            "device": str(getattr(encoder, "device", "cpu")),
+            "threads": threads or _torch_threads(),
+        }
+
     def loaded(self, input_type: str | None) -> WindowEncoder:
         return self._loaded[input_type]
 
@@ -119,6 +134,13 @@ class Embedders:
             raise InputError(f"the model on this machine ({found}) is not the one that made the store")
         log.debug("embeddings: encoder for input_type %s loaded", input_type)
         return encoder
+
+
+def _torch_threads() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")  # only where the encoder imported it
+    return torch.get_num_threads() if torch is not None else None
 
 
 def embed_group(encoder: WindowEncoder, payloads: list[list[str]]) -> list[tuple[np.ndarray, int]]:

@@ -141,12 +141,16 @@ def search_group(index: Index, params: dict, payloads: list[list[str]]) -> tuple
     queries = [q for qs in payloads for q in qs]
     results = index.search(queries, **params)
     columns = index.columns(mode)  # the keys `sbert search --format jsonl` writes, in its order
-    rows = [[{c: h.as_dict().get(c) for c in columns} for h in per] for per in results]
+    rows = [[_ordered(h.as_dict(), columns) for h in per] for per in results]
     out, start = [], 0
     for qs in payloads:
         out.append(rows[start : start + len(qs)])
         start += len(qs)
     return mode, out
+
+
+def _ordered(hit: dict, columns: tuple[str, ...]) -> dict:
+    return {c: hit.get(c) for c in columns}
 
 
 def jsonl_body(hits: list[list[dict]]) -> str:

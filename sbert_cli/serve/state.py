@@ -14,17 +14,20 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sbert_cli.errors import SbertError
+from sbert_cli.retrieval.kept import KeptRows, keep
 from sbert_cli.retrieval.keyword import KeywordIndex
 from sbert_cli.retrieval.quantized import QuantizedIndex
 from sbert_cli.retrieval.search import Index
 from sbert_cli.serve.config import ServeOptions
 from sbert_cli.store.manifest import MANIFEST, IndexManifest, KeywordManifest
+from sbert_cli.store.store import Store
 
 log = logging.getLogger("sbert")
 
@@ -35,6 +38,7 @@ class Snapshot:
 
     index: Index
     keyword: KeywordIndex | None  # opened where searches default to it (hybrid)
+    kept: KeptRows  # the hits' columns, kept for this store (registered: records.fetch_rows uses them)
     generation: int  # 1 at start-up, +1 at every swap
     identity: tuple
     loaded_at: float
@@ -70,6 +74,12 @@ class Snapshot:
                 "keyword": {"docs": keyword.manifest.docs, "pending_shards": len(keyword.pending)} if keyword else None,
                 "default_mode": index.resolve_mode(None),
             },
+            "kept_rows": {
+                "in_memory": self.kept.in_memory,
+                "bytes": self.kept.nbytes,
+                "budget_bytes": self.kept.budget,
+                "columns": list(self.kept.columns),
+            },
         }
 
 
@@ -90,26 +100,35 @@ def identity(store: Path) -> tuple:
     return tuple(marks)
 
 
-def open_index(options: ServeOptions) -> tuple[Index, KeywordIndex | None]:
-    """The store opened as `sbert search` opens it, warmed: its query encoder loaded and its
-    keyword index opened where searches default to using it. Exact search where asked for, or
-    where the store has no index yet (said in the log)."""
+def open_index(options: ServeOptions, previous: Snapshot | None = None) -> tuple[Index, KeywordIndex | None, KeptRows]:
+    """The store opened as `sbert search` opens it, warmed: its query encoder loaded, its keyword
+    index opened where searches default to using it, and its hit columns kept in memory
+    (retrieval/kept.py; the shards `previous` kept too are not read again). Exact search where
+    asked for, or where the store has no index yet (said in the log)."""
     path = Path(options.store)
-    exact = options.exact or (Path(path).is_dir() and IndexManifest.load(path) is None)
-    index = Index.open(path, exact=exact, device=options.device)
-    if exact and not options.exact:
-        log.warning("%s: has no index yet; searching exactly (build one with: sbert index %s)", path, path)
-    index.encoder()
-    keyword = index.keyword_index() if index.resolve_mode(None) != "dense" else None
-    # One search's worth of reading (the graph, a row fetched, the keyword postings), so the first
-    # request after start-up or a swap is as fast as the rest (the first fetch alone took 0.6 s).
-    # No query is encoded: the encoder may be running a request in the engine thread meanwhile.
+    # The rows are read (and verified) in a thread while the indexes load: start-up is the longer
+    # of the two, not their sum (Parquet, hnswlib and bm25s' loading release the GIL).
+    with ThreadPoolExecutor(1, thread_name_prefix="sbert-rows") as pool:
+        kept = pool.submit(KeptRows, Store.open(path), options.keep_rows_bytes, previous.kept if previous else None)
+        exact = options.exact or (Path(path).is_dir() and IndexManifest.load(path) is None)
+        index = Index.open(path, exact=exact, device=options.device)
+        if exact and not options.exact:
+            log.warning("%s: has no index yet; searching exactly (build one with: sbert index %s)", path, path)
+        index.encoder()
+        keyword = index.keyword_index() if index.resolve_mode(None) != "dense" else None
+        rows = kept.result().for_store(index.store)  # a writer may have committed between the two opens
+    keep(index.store, rows)
+    # One search's worth of reading (the graph, a row's vector, the keyword postings), so the first
+    # request after start-up or a swap is as fast as the rest. No query is encoded: the encoder
+    # may be running a request in the engine thread meanwhile.
     probe = np.full((1, index.store.dim), index.store.dim**-0.5, dtype=np.float32)
     ids, _ = index.search_vectors(probe, 1)
-    index.store.fetch([int(i) for i in ids[0] if i >= 0])
+    found = [int(i) for i in ids[0] if i >= 0]
+    index.vectors_of(found)
+    rows.fetch(found, rows.columns)
     if keyword is not None:
         keyword.search(["warm"], 1)
-    return index, keyword
+    return index, keyword, rows
 
 
 class LiveStore:
@@ -137,7 +156,7 @@ class LiveStore:
                 continue
             self._seen = marks
             try:
-                index, keyword = await asyncio.to_thread(open_index, self.options)
+                index, keyword, rows = await asyncio.to_thread(open_index, self.options, self.current)
                 self._check_model(index)
             except SbertError as exc:
                 self._tell("failed", None)
@@ -147,7 +166,7 @@ class LiveStore:
                 self._tell("failed", None)
                 log.exception("the store changed but reopening it failed; still serving the previous state")
                 continue
-            self.swap(Snapshot(index, keyword, self.current.generation + 1, marks, time.time()))
+            self.swap(Snapshot(index, keyword, rows, self.current.generation + 1, marks, time.time()))
 
     def swap(self, snapshot: Snapshot) -> None:
         before = self.current.rows

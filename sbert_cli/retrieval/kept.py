@@ -1,0 +1,213 @@
+"""Hit rows kept in memory, for a searcher that lives long (`sbert serve`).
+
+Every hit shows its row's text, source, line, key, chunk columns and kept fields. A one-off
+`sbert search` reads them from the shards by id (`Store.fetch`: the row groups holding them);
+a server answering many searches a second cannot pay a Parquet read per query (on a 100k-row
+store that was 77% of a search's time). `KeptRows` holds those columns (never the embeddings:
+cosines come from the index, `Index.vectors_of`) as one Arrow table per shard, found by row id:
+
+- when they fit `budget` bytes, every shard's columns are read once, verified as every first
+  read of a shard is (its whole-file checksum, store/integrity.py);
+- otherwise row groups are read when a hit needs them, verified by their page checksums (or
+  the whole file's, once, for older shards), and the most recently used kept up to `budget`.
+
+`KeptRows` belongs to one opened `Store` (one committed manifest). A server opens a new store
+when the store changes and builds a new `KeptRows` for it, reusing the tables of shards both
+states list (same file, same checksum): what a search sees is swapped with the store, at once.
+`keep(store, rows)` registers it; `records.fetch_rows` then answers from it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sbert_cli.store.integrity import DamagedFileError, check_present, verify_file
+from sbert_cli.store.manifest import ShardInfo
+from sbert_cli.store.store import Store
+
+NOT_KEPT = ("embedding", "record_hash")  # the vectors live in the index; the hash is for --sync
+DEFAULT_BUDGET = 1 << 30
+
+_KEPT: weakref.WeakKeyDictionary[Store, KeptRows] = weakref.WeakKeyDictionary()
+
+
+def keep(store: Store, rows: KeptRows) -> None:
+    """Answer `records.fetch_rows(store, ...)` from `rows` from now on."""
+    _KEPT[store] = rows
+
+
+def kept_for(store: Store) -> KeptRows | None:
+    return _KEPT.get(store)
+
+
+def _shard_key(shard: ShardInfo) -> tuple:
+    return shard.file, getattr(shard, "xxh3", None) or shard.sha256
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """A shard's row groups by id range, from its footer (min and max id of each)."""
+
+    lows: np.ndarray
+    highs: np.ndarray
+
+
+class KeptRows:
+    def __init__(self, store: Store, budget: int = DEFAULT_BUDGET, previous: KeptRows | None = None) -> None:
+        self.store = store
+        self.budget = budget
+        self.columns = tuple(c for c in store.columns() if c not in NOT_KEPT)
+        reuse = previous._tables if previous is not None and previous.columns == self.columns else {}
+        self._tables: dict[tuple, object] = {}  # shard key -> its columns (all in memory)
+        self._groups: dict[str, _Groups] = {}  # row-group mode: shard file -> its groups' id ranges
+        self._lru: OrderedDict[tuple[str, int], object] = OrderedDict()
+        self._lru_bytes = 0
+        self.in_memory = self._load_all(reuse)
+        self._build_lookup()
+
+    def for_store(self, store: Store) -> KeptRows:
+        """These rows for another opening of the store: themselves where it lists the same shards
+        (the same files, the same checksums), else rebuilt for it (reusing the shards in common)."""
+        if [_shard_key(s) for s in store.shards] != [_shard_key(s) for s in self.store.shards]:
+            return KeptRows(store, self.budget, self)
+        self.store = store
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self._tables.values()) if self.in_memory else self._lru_bytes
+
+    def _load_all(self, reuse: dict) -> bool:
+        """Every shard's columns, while they fit the budget (False, nothing kept, when not)."""
+        total = 0
+        for shard in self.store.shards:
+            key = _shard_key(shard)
+            table = reuse.get(key)
+            if table is None:
+                # Verified (whole file); one chunk, so that `take` is one gather.
+                table = self.store.read_shard(shard, list(self.columns)).combine_chunks()
+            self._tables[key] = table
+            total += table.nbytes
+            if total > self.budget:
+                self._tables.clear()
+                return False
+        return True
+
+    def _build_lookup(self) -> None:
+        """Sorted row ids with the shard and offset of each (in-memory mode)."""
+        parts = []
+        if self.in_memory:
+            parts = [(n, self._tables[_shard_key(s)].column("id").to_numpy()) for n, s in enumerate(self.store.shards)]
+            parts = [(n, ids) for n, ids in parts if len(ids)]
+        if not parts:
+            self._ids = np.empty(0, np.int64)
+            self._shard_of = self._offset_of = np.empty(0, np.int32)
+            return
+        ids = np.concatenate([ids for _, ids in parts])
+        shard_of = np.concatenate([np.full(len(ids), n, np.int32) for n, ids in parts])
+        offset_of = np.concatenate([np.arange(len(ids), dtype=np.int32) for _, ids in parts])
+        order = np.argsort(ids, kind="stable")
+        self._ids, self._shard_of, self._offset_of = ids[order], shard_of[order], offset_of[order]
+
+    def fetch(self, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
+        """Rows by id, as `Store.fetch` returns them: {id: {"id": id, column: value, ...}} with
+        whichever of `columns` the store has; ids not in the store are left out."""
+        wanted = [c for c in columns if c in self.columns and c != "id"]
+        unique = np.unique(np.asarray([int(i) for i in ids], dtype=np.int64))
+        if self.in_memory:
+            return self._fetch_kept(unique, wanted)
+        return self._fetch_groups(unique, wanted)
+
+    def _fetch_kept(self, ids: np.ndarray, columns: list[str]) -> dict[int, dict]:
+        # The last equal id: ids are unique in a committed store, the last shard listed wins if not.
+        at = np.searchsorted(self._ids, ids, side="right") - 1
+        found = (at >= 0) & (self._ids[np.maximum(at, 0)] == ids)
+        ids, at = ids[found], at[found]
+        shards = self.store.shards
+        out: dict[int, dict] = {}
+        for n in np.unique(self._shard_of[at]):
+            mine = self._shard_of[at] == n
+            table = self._tables[_shard_key(shards[n])].select(["id", *columns])
+            for row in table.take(self._offset_of[at][mine]).to_pylist():
+                out[row["id"]] = row
+        return out
+
+    # -- row-group mode: stores whose columns do not fit the budget ------------------------------
+    def _fetch_groups(self, ids: np.ndarray, columns: list[str]) -> dict[int, dict]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        out: dict[int, dict] = {}
+        for shard in self.store.shards:
+            inside = ids[(ids >= shard.id_min) & (ids <= shard.id_max)]
+            if not len(inside):
+                continue
+            groups = self._groups_of(shard)
+            for group in self._groups_holding(groups, inside):
+                table = self._group(shard, group).select(["id", *columns])
+                table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(inside, type=pa.int64())))
+                for row in table.to_pylist():
+                    out[row["id"]] = row
+        return out
+
+    @staticmethod
+    def _groups_holding(groups: _Groups, ids: np.ndarray) -> list[int]:
+        holds = (groups.lows[:, None] <= ids[None, :]) & (groups.highs[:, None] >= ids[None, :])
+        return np.flatnonzero(holds.any(axis=1)).tolist()
+
+    def _groups_of(self, shard: ShardInfo) -> _Groups:
+        if shard.file not in self._groups:
+            metadata = self._parquet(shard).metadata
+            column = metadata.schema.names.index("id")
+            stats = [metadata.row_group(g).column(column).statistics for g in range(metadata.num_row_groups)]
+            self._groups[shard.file] = _Groups(
+                np.array([s.min for s in stats], np.int64), np.array([s.max for s in stats], np.int64)
+            )
+        return self._groups[shard.file]
+
+    def _group(self, shard: ShardInfo, group: int):
+        key = (shard.file, group)
+        table = self._lru.get(key)
+        if table is not None:
+            self._lru.move_to_end(key)
+            return table
+        import pyarrow as pa
+
+        try:
+            table = self._parquet(shard).read_row_group(group, columns=list(self.columns))
+        except (OSError, pa.ArrowException) as exc:
+            expected = self.store.shard_expected(shard)
+            detail = "its page checksums differ" if "CRC" in str(exc) else str(exc)
+            raise DamagedFileError(
+                f"{self.store.shard_path(shard)}: shard is damaged ({detail}); {expected.fix}"
+            ) from exc
+        self._lru[key] = table
+        self._lru_bytes += table.nbytes
+        while self._lru_bytes > self.budget and len(self._lru) > 1:
+            _, dropped = self._lru.popitem(last=False)
+            self._lru_bytes -= dropped.nbytes
+        return table
+
+    def _parquet(self, shard: ShardInfo):
+        """The shard opened for verified partial reads (as `Store.read_rows` reads): its pages'
+        CRCs are checked as they are read; an older shard without them is hashed whole, once."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path, expected = self.store.shard_path(shard), self.store.shard_expected(shard)
+        try:
+            if shard.page_checksums:
+                check_present(path, expected)
+            else:
+                verify_file(path, expected)
+            return pq.ParquetFile(path, page_checksum_verification=True)
+        except (DamagedFileError, FileNotFoundError) as exc:
+            self.store._raise_if_gone(shard, exc)  # ShardGone: a writer committed since (search reopens)
+            raise
+        except (OSError, pa.ArrowException) as exc:
+            raise DamagedFileError(f"{path}: shard is damaged ({exc}); {expected.fix}") from exc
