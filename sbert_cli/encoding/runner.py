@@ -276,7 +276,7 @@ def _run(
     reporter: Reporter,
 ) -> EncodeSummary:
     """The loop: read and tokenize (background thread), model, write; each stage timed."""
-    from sbert_cli.store.writer import ShardCommitter
+    from sbert_cli.store.writer import ManifestSaver, ShardCommitter
 
     summary = EncodeSummary(str(store_path))
     total = begin_run(store_path, manifest, plan, options, total, reporter, summary)
@@ -294,23 +294,26 @@ def _run(
     batches = encoder.encode_windows(
         windows, clock=clock, workers=options.workers, say=reporter.message, on_batch=in_model
     )
-    for done in batches:
-        item, records = done.payload
-        entry = item.entry
-        if entry.index not in committers:
-            committers[entry.index] = item.committer or ShardCommitter(store_path, manifest, entry, options.shard_size)
-        committer = committers[entry.index]
-        with clock.stage("write"):
-            merge_kept_types(manifest, stats[entry.index].field_types, item.source.name)
-            if records is not None:
-                committer.add(records, done.embeddings)
-            else:
-                _finish_input(committer, item, stats[entry.index], manifest, store_path, summary, reporter)
-        summary.rows += len(records or ())
-        summary.records += sum(getattr(r, "last", True) for r in records or ())
-        summary.tokens += done.tokens
-        summary.truncated += done.truncated
-        meter.advance(len(records or ()), done.tokens, item.source.name)
+    with ManifestSaver(store_path, manifest) as saver:
+        for done in batches:
+            item, records = done.payload
+            entry = item.entry
+            if entry.index not in committers:
+                committers[entry.index] = item.committer or ShardCommitter(
+                    store_path, manifest, entry, options.shard_size, saver
+                )
+            committer = committers[entry.index]
+            with clock.stage("write"):
+                merge_kept_types(manifest, stats[entry.index].field_types, item.source.name)
+                if records is not None:
+                    committer.add(records, done.embeddings)
+                else:
+                    _finish_input(committer, item, stats[entry.index], manifest, saver, summary, reporter)
+            summary.rows += len(records or ())
+            summary.records += sum(getattr(r, "last", True) for r in records or ())
+            summary.tokens += done.tokens
+            summary.truncated += done.truncated
+            meter.advance(len(records or ()), done.tokens, item.source.name)
     summary.elapsed = time.perf_counter() - started
     summary.stages = clock.snapshot()
     summary.store_rows = manifest.rows
@@ -318,13 +321,15 @@ def _run(
     return summary
 
 
-def _finish_input(
-    committer, item: PlannedInput, stats: ReadStats, manifest, store_path: Path, summary, reporter
-) -> None:
+def _finish_input(committer, item: PlannedInput, stats: ReadStats, manifest, saver, summary, reporter) -> None:
+    """`saver`: a store path (commit now) or a `ManifestSaver` (commit soon)."""
     committer.commit()
     item.entry.complete = True
     item.entry.blank = stats.blank
-    manifest.save(store_path)
+    if isinstance(saver, Path):
+        manifest.save(saver)
+    else:
+        saver.save()
     summary.blank += stats.blank
     summary.shards += committer.shards_written
     summary.inputs_encoded += 1

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sbert_cli.errors import InputError
-from sbert_cli.store import migrations
+from sbert_cli.store import jsonio, migrations
 from sbert_cli.store.atomic import write_atomic
 
 STORE_FORMAT = "sbert-store"
@@ -357,14 +357,14 @@ def _parse(cls: type[T], data: Any, path: Path, fmt: str, version: int, what: st
 
 def _write(path: Path, obj: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (json.dumps(dataclasses.asdict(obj), indent=1) + "\n").encode())
+    write_atomic(path, jsonio.dumps(obj).encode())
 
 
 def from_json(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass `cls` from parsed JSON, checking every field's presence and type."""
     if not isinstance(data, dict):
         raise ValueError(f"{where or 'top level'}: expected an object")
-    hints = typing.get_type_hints(cls)
+    hints = jsonio.field_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
