@@ -50,7 +50,7 @@ def _old_hashes(table, manifest: StoreManifest) -> tuple[np.ndarray, list[int | 
     lines = table.column("line").to_numpy()
     first = np.flatnonzero(np.r_[True, lines[1:] != lines[:-1]])
     if "record_hash" in table.column_names and table.column("record_hash").null_count == 0:
-        return lines[first], table.column("record_hash").to_numpy()[first].tolist()
+        return lines[first], table.column("record_hash").take(first).to_pylist()
     if "text" not in table.column_names:
         return lines[first], [None] * len(first)
     counts = np.diff(np.r_[first, len(lines)])
