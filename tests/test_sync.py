@@ -288,3 +288,22 @@ def test_an_append_or_an_edit_in_place_writes_only_the_shards_it_touches(tmp_pat
         found = runner.invoke(app, ["search", str(store), text[14], "-k", "1", "--format", "jsonl"])
         assert found.exit_code == 0 and json.loads(found.stdout)["line"] == 15
         before = [s.sha256 for s in shards]
+
+
+@pytest.mark.slow
+def test_a_night_without_change_on_a_real_model_store_imports_no_torch(tmp_path):
+    """The store's model is taken as recorded: nothing is resolved, torch is not imported."""
+    import subprocess
+    import sys
+
+    write(tmp_path / "docs" / "a.txt", ["A first line.", "A second line."])
+    store = tmp_path / "store"
+    assert runner.invoke(app, ["encode", str(tmp_path / "docs"), "-o", str(store), "--sync", "-q"]).exit_code == 0
+    night = (
+        "import sys\nfrom sbert_cli.cli import main\n"
+        f"sys.argv = ['sbert', 'encode', {str(tmp_path / 'docs')!r}, '-o', {str(store)!r}, '--sync', '-q']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", night], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr

@@ -18,6 +18,7 @@ from sbert_cli.encoding.chunk_settings import chunker_for, merge_kept_types, mer
 from sbert_cli.encoding.devices import window_texts
 from sbert_cli.encoding.options import DEFAULT_SHARD_SIZE, EncodeLoop, EncodeOptions, EncodeSummary
 from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
+from sbert_cli.encoding.settings import ModelSettings
 from sbert_cli.encoding.stream import WINDOW_TEXTS, input_windows
 from sbert_cli.encoding.sync import sync_corpus
 from sbert_cli.encoding.windows import WindowEncoder
@@ -144,10 +145,9 @@ def encode_corpus(
     _check_target(options, store_path)
     existing = Store.open(store_path) if Store.exists(store_path) else None
     sources = _sources(inputs, options, existing)
+    follows = existing is not None and options.sync and options.model_settings() == ModelSettings(device=options.device)
     options = _inherit_settings(options, existing)
-    record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
-    if existing is not None:
-        existing.check_compatible(record, "this run's model")
+    record = _model_record(options, existing, encoder, follows)
     manifest = existing.manifest if existing else StoreManifest(record, options.storage_dtype, options.store_text)
     manifest.shard_size = manifest.shard_size if existing else options.shard_size
     row_settings(options, manifest, existing.manifest if existing else None, loop is not None)
@@ -184,6 +184,20 @@ def encode_corpus(
         if created and not Store.exists(store_path):
             shutil.rmtree(store_path, ignore_errors=True)
         raise
+
+
+def _model_record(options: EncodeOptions, existing: Store | None, encoder, follows: bool):
+    """What vectors this run makes, refused if they do not match an existing store's. A --sync
+    that `follows` the store's model (no model option given) resolves nothing, torch not even
+    imported, unless there is something to encode: sync_corpus then checks the encoder it loads."""
+    from sbert_cli.encoding.loader import describe_model
+
+    if follows and encoder is None:
+        return existing.model
+    record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
+    if existing is not None:
+        existing.check_compatible(record, "this run's model")
+    return record
 
 
 def _sync(store_path: Path, sources: list[InputSource], options: EncodeOptions, reporter, encoder) -> EncodeSummary:

@@ -77,6 +77,7 @@ def sync_corpus(
             from sbert_cli.encoding.loader import load_encoder
 
             encoder = encoder or load_encoder(options.model_settings())
+            store.check_compatible(encoder.describe(), "this run's model")
             summary = run(encoder, store_path, manifest, items, options, total, reporter)
             # The loop saved the manifest as it finished each edited input: now its old files go.
             for item in items:
