@@ -2,8 +2,8 @@
 nothing changed and when 1% of the records changed, against a full encode of the folder; and
 `sbert index` following the change against building it afresh.
 
-    python benchmarks/bench_sync.py     # ~5 min on 2 quiet cores: both parts below, default sizes
-    python benchmarks/bench_sync.py --files 1000 --records 100 --real-files 200 --real-records 50
+    python benchmarks/bench_sync.py     # both parts below, default sizes: ~6 min on 2 quiet cores
+    python benchmarks/bench_sync.py --files 1000 --records 100 --real-files 120 --real-records 50
 
 Part 1 (`--files`, `--records`) uses the hash stand-in model (tests/fakes.py, 384 dimensions: a
 real store's size on disk) on 1,000 files x 100 records, so that what is measured is the
@@ -196,7 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=1000, help="files for the hash-model part (0: skip it)")
     parser.add_argument("--records", type=int, default=100)
-    parser.add_argument("--real-files", type=int, default=200, help="files for the real-model part (0: skip it)")
+    parser.add_argument("--real-files", type=int, default=120, help="files for the real-model part (0: skip it)")
     parser.add_argument("--real-records", type=int, default=50)
     args = parser.parse_args()
     texts = paragraphs()
