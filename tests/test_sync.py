@@ -3,6 +3,7 @@ real files in tmp_path, exact outputs)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -254,3 +255,55 @@ def test_force_after_an_edit_gives_the_input_new_ids(folder, tmp_path, sample_te
         app, ["search", str(store), "A new first line.", "-k", "3", "--mode", "dense", "--format", "jsonl"]
     )
     assert '"text": "A new first line."' in result.stdout.splitlines()[0]
+
+
+def test_an_append_or_an_edit_in_place_writes_only_the_shards_it_touches(tmp_path, sample_texts):
+    """Shards whose rows stay as they were are linked under a new name, not written again; the
+    store still equals a fresh encode, checks clean, and the index follows."""
+    folder, store, fresh = tmp_path / "docs", tmp_path / "store", tmp_path / "fresh"
+    lines = paragraphs(sample_texts, 0, 40)
+    write(folder / "log.txt", lines)
+    sync(folder, store, "--shard-size", "10")
+    assert runner.invoke(app, ["index", str(store), "-q"]).exit_code == 0
+    before = [s.sha256 for s in Store.open(store).shards]
+
+    nights = [
+        ([*lines, "An appended line."], [True, True, True, True, False]),  # the last shard is new
+        ([*lines[:14], "An edited line.", *lines[15:], "An appended line."], [True, False, True, True, True]),
+        (["An inserted first line.", *lines], [False] * 5),  # every line moves: every shard is new
+    ]
+    for text, kept in nights:
+        write(folder / "log.txt", text)
+        sync(folder, store)
+        shards = Store.open(store).shards
+        assert [s.sha256 in before for s in shards] == kept
+        assert not any((store / name).exists() for name in set(os.listdir(store / "shards")) - {s.file for s in shards})
+        shutil.rmtree(fresh, ignore_errors=True)
+        runner.invoke(app, ["encode", str(folder), "-o", str(fresh), *HASH, "--shard-size", "10"])
+        a, b = rows(store), rows(fresh)
+        assert a[["line", "text"]].equals(b[["line", "text"]]) and a.id.is_unique
+        np.testing.assert_allclose(np.stack(a.embedding), np.stack(b.embedding), atol=1e-6)
+        assert runner.invoke(app, ["check", str(store)]).exit_code == 0
+        assert runner.invoke(app, ["index", str(store), "-q"]).exit_code == 0
+        found = runner.invoke(app, ["search", str(store), text[14], "-k", "1", "--format", "jsonl"])
+        assert found.exit_code == 0 and json.loads(found.stdout)["line"] == 15
+        before = [s.sha256 for s in shards]
+
+
+@pytest.mark.slow
+def test_a_night_without_change_on_a_real_model_store_imports_no_torch(tmp_path):
+    """The store's model is taken as recorded: nothing is resolved, torch is not imported."""
+    import subprocess
+    import sys
+
+    write(tmp_path / "docs" / "a.txt", ["A first line.", "A second line."])
+    store = tmp_path / "store"
+    assert runner.invoke(app, ["encode", str(tmp_path / "docs"), "-o", str(store), "--sync", "-q"]).exit_code == 0
+    night = (
+        "import sys\nfrom sbert_cli.cli import main\n"
+        f"sys.argv = ['sbert', 'encode', {str(tmp_path / 'docs')!r}, '-o', {str(store)!r}, '--sync', '-q']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", night], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr

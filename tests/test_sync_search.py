@@ -178,3 +178,24 @@ def test_cluster_sees_live_rows_only(corpus, sample_texts):
     live = pd.read_parquet(store / "shards")
     assert sorted(r["id"] for r in clustered) == sorted(live.id) and len(clustered) == 175
     assert not {r["text"] for r in clustered} & set(gone)
+
+
+def test_keyword_search_says_it_is_stale_after_a_sync_until_index_runs(corpus, sample_texts):
+    """A changed record's new text is not in the keyword index until `sbert index`: search says
+    so on stderr, with the rows it does not search, never returns the old text, and finds the
+    new text once the index is built."""
+    docs, store = corpus
+    sbert("index", store, "-q")
+    gone = change(docs, sample_texts)
+    sbert("encode", docs, "-o", store, "--sync", *HASH, "-q")
+    query = "replacement paragraph"
+    behind = sbert("search", store, query, "-k", "3", "--format", "jsonl", "--mode", "keyword")
+    assert f"{store}: the keyword index is stale by 25 rows: 1 shard(s) were written after it" in behind.stderr
+    texts = [json.loads(line)["text"] for line in behind.stdout.splitlines()]
+    assert not set(texts) & set(gone) and "A replacement paragraph about nothing in particular." not in texts
+    info = json.loads(sbert("info", store, "--format", "json").stdout)
+    assert info["keyword_index"]["state"].startswith("stale by 25 rows")
+    sbert("index", store, "-q")
+    caught_up = sbert("search", store, query, "-k", "1", "--format", "jsonl", "--mode", "keyword")
+    assert "stale" not in caught_up.stderr
+    assert json.loads(caught_up.stdout)["text"] == "A replacement paragraph about nothing in particular."

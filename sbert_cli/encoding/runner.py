@@ -11,77 +11,25 @@ from __future__ import annotations
 import functools
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
-from sbert_cli.chunking import ChunkStats
 from sbert_cli.encoding.chunk_settings import chunker_for, merge_kept_types, merge_scanned_types, row_settings
 from sbert_cli.encoding.devices import window_texts
-from sbert_cli.encoding.loader import ModelSettings
-from sbert_cli.encoding.plan import PlannedInput, SyncCounts, plan_inputs, reset_entry
+from sbert_cli.encoding.options import DEFAULT_SHARD_SIZE, EncodeLoop, EncodeOptions, EncodeSummary
+from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
+from sbert_cli.encoding.settings import ModelSettings
 from sbert_cli.encoding.stream import WINDOW_TEXTS, input_windows
+from sbert_cli.encoding.sync import sync_corpus
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
-from sbert_cli.inputs.reader import InputSource, ReadOptions, ReadStats, Record, expand_inputs, has_records, scan
+from sbert_cli.inputs.reader import InputSource, ReadStats, Record, expand_inputs, has_records, scan
 from sbert_cli.progress import NullReporter, ProgressMeter, ProgressUpdate, Reporter, StageClock
 from sbert_cli.store.delete import remove_unlisted
 from sbert_cli.store.manifest import StoreManifest
 from sbert_cli.store.store import STORAGE_DTYPES, Store, store_lock
 
-DEFAULT_SHARD_SIZE = 20_000
 PROGRESS_EVERY_S = 0.5  # how often the runner hands the reporter an update (it decides what to show)
-
-
-@dataclass
-class EncodeOptions(ModelSettings):
-    """What `sbert encode` takes: the model settings, then how to batch, store and read."""
-
-    batch_tokens: int | None = None
-    threads: int | None = None
-    workers: int | None = None  # prepare (tokenizer) threads; None: the cores the model does not need
-    # Store-level settings: None takes the existing store's, or the default for a new store.
-    storage_dtype: str | None = None  # float32 by default
-    store_text: bool | None = None  # True by default
-    shard_size: int | None = None  # DEFAULT_SHARD_SIZE by default
-    force: bool = False
-    sync: bool = False  # the store follows the inputs: encoding/sync.py
-    glob: str | None = None
-    read: ReadOptions = field(default_factory=ReadOptions)
-    chunk_mode: str | None = None  # "chunk" or "truncate"; None: the store's, else chunk
-    chunk_size: int | None = None  # tokens per chunk; None: the store's, else the model's max_seq_length
-    chunk_overlap: int | None = None  # None: the store's, else 32
-
-    def model_settings(self) -> ModelSettings:
-        return ModelSettings(**{f.name: getattr(self, f.name) for f in fields(ModelSettings)})
-
-
-@dataclass
-class EncodeSummary:
-    store: str
-    rows: int = 0
-    shards: int = 0
-    blank: int = 0
-    truncated: int = 0
-    tokens: int = 0
-    records: int = 0  # records encoded (rows: the chunks they became)
-    chunking: ChunkStats = field(default_factory=ChunkStats)
-    elapsed: float = 0.0
-    inputs_encoded: int = 0
-    inputs_skipped: list[str] = field(default_factory=list)
-    inputs_resumed: list[str] = field(default_factory=list)
-    store_rows: int = 0
-    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage: read, tokenize, model, write
-    sync: SyncCounts | None = None  # --sync: what changed
-
-    @property
-    def texts_per_s(self) -> float:
-        return self.rows / self.elapsed if self.elapsed else 0.0
-
-
-# (store_path, manifest, plan, options, total rows, reporter) -> summary: `_run` with its encoder
-# bound, or another executor's loop (distributed/ray_encode.py), called under the store lock.
-EncodeLoop = Callable[[Path, StoreManifest, list[PlannedInput], EncodeOptions, int, Reporter], EncodeSummary]
 
 
 def _check_target(options: EncodeOptions, store_path: Path) -> None:
@@ -197,10 +145,9 @@ def encode_corpus(
     _check_target(options, store_path)
     existing = Store.open(store_path) if Store.exists(store_path) else None
     sources = _sources(inputs, options, existing)
+    follows = existing is not None and options.sync and options.model_settings() == ModelSettings(device=options.device)
     options = _inherit_settings(options, existing)
-    record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
-    if existing is not None:
-        existing.check_compatible(record, "this run's model")
+    record = _model_record(options, existing, encoder, follows)
     manifest = existing.manifest if existing else StoreManifest(record, options.storage_dtype, options.store_text)
     manifest.shard_size = manifest.shard_size if existing else options.shard_size
     row_settings(options, manifest, existing.manifest if existing else None, loop is not None)
@@ -239,10 +186,22 @@ def encode_corpus(
         raise
 
 
-def _sync(store_path: Path, sources: list[InputSource], options: EncodeOptions, reporter, encoder) -> EncodeSummary:
-    from sbert_cli.encoding.sync import sync_corpus  # imports this module: loaded on use
+def _model_record(options: EncodeOptions, existing: Store | None, encoder, follows: bool):
+    """What vectors this run makes, refused if they do not match an existing store's. A --sync
+    that `follows` the store's model (no model option given) resolves nothing, torch not even
+    imported, unless there is something to encode: sync_corpus then checks the encoder it loads."""
+    from sbert_cli.encoding.loader import describe_model
 
-    return sync_corpus(store_path, sources, options, reporter, encoder)
+    if follows and encoder is None:
+        return existing.model
+    record = encoder.describe() if encoder is not None else describe_model(options.model_settings())
+    if existing is not None:
+        existing.check_compatible(record, "this run's model")
+    return record
+
+
+def _sync(store_path: Path, sources: list[InputSource], options: EncodeOptions, reporter, encoder) -> EncodeSummary:
+    return sync_corpus(store_path, sources, options, reporter, _run_with_settings, encoder)
 
 
 def _sources(inputs: list[str], options: EncodeOptions, existing: Store | None) -> list[InputSource]:
@@ -331,7 +290,7 @@ def _run(
     reporter: Reporter,
 ) -> EncodeSummary:
     """The loop: read and tokenize (background thread), model, write; each stage timed."""
-    from sbert_cli.store.writer import ShardCommitter
+    from sbert_cli.store.writer import ManifestSaver, ShardCommitter
 
     summary = EncodeSummary(str(store_path))
     total = begin_run(store_path, manifest, plan, options, total, reporter, summary)
@@ -349,23 +308,26 @@ def _run(
     batches = encoder.encode_windows(
         windows, clock=clock, workers=options.workers, say=reporter.message, on_batch=in_model
     )
-    for done in batches:
-        item, records = done.payload
-        entry = item.entry
-        if entry.index not in committers:
-            committers[entry.index] = item.committer or ShardCommitter(store_path, manifest, entry, options.shard_size)
-        committer = committers[entry.index]
-        with clock.stage("write"):
-            merge_kept_types(manifest, stats[entry.index].field_types, item.source.name)
-            if records is not None:
-                committer.add(records, done.embeddings)
-            else:
-                _finish_input(committer, item, stats[entry.index], manifest, store_path, summary, reporter)
-        summary.rows += len(records or ())
-        summary.records += sum(getattr(r, "last", True) for r in records or ())
-        summary.tokens += done.tokens
-        summary.truncated += done.truncated
-        meter.advance(len(records or ()), done.tokens, item.source.name)
+    with ManifestSaver(store_path, manifest) as saver:
+        for done in batches:
+            item, records = done.payload
+            entry = item.entry
+            if entry.index not in committers:
+                committers[entry.index] = item.committer or ShardCommitter(
+                    store_path, manifest, entry, options.shard_size, saver
+                )
+            committer = committers[entry.index]
+            with clock.stage("write"):
+                merge_kept_types(manifest, stats[entry.index].field_types, item.source.name)
+                if records is not None:
+                    committer.add(records, done.embeddings)
+                else:
+                    _finish_input(committer, item, stats[entry.index], manifest, saver, summary, reporter)
+            summary.rows += len(records or ())
+            summary.records += sum(getattr(r, "last", True) for r in records or ())
+            summary.tokens += done.tokens
+            summary.truncated += done.truncated
+            meter.advance(len(records or ()), done.tokens, item.source.name)
     summary.elapsed = time.perf_counter() - started
     summary.stages = clock.snapshot()
     summary.store_rows = manifest.rows
@@ -373,13 +335,15 @@ def _run(
     return summary
 
 
-def _finish_input(
-    committer, item: PlannedInput, stats: ReadStats, manifest, store_path: Path, summary, reporter
-) -> None:
+def _finish_input(committer, item: PlannedInput, stats: ReadStats, manifest, saver, summary, reporter) -> None:
+    """`saver`: a store path (commit now) or a `ManifestSaver` (commit soon)."""
     committer.commit()
     item.entry.complete = True
     item.entry.blank = stats.blank
-    manifest.save(store_path)
+    if isinstance(saver, Path):
+        manifest.save(saver)
+    else:
+        saver.save()
     summary.blank += stats.blank
     summary.shards += committer.shards_written
     summary.inputs_encoded += 1

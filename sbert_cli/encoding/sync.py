@@ -13,8 +13,10 @@ to encode: the model is never loaded.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+from sbert_cli.encoding.options import EncodeOptions, EncodeSummary
 from sbert_cli.encoding.plan import (
     PlannedInput,
     SyncCounts,
@@ -24,7 +26,6 @@ from sbert_cli.encoding.plan import (
     plan_inputs,
     plan_sync,
 )
-from sbert_cli.encoding.runner import EncodeOptions, EncodeSummary, _run_with_settings
 from sbert_cli.inputs.reader import InputSource, scan
 from sbert_cli.progress import Reporter
 from sbert_cli.store.delete import commit, drop_inputs, remove_unlisted
@@ -36,9 +37,16 @@ log = logging.getLogger("sbert")
 
 
 def sync_corpus(
-    store_path: Path, sources: list[InputSource], options: EncodeOptions, reporter: Reporter, encoder=None
+    store_path: Path,
+    sources: list[InputSource],
+    options: EncodeOptions,
+    reporter: Reporter,
+    run: Callable[..., EncodeSummary],
+    encoder=None,
 ) -> EncodeSummary:
-    """Bring the store at `store_path` (which exists) in line with `sources`; see the module doc."""
+    """Bring the store at `store_path` (which exists) in line with `sources`; see the module doc.
+    `run(encoder, store_path, manifest, items, options, total, reporter)` is the encode loop
+    (runner._run_with_settings), called only when there is something to encode."""
     with store_lock(store_path):
         store = Store.open(store_path)
         manifest = store.manifest
@@ -69,7 +77,8 @@ def sync_corpus(
             from sbert_cli.encoding.loader import load_encoder
 
             encoder = encoder or load_encoder(options.model_settings())
-            summary = _run_with_settings(encoder, store_path, manifest, items, options, total, reporter)
+            store.check_compatible(encoder.describe(), "this run's model")
+            summary = run(encoder, store_path, manifest, items, options, total, reporter)
             # The loop saved the manifest as it finished each edited input: now its old files go.
             for item in items:
                 for name in getattr(item.committer, "old_files", ()):

@@ -134,12 +134,14 @@ class Index:
         if self._keyword is None:
             self._keyword = KeywordIndex.open(self.store)
             if self._keyword.pending:
-                where = self.store.path
+                # New inputs, and the rows of inputs --sync changed (their old rows are dropped).
+                where, pending = self.store.path, self._keyword.pending
                 log.warning(
-                    "%s: %d shard(s) were encoded after the keyword index was built and are not searched by "
-                    "keyword (run `sbert index %s` to add them)",
+                    "%s: the keyword index is stale by %s rows: %d shard(s) were written after it was built "
+                    "(new or changed inputs) and are not searched by keyword (run `sbert index %s` to add them)",
                     where,
-                    len(self._keyword.pending),
+                    f"{sum(s.rows for s in pending):,}",
+                    len(pending),
                     where,
                 )
         return self._keyword

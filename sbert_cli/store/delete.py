@@ -18,6 +18,9 @@ row id always names the same vector, which is what lets the indexes follow by de
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from sbert_cli.errors import InputError, SbertError
-from sbert_cli.store.atomic import atomic_path
+from sbert_cli.store.atomic import atomic_path, fsync_dir, temp_path_for
 from sbert_cli.store.integrity import digest_file
 from sbert_cli.store.manifest import InputEntry, ShardInfo, StoreManifest
 from sbert_cli.store.store import LINE_BITS, SHARD_DIR, Store, store_lock
@@ -71,19 +74,52 @@ def commit(store_path: Path, manifest: StoreManifest, old_files: Sequence[str]) 
         (store_path / name).unlink(missing_ok=True)
 
 
-def replace_input_rows(store_path: Path, manifest: StoreManifest, entry: InputEntry, table) -> list[str]:
-    """Write `table` (all of `entry`'s rows, in order, the shard layout) as new shard files and
-    list them instead of the input's old ones; returns the old files (delete after the commit)."""
+def replace_input_rows(
+    store_path: Path, manifest: StoreManifest, entry: InputEntry, table, same: Sequence[ShardInfo] = ()
+) -> list[str]:
+    """Write `table` (`entry`'s rows, in order, the shard layout; None: no rows) as new shard
+    files, link the old shards in `same` (whose rows stay as they are) under new names, and list
+    these instead of the input's old shards; returns the old files (delete after the commit)."""
     old = [s for s in manifest.shards if s.input == entry.index]
     seq = max([entry.shards, *(s.seq + 1 for s in old)])
     new: list[ShardInfo] = []
-    for start, end in _record_slices(table.column("line").to_numpy(), max(manifest.shard_size, 1)):
+    for shard in same:
+        new.append(link_rows(store_path, shard, seq))
+        seq += 1
+    lines = table.column("line").to_numpy() if table is not None else np.empty(0, np.int64)
+    for start, end in _record_slices(lines, max(manifest.shard_size, 1)):
         new.append(write_rows(store_path, entry.index, seq, table.slice(start, end - start)))
         seq += 1
+    new.sort(key=lambda s: s.first_line or 0)  # the input's shards in line order, as an encode lists them
     manifest.shards = [s for s in manifest.shards if s.input != entry.index] + new
     entry.shards = seq
-    entry.rows_done = table.num_rows
+    entry.rows_done = sum(s.rows for s in new)
     return [s.file for s in old]
+
+
+def link_rows(store_path: Path, shard: ShardInfo, seq: int) -> ShardInfo:
+    """An unchanged shard under the new name `seq` gives it, without writing it again: a hard
+    link (a copy, verified, where the file system has none). A new name, never the old one, so
+    readers and indexes see a rewritten shard, and the old name is deleted like any other.
+    Marked `rewritten`: its ids may no longer follow from the lines before it, as a repair of
+    a never-rewritten shard assumes."""
+    name = shard_file(shard.input, seq)
+    source, final = store_path / shard.file, store_path / name
+    tmp = temp_path_for(final)
+    tmp.unlink(missing_ok=True)  # left by a killed writer of the same process id
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            if digest_file(tmp).sha256 != shard.sha256:
+                raise SbertError(f"{final}: the copy of {source} differs from it; nothing was committed") from None
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SbertError(f"{final}: could not be written ({exc.strerror or exc}); nothing was committed") from exc
+    fsync_dir(final.parent)
+    return dataclasses.replace(shard, file=name, seq=seq, rewritten=True)
 
 
 def _record_slices(lines: np.ndarray, size: int) -> list[tuple[int, int]]:
@@ -129,11 +165,11 @@ def write_rows(store_path: Path, input_index: int, seq: int, table) -> ShardInfo
     )
 
 
-def input_table(store: Store, entry: InputEntry):
-    """All rows of one input, in shard order (None when it has none)."""
+def input_table(store: Store, entry: InputEntry, columns: list[str] | None = None):
+    """All rows of one input (or some columns of them), in shard order (None when it has none)."""
     import pyarrow as pa
 
-    tables = [store.read_shard(s) for s in store.manifest.shards if s.input == entry.index]
+    tables = [store.read_shard(s, columns) for s in store.manifest.shards if s.input == entry.index]
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="default")

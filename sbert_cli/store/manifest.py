@@ -9,19 +9,17 @@ by earlier releases keep opening, and the next save writes the current version.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-import re
 import time
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sbert_cli.errors import InputError
-from sbert_cli.store import migrations
+from sbert_cli.store import jsonio, migrations
 from sbert_cli.store.atomic import write_atomic
+from sbert_cli.store.jsonio import from_json
 
 STORE_FORMAT = "sbert-store"
 STORE_VERSION = 3  # 2: records the sbert version that wrote the store; 3: chunking and kept fields
@@ -38,8 +36,6 @@ INDEX_MANIFEST = "index.json"
 COMPAT_KEYS = ("fingerprint", "dim", "pooling", "normalize", "max_seq_length", "dtype", "prompt")
 
 T = TypeVar("T")
-# Checksum fields, by name, and their only valid form.
-_DIGESTS = {"sha256": re.compile(r"sha256:[0-9a-f]{64}"), "xxh3": re.compile(r"xxh3:[0-9a-f]{16}")}
 
 
 def utc_now() -> str:
@@ -357,42 +353,4 @@ def _parse(cls: type[T], data: Any, path: Path, fmt: str, version: int, what: st
 
 def _write(path: Path, obj: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (json.dumps(dataclasses.asdict(obj), indent=1) + "\n").encode())
-
-
-def from_json(cls: type[T], data: Any, where: str = "") -> T:
-    """Build dataclass `cls` from parsed JSON, checking every field's presence and type."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'top level'}: expected an object")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ValueError(f"{where}{f.name}: missing")
-            continue
-        kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}{f.name}")
-    return cls(**kwargs)
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        return _convert(next(a for a in args if a is not type(None)), value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"{where}: expected a list")
-        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return from_json(tp, value, f"{where}.")
-    expected = {int: int, str: str, bool: bool, float: (int, float), dict: dict}[tp]
-    if not isinstance(value, expected) or (tp is not bool and isinstance(value, bool)):
-        raise ValueError(f"{where.rstrip('.')}: expected {tp.__name__}, found {type(value).__name__}")
-    digest = _DIGESTS.get(where.rsplit(".", 1)[-1])
-    if digest is not None and not digest.fullmatch(value):
-        # Damage inside a digest can still parse as JSON (a flipped byte pair is valid UTF-8):
-        # say the manifest is damaged rather than that a file changed.
-        raise ValueError(f"{where}: not a {where.rsplit('.', 1)[-1]} digest")
-    return float(value) if tp is float else value
+    write_atomic(path, jsonio.dumps(obj).encode())

