@@ -102,9 +102,13 @@ def kept_layout(names: Sequence[str]) -> list[KeptField]:
 
 def chunker_for(encoder, chunking: ChunkingRecord, stats: ChunkStats) -> Chunker:
     """The chunking stage for `encoder`'s tokenizer, its settings checked against the prompt."""
-    counter = encoder.token_counter()
+    return chunker_from_counter(encoder.token_counter(), chunking, stats, encoder.describe().name)
+
+
+def chunker_from_counter(counter, chunking: ChunkingRecord, stats: ChunkStats, name: str) -> Chunker:
+    """`chunker_for` with a tokenizer alone (a Ray driver cuts records without loading the weights)."""
     if counter is None:
-        raise SbertError(f"{encoder.describe().name}: its tokenizer gives no character offsets, so it cannot chunk")
+        raise SbertError(f"{name}: its tokenizer gives no character offsets, so it cannot chunk")
     plan = chunk_plan(chunking)
     overhead = counter.tokenize([""])[0].count  # special tokens and the prompt
     if plan.mode == CHUNK and plan.size - overhead <= plan.overlap:
@@ -115,15 +119,12 @@ def chunker_for(encoder, chunking: ChunkingRecord, stats: ChunkStats) -> Chunker
     return Chunker(counter, plan, stats)
 
 
-def row_settings(options, manifest: StoreManifest, stored: StoreManifest | None, ray: bool) -> None:
+def row_settings(options, manifest: StoreManifest, stored: StoreManifest | None, ray: bool = False) -> None:
     """Chunking and kept fields (`options`: the run's EncodeOptions): this run's for a new store,
-    which also gets the record_hash column (--sync), and the store's (checked) for an append."""
-    if ray and (options.chunk_size or options.chunk_overlap is not None or options.read.keep_fields):
-        raise InputError("--ray runs do not chunk or keep fields yet; run without --ray, or with --truncate only")
-    mode = "truncate" if ray and stored is None else options.chunk_mode
-    chunking = resolve_chunking(mode, options.chunk_size, options.chunk_overlap, manifest.model, stored)
-    if ray and chunking.mode != "truncate":
-        raise InputError("--ray runs do not chunk long records yet; this store chunks them, so run without --ray")
+    which also gets the record_hash column (--sync), and the store's (checked) for an append.
+    Local and Ray runs make the same rows (distributed/ray_encode.py chunks in the driver), so
+    `ray` no longer changes anything; the runner still says which it is."""
+    chunking = resolve_chunking(options.chunk_mode, options.chunk_size, options.chunk_overlap, manifest.model, stored)
     options.read.keep_fields = resolve_kept(options.read.keep_fields, stored)
     if stored is None:
         manifest.chunking, manifest.kept_fields = chunking, kept_layout(options.read.keep_fields)
