@@ -309,3 +309,18 @@ def test_partitioned_search_matches_exact_and_extends(tmp_path, ray_env):
     assert single.exit_code == 0 and "now one graph" in single.output
     recall, graph = recall_at_10(store)
     assert not isinstance(graph, PartitionedGraph) and recall >= 0.99
+
+
+@pytest.mark.slow
+def test_the_driver_tokenizes_as_the_encoder_without_loading_weights():
+    """The real model: the driver's token counter (tokenizer only) gives the encoder's ids and spans."""
+    from sbert_cli.distributed.tokens import driver_token_counter
+    from sbert_cli.encoding.loader import ModelSettings, cached_encoder
+
+    texts = ["A short one.", "  Spaces around.  ", " ".join(["A much longer sentence, about whales."] * 60)]
+    counter, name = driver_token_counter(ModelSettings(device="cpu", dtype="fp32"))
+    expected = cached_encoder(None, device="cpu", dtype="fp32").token_counter().tokenize(texts)
+    got = counter.tokenize(texts)
+    assert name == "all-MiniLM-L6-v2"
+    assert [t.ids for t in got] == [t.ids for t in expected] and got[2].count > 256
+    assert all(np.array_equal(a.spans, b.spans) for a, b in zip(got, expected, strict=True))
