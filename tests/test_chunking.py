@@ -5,6 +5,7 @@ character spans: tests/fakes.py `WordCounter`): boundaries, offsets, overlap, pr
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,21 @@ def test_token_ranges_cover_every_token_and_respect_the_budget():
             assert ranges[0][0] == 0 and ranges[-1][1] == len(spans)
             assert all(0 < e - s <= budget for s, e in ranges)
             assert all(s2 <= e1 and s2 > s1 for (s1, e1), (s2, _) in zip(ranges, ranges[1:], strict=False))
+
+
+def test_progress_and_summary_count_records_and_the_chunks_they_became(tmp_path):
+    source = write_jsonl(tmp_path / "doc.jsonl", "Short.", DOCUMENT, "Last one.")
+    result = encode(
+        source, "-o", tmp_path / "store", "--chunk-size", "16", "--chunk-overlap", "4", "--progress-interval", "0"
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    progress = [line for line in lines if line.startswith("sbert: encoding: ")]
+    assert progress and all(
+        re.match(r"sbert: encoding: [0-3]/3 records \(\d+%\)( as [1-7] chunks)?, ", p) for p in progress
+    )
+    assert "sbert: encoded 3 records as 7 chunks from 1 input(s) into 1 shard(s) in " in result.stderr
+    assert re.search(r"\(\d[\d,.]* chunks/s, ", result.stderr)
+    plain = write_jsonl(tmp_path / "plain.jsonl", "Short.", "Last one.")
+    result = encode(plain, "-o", tmp_path / "plain")
+    assert "sbert: encoded 2 texts from 1 input(s)" in result.stderr  # one row per record: as before
