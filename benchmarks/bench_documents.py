@@ -55,10 +55,11 @@ PARTS = {"dev": ("sts-train.csv", 0), "test": ("sts-dev.csv", 1)}  # STS file, h
 
 def load_part(data: Path, part: str) -> tuple[list[list[str]], list[tuple[str, str]]]:
     """The novels' halves (paragraphs) and the STS pairs (score >= 4) of one part."""
+    from _data import BOOKS, STS_DEV, STS_TRAIN, require
+
     sts_name, half = PARTS[part]
+    require(data, BOOKS, STS_TRAIN if sts_name == "sts-train.csv" else STS_DEV)
     books, sts = data / "books", data / "stsb" / sts_name
-    if not sts.exists() or not any(books.glob("*.txt")):
-        raise SystemExit(f"bench_documents.py: needs {books}/*.txt and {sts}; pass --data DIR")
     novels = []
     for path in sorted(books.glob("*.txt")):
         paragraphs = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]

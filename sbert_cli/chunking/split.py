@@ -12,8 +12,13 @@ import numpy as np
 PARAGRAPH, SENTENCE, WORD, TOKEN, INSIDE = 3, 2, 1, 0, -1
 SENTENCE_END = ".!?\u2026\u3002\uff01\uff1f"  # ... and the CJK full stop, exclamation and question marks
 CLOSERS = "\"')]}\u201d\u2019\u00bb"  # a sentence may end inside quotes or brackets: `."` `?)`
-NEAR = 4  # a paragraph or sentence end counts when it lies in the last 1/NEAR of the budget
-WORD_NEAR = 16  # a word end counts when it lies in the last 16 tokens (else: a token boundary)
+# How far back from the limit a boundary counts, as a fraction of the budget. A paragraph end
+# anywhere in the chunk's second half: a paragraph is the author's unit of meaning, and a chunk
+# that mixes the end of one with the start of the next dilutes both (a recursive splitter's order:
+# paragraphs, then sentences, then words). A sentence end in the last quarter, a word end in the
+# last 16 tokens, else any token boundary.
+PARAGRAPH_NEAR, SENTENCE_NEAR = 2, 4
+WORD_NEAR = 16
 
 
 def boundary(text: str, spans: np.ndarray, e: int) -> int:
@@ -42,16 +47,16 @@ def piece(text: str, spans: np.ndarray, start: int, end: int) -> tuple[int, int]
 
 def best_cut(text: str, spans: np.ndarray, start: int, limit: int, budget: int) -> int:
     """The end (exclusive) of the chunk that starts at token `start` and may reach `limit`."""
-    near = max(1, budget // NEAR)
+    paragraph_from = max(start + 1, limit - budget // PARAGRAPH_NEAR)
+    sentence_from = max(start + 1, limit - max(1, budget // SENTENCE_NEAR))
     best, best_score = limit, INSIDE
-    for e in range(limit, max(start + 1, limit - near) - 1, -1):
+    for e in range(limit, paragraph_from - 1, -1):
         score = boundary(text, spans, e)
-        if score >= SENTENCE:
-            if score == PARAGRAPH:
-                return e
-            if best_score < SENTENCE:
-                best, best_score = e, score
-        elif score > best_score and (score < WORD or limit - e < WORD_NEAR):
+        if score == PARAGRAPH:
+            return e
+        if e < sentence_from or best_score >= SENTENCE:
+            continue
+        if score == SENTENCE or (score > best_score and (score < WORD or limit - e < WORD_NEAR)):
             best, best_score = e, score
     if best_score == INSIDE:  # no clean boundary at all: the first one before the limit
         for e in range(limit, start, -1):
@@ -61,13 +66,21 @@ def best_cut(text: str, spans: np.ndarray, start: int, limit: int, budget: int) 
 
 
 def next_start(text: str, spans: np.ndarray, start: int, end: int, overlap: int) -> int:
-    """Where the chunk after [start, end) begins: `overlap` tokens back, moved forward to a word
-    start when one lies in the overlap, and always past `start`."""
+    """Where the chunk after [start, end) begins. Overlap carries a split sentence's context into
+    the next chunk, so: after a paragraph end, no overlap (the cut split no thought, and the
+    paragraph's tail would only dilute the next one); after a sentence end, the whole sentences
+    that fit in `overlap` tokens, if any; after a cut inside a sentence, up to `overlap` tokens
+    back from the earliest sentence start, else word start, in reach. Always past `start`."""
+    cut = boundary(text, spans, end)
+    if cut == PARAGRAPH or not overlap:
+        return end
     first = max(end - overlap, start + 1)
-    for s in range(first, end):
-        if boundary(text, spans, s) >= WORD:
-            return s
-    return first if overlap else end
+    scores = [boundary(text, spans, s) for s in range(first, end)]
+    for wanted in (SENTENCE, WORD) if cut < SENTENCE else (SENTENCE,):
+        for s, score in zip(range(first, end), scores, strict=True):
+            if score >= wanted:
+                return s
+    return first if cut < SENTENCE else end
 
 
 def token_ranges(text: str, spans: np.ndarray, budget: int, overlap: int) -> list[tuple[int, int]]:
