@@ -186,7 +186,7 @@ def test_truncate_keeps_one_row_and_says_what_it_dropped(tmp_path):
     assert chunks(store) == [(1, 0, 0, 6, "Short."), (2, 0, 0, 61, DOCUMENT)]  # the text stays whole
     assert DOCUMENT[:61] == "The harbour woke before dawn. Gulls circled the fishing boats"
     manifest = json.loads((store / "manifest.json").read_text())
-    assert manifest["chunking"] == {"mode": "truncate", "size": 10, "overlap": 0}
+    assert manifest["chunking"] == {"mode": "truncate", "size": 10, "overlap": 0, "whole": 0}
 
 
 def test_default_settings_are_recorded_and_an_append_inherits_them(tmp_path):
@@ -195,7 +195,7 @@ def test_default_settings_are_recorded_and_an_append_inherits_them(tmp_path):
     assert first.exit_code == 0, first.output
     manifest = json.loads((store / "manifest.json").read_text())
     # chunks of half the model's length; 32 tokens of overlap, or a quarter of a smaller chunk
-    assert (manifest["version"], manifest["chunking"]) == (3, {"mode": "chunk", "size": 10, "overlap": 2})
+    assert (manifest["version"], manifest["chunking"]) == (3, {"mode": "chunk", "size": 10, "overlap": 2, "whole": 20})
     assert manifest["has_chunks"] is True and manifest["kept_fields"] == []
     again = encode(write_jsonl(tmp_path / "b.jsonl", DOCUMENT), "-o", store)
     assert again.exit_code == 0, again.output
@@ -281,3 +281,24 @@ def test_progress_and_summary_count_records_and_the_chunks_they_became(tmp_path)
     plain = write_jsonl(tmp_path / "plain.jsonl", "Short.", "Last one.")
     result = encode(plain, "-o", tmp_path / "plain")
     assert "sbert: encoded 2 texts from 1 input(s)" in result.stderr  # one row per record: as before
+
+
+def test_by_default_a_record_the_model_reads_whole_stays_one_row(tmp_path):
+    """max_seq_length 20: chunks of 10 for records over 20 tokens; a paragraph of 15 stays whole."""
+    paragraph = "One two three four five six seven eight nine ten. Eleven twelve thirteen fourteen fifteen."
+    store = tmp_path / "store"
+    result = encode(write_jsonl(tmp_path / "d.jsonl", paragraph, DOCUMENT), "-o", store, "--max-seq-length", "20")
+    assert result.exit_code == 0, result.output
+    assert "; chunked: 1 records into " in result.stderr
+    got = chunks(store)
+    assert got[0] == (1, 0, 0, len(paragraph), paragraph)
+    assert {line for line, *_ in got[1:]} == {2} and max(len(words(t)) for *_, t in got[1:]) <= 10
+    chunking = json.loads((store / "manifest.json").read_text())["chunking"]
+    assert chunking == {"mode": "chunk", "size": 10, "overlap": 2, "whole": 20}
+    # --chunk-size cuts every record longer than it, as asked
+    result = encode(write_jsonl(tmp_path / "e.jsonl", paragraph), "-o", tmp_path / "s2", "--chunk-size", "10")
+    assert result.exit_code == 0, result.output
+    assert [t for *_, t in chunks(tmp_path / "s2")] == [
+        "One two three four five six seven eight nine ten.",
+        "Eleven twelve thirteen fourteen fifteen.",
+    ]

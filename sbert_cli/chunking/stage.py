@@ -51,11 +51,13 @@ class ChunkStats:
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """Resolved settings: `size` tokens per row (special tokens and prompt included)."""
+    """Resolved settings: `size` tokens per row (special tokens and prompt included); a record
+    of at most `whole` tokens (when larger than `size`) stays one row."""
 
     mode: str
     size: int
     overlap: int
+    whole: int = 0
 
 
 class Chunker:
@@ -78,7 +80,7 @@ class Chunker:
         tokenized = self.counter.tokenize([r.text for r in records])
         for record, tokens in zip(records, tokenized, strict=True):
             self.stats.records += 1
-            if tokens.count <= self.plan.size:
+            if tokens.count <= max(self.plan.size, self.plan.whole):
                 self.stats.rows += 1
                 yield _row(record, 0, 0, len(record.text), True, tokens.ids)
             elif self.plan.mode == TRUNCATE:

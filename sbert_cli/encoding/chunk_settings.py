@@ -19,7 +19,9 @@ def resolve_chunking(
     """This run's chunking: the flags given, else the store's, else chunks of half the model's
     max_seq_length (128 tokens for all-MiniLM-L6-v2, the length it was trained on: in
     benchmarks/bench_documents.py, chunks of 128 found the document hiding a sentence as often
-    as encoding it paragraph by paragraph does, chunks of 256 far less often)."""
+    as encoding it paragraph by paragraph does, chunks of 256 far less often) for records longer
+    than max_seq_length, while a record the model reads whole stays one row, as before chunking
+    (a paragraph, a ticket). `--chunk-size` cuts every record longer than the size given."""
     if mode == TRUNCATE and (size is not None or overlap is not None):
         raise InputError("--truncate keeps one row per record; it does not take --chunk-size or --chunk-overlap")
     if size is not None and not 1 <= size <= model.max_seq_length:
@@ -27,7 +29,7 @@ def resolve_chunking(
     if overlap is not None and overlap < 0:
         raise InputError(f"--chunk-overlap {overlap}: must be 0 or more")
     size_default = max(1, model.max_seq_length // 2)
-    default = ChunkingRecord(CHUNK, size_default, default_overlap(size_default))
+    default = ChunkingRecord(CHUNK, size_default, default_overlap(size_default), model.max_seq_length)
     base = store.chunking if store is not None else default
     if mode is None:
         mode = CHUNK if (size is not None or overlap is not None) else base.mode
@@ -36,11 +38,12 @@ def resolve_chunking(
     else:
         inherited = base if base.mode == CHUNK else default
         if size is not None and base.mode != CHUNK or size is not None and store is None:
-            inherited = ChunkingRecord(CHUNK, size, default_overlap(size))
+            inherited = ChunkingRecord(CHUNK, size, default_overlap(size), size)
         wanted = ChunkingRecord(
             CHUNK,
             size if size is not None else inherited.size,
             overlap if overlap is not None else inherited.overlap,
+            size if size is not None else inherited.whole,
         )
     if store is not None and wanted != store.chunking:
         raise InputError(f"this store was made with {describe(store.chunking)}; this run asks for {describe(wanted)}")
@@ -55,7 +58,8 @@ def default_overlap(size: int) -> int:
 def describe(chunking: ChunkingRecord) -> str:
     if chunking.mode == TRUNCATE:
         return f"--truncate (at {chunking.size} tokens)"
-    return f"chunks of {chunking.size} tokens overlapping by {chunking.overlap}"
+    whole = f" (records up to {chunking.whole} tokens whole)" if chunking.whole > chunking.size else ""
+    return f"chunks of {chunking.size} tokens overlapping by {chunking.overlap}{whole}"
 
 
 def chunk_plan(chunking: ChunkingRecord) -> ChunkPlan:
