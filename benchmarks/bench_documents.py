@@ -98,7 +98,7 @@ class VectorCache:
     """Vectors by (encoder name, text), in SQLite: a rerun encodes only new texts."""
 
     def __init__(self, path: Path | None) -> None:
-        self.db = sqlite3.connect(path if path else ":memory:")
+        self.db = sqlite3.connect(path if path else ":memory:", timeout=300)
         self.db.execute("CREATE TABLE IF NOT EXISTS v (k TEXT PRIMARY KEY, vec BLOB)")
 
     @staticmethod

@@ -1,8 +1,9 @@
 """The chunking stage, between reading and encoding: records in, chunk rows out.
 
-A record that fits the model (`max_seq_length` tokens, or `--chunk-size`, counting special
-tokens and the prompt) is one row, carrying the token ids the encoder will use, so it is
-tokenized once. A longer record becomes several rows cut by `split.token_ranges`; each chunk's
+A record that fits (the plan's `whole` tokens: by default the model's max_seq_length, with an
+explicit `--chunk-size` that size; special tokens and the prompt counted) is one row, carrying the token ids the encoder will use, so it is
+tokenized once. A longer record becomes several rows of at most `size` tokens, cut by
+`split.token_ranges`; each chunk's
 text is tokenized again and, should it not fit (a cut inside a word can tokenize differently),
 the record is cut again with a smaller budget. With `--truncate` a long record stays one row, as
 before, and what the model will not see is counted: no text is ever dropped silently.
