@@ -62,18 +62,19 @@ def test_long_record_is_cut_at_sentence_ends_with_exact_offsets_and_overlap(tmp_
     store = tmp_path / "store"
     result = encode(source, "-o", store, "--chunk-size", "16", "--chunk-overlap", "4")
     assert result.exit_code == 0, result.output
-    assert "; truncated: 0; chunked: 1 records into 4 chunks; store " in result.stderr
+    assert "; truncated: 0; chunked: 1 records into 5 chunks; store " in result.stderr
     got = chunks(store)
     assert got == [
         (1, 0, 0, 6, "Short."),
         # 15 words: the sentence end after "mended." lies within the last quarter of the 16 tokens
         (2, 0, 0, 89, "The harbour woke before dawn. Gulls circled the fishing boats while the nets were mended."),
-        # cut at a sentence end, and no whole sentence fits in 4 tokens: no overlap. The paragraph
-        # end after "twice." lies in the first half of the chunk, so the sentence end after "grey."
-        (2, 1, 90, 168, "An old captain counted his crew twice.\n\nBy noon the wind turned cold and grey."),
+        # cut at a sentence end, and no whole sentence fits in 4 tokens: no overlap; then the
+        # paragraph end: a chunk never spans two paragraphs
+        (2, 1, 90, 128, "An old captain counted his crew twice."),
         # no sentence end in the last quarter: a word end, and the next chunk overlaps it by 4 words
-        (2, 2, 169, 255, "The boats came home early, heavy with silver fish. Children ran along the pier to meet"),
-        (2, 3, 239, 288, "the pier to meet them. Nobody spoke of the storm."),
+        (2, 2, 130, 213, "By noon the wind turned cold and grey. The boats came home early, heavy with silver"),
+        (2, 3, 189, 261, "early, heavy with silver fish. Children ran along the pier to meet them."),
+        (2, 4, 262, 288, "Nobody spoke of the storm."),
         (3, 0, 0, 9, "Last one."),
     ]
     for line, _, start, end, text in got:
@@ -82,24 +83,39 @@ def test_long_record_is_cut_at_sentence_ends_with_exact_offsets_and_overlap(tmp_
     doc_chunks = [t for line, *_, t in got if line == 2]
     assert words(doc_chunks[3])[:4] == words(doc_chunks[2])[-4:]  # the overlap: 4 tokens
     df = rows(store)
-    assert df.id.tolist() == list(range(1, 7))  # unique and rising: a record's extra chunks shift later ids
-    assert df.line.tolist() == [1, 2, 2, 2, 2, 3]
+    assert df.id.tolist() == list(range(1, 8))  # unique and rising: a record's extra chunks shift later ids
+    assert df.line.tolist() == [1, 2, 2, 2, 2, 2, 3]
     np.testing.assert_allclose(np.stack(df.embedding)[2], hash_embed(got[2][4], 64, max_tokens=2048), atol=1e-6)
 
 
-def test_a_paragraph_end_in_the_second_half_is_the_cut_and_the_next_chunk_starts_the_paragraph(tmp_path):
+def test_a_chunk_never_spans_two_paragraphs_and_starts_the_next_without_overlap(tmp_path):
     text = (
-        "One two three four five six seven eight nine.\n\n"  # a paragraph end at 9 of 16 tokens
-        "Ten eleven twelve. Thirteen fourteen fifteen sixteen seventeen. Eighteen nineteen twenty."
+        "One two three. Four five.\n\n"  # a blank line
+        "Six seven eight nine ten.\n"  # a line break after a sentence end: a paragraph end too
+        "Eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty twenty-one twenty-two"
     )
     store = tmp_path / "store"
     result = encode(write_jsonl(tmp_path / "d.jsonl", text), "-o", store, "--chunk-size", "16", "--chunk-overlap", "4")
     assert result.exit_code == 0, result.output
-    got = [(c, t) for _, c, _, _, t in chunks(store)]
-    assert got == [
-        (0, "One two three four five six seven eight nine."),  # not "... nine.\n\nTen eleven twelve."
-        (1, "Ten eleven twelve. Thirteen fourteen fifteen sixteen seventeen. Eighteen nineteen twenty."),
+    assert [t for *_, t in chunks(store)] == [
+        "One two three. Four five.",
+        "Six seven eight nine ten.",
+        "Eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty twenty-one twenty-two",
     ]
+
+
+def test_hard_wrapped_lines_are_not_paragraphs(tmp_path):
+    """A line break inside a sentence (text wrapped at a width) is a cut only near the limit."""
+    text = "alpha beta gamma delta\nepsilon zeta eta theta\niota kappa lambda mu\nnu xi omicron pi\nrho sigma tau"
+    store = tmp_path / "store"
+    result = encode(write_jsonl(tmp_path / "d.jsonl", text), "-o", store, "--chunk-size", "10", "--chunk-overlap", "2")
+    assert result.exit_code == 0, result.output
+    got = [t for *_, t in chunks(store)]
+    # 10 tokens: the line end after "theta" (8) lies in the second half; the next chunk overlaps
+    # the cut (inside a sentence) by 2 words
+    assert got[0] == "alpha beta gamma delta\nepsilon zeta eta theta"
+    assert got[1].startswith("eta theta\niota")
+    assert all(len(words(t)) <= 10 for t in got)
 
 
 def test_after_a_sentence_end_the_overlap_is_whole_sentences(tmp_path):
@@ -125,10 +141,11 @@ def test_no_overlap_chunks_tile_the_record(tmp_path):
     assert [(c, s, e) for _, c, s, e, _ in got] == [
         (0, 0, 61),
         (1, 62, 116),
-        (2, 117, 168),
-        (3, 169, 219),
-        (4, 220, 261),
-        (5, 262, 288),
+        (2, 117, 128),  # "crew twice.": the paragraph ends there
+        (3, 130, 168),
+        (4, 169, 219),
+        (5, 220, 261),
+        (6, 262, 288),
     ]
     assert words(" ".join(t for *_, t in got)) == words(DOCUMENT)
     for (_, _, _, end, _), (_, _, start, _, _) in zip(got, got[1:], strict=False):
@@ -274,9 +291,9 @@ def test_progress_and_summary_count_records_and_the_chunks_they_became(tmp_path)
     lines = result.stderr.splitlines()
     progress = [line for line in lines if line.startswith("sbert: encoding: ")]
     assert progress and all(
-        re.match(r"sbert: encoding: [0-3]/3 records \(\d+%\)( as [1-6] chunks)?, ", p) for p in progress
+        re.match(r"sbert: encoding: [0-3]/3 records \(\d+%\)( as [1-7] chunks)?, ", p) for p in progress
     )
-    assert "sbert: encoded 3 records as 6 chunks from 1 input(s) into 1 shard(s) in " in result.stderr
+    assert "sbert: encoded 3 records as 7 chunks from 1 input(s) into 1 shard(s) in " in result.stderr
     assert re.search(r"\(\d[\d,.]* chunks/s, ", result.stderr)
     plain = write_jsonl(tmp_path / "plain.jsonl", "Short.", "Last one.")
     result = encode(plain, "-o", tmp_path / "plain")
