@@ -6,7 +6,8 @@ by the default choice between them (retrieval/filter.py's EXACT_BELOW).
     python benchmarks/bench_filter.py --work /tmp/bench_filter            # 100,000 rows, 384-d
     python benchmarks/bench_filter.py --work /tmp/bench_filter --rows 20000 --queries 20   # quick
     python benchmarks/bench_filter.py --work /tmp/bench_filter --queries 30 --m 16 --ef-construction 100
-                                      # 100,000 x 384 with a lighter graph build (not yet timed here)
+                                      # 100k x 384 in ~6 min at load 6, but this light graph
+                                      # misses the recall target (0.46 at 50%): see benchmarks/README.md
 
 The graph is built once per (rows, dim, M, ef_construction) and kept under --work, so a rerun
 only searches. The path a predicate's default does not take is timed on 10 queries when it is
