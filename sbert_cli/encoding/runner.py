@@ -344,7 +344,8 @@ def _run(
     meter = ProgressMeter(reporter, "encoding", total or None, clock, PROGRESS_EVERY_S, unit="records")
 
     def in_model(payload: tuple[PlannedInput, list[Record] | None], texts: int) -> None:
-        # records whose last row is through the model, and the rows (chunks)
+        # rows (chunks) through the model, and about as many records: batches run in length order,
+        # so the records are estimated from the window's first rows; `advance` makes them exact
         whole = sum(getattr(r, "last", True) for r in (payload[1] or ())[:texts])
         meter.in_work(payload[0].source.name, whole, texts)
 
