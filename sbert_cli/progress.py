@@ -32,6 +32,7 @@ class ProgressUpdate:
     stages: dict[str, float] = field(default_factory=dict)  # seconds spent per stage so far
     final: bool = False  # the last update of the task
     unit: str = "texts"
+    chunks: int | None = None  # encoding: rows made so far, where records became several chunks
 
     @property
     def rate(self) -> float:
@@ -97,31 +98,43 @@ class StageClock:
 
 
 class ProgressMeter:
-    """One task's progress fed from two places: units finished (`advance`, e.g. a window's rows
-    written) and units in work (`in_work`, e.g. the texts of the window now in the model, told
+    """One task's progress fed from two places: units finished (`advance`, e.g. a window's records
+    written, with the `rows` (chunks) they made) and units in work (`in_work`, e.g. the records
+    whose rows are in the model, told
     after each batch, possibly from the model's thread). At most one update per `every` seconds
     goes to the reporter, and only when the count moved; the count shown never goes back."""
 
     def __init__(
-        self, reporter: Reporter, task: str, total: int | None, clock: StageClock | None = None, every: float = 0.5
+        self,
+        reporter: Reporter,
+        task: str,
+        total: int | None,
+        clock: StageClock | None = None,
+        every: float = 0.5,
+        unit: str = "texts",
     ) -> None:
         self.reporter, self.task, self.total, self.clock, self.every = reporter, task, total, clock, every
+        self.unit = unit
         self.finished = self.working = self.tokens = self.shown = 0
+        self.rows_finished = self.rows_working = 0  # rows (chunks), where a unit can be several
         self.current: str | None = None
         self.started = time.perf_counter()
         self._last = -math.inf
         self._lock = threading.Lock()
 
-    def in_work(self, current: str | None, done: int) -> None:
+    def in_work(self, current: str | None, done: int, rows: int | None = None) -> None:
         with self._lock:
             self.working, self.current = done, current or self.current
+            self.rows_working = done if rows is None else rows
             self._report()
 
-    def advance(self, done: int, tokens: int = 0, current: str | None = None) -> None:
+    def advance(self, done: int, tokens: int = 0, current: str | None = None, rows: int | None = None) -> None:
         with self._lock:
             self.finished += done
+            self.rows_finished += done if rows is None else rows
             self.tokens += tokens
-            self.working, self.current = 0, current or self.current
+            self.working = self.rows_working = 0
+            self.current = current or self.current
             self._report()
 
     def _report(self) -> None:
@@ -132,6 +145,7 @@ class ProgressMeter:
             return
         self._last, self.shown = now, count
         stages = self.clock.snapshot() if self.clock else {}
-        self.reporter.progress(
-            ProgressUpdate(self.task, count, self.total, now - self.started, self.tokens, self.current, stages)
-        )
+        rows = self.rows_finished + self.rows_working
+        update = ProgressUpdate(self.task, count, self.total, now - self.started, self.tokens, self.current, stages)
+        update.unit, update.chunks = self.unit, rows if rows != count else None
+        self.reporter.progress(update)

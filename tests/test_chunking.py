@@ -5,6 +5,7 @@ character spans: tests/fakes.py `WordCounter`): boundaries, offsets, overlap, pr
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -67,23 +68,67 @@ def test_long_record_is_cut_at_sentence_ends_with_exact_offsets_and_overlap(tmp_
         (1, 0, 0, 6, "Short."),
         # 15 words: the sentence end after "mended." lies within the last quarter of the 16 tokens
         (2, 0, 0, 89, "The harbour woke before dawn. Gulls circled the fishing boats while the nets were mended."),
-        # starts 4 words back; the paragraph end after "twice." is too far back, so a word end
-        (2, 1, 68, 153, "the nets were mended. An old captain counted his crew twice.\n\nBy noon the wind turned"),
-        (2, 2, 133, 219, "noon the wind turned cold and grey. The boats came home early, heavy with silver fish."),
-        (2, 3, 196, 261, "heavy with silver fish. Children ran along the pier to meet them."),
-        (2, 4, 243, 288, "pier to meet them. Nobody spoke of the storm."),
+        # cut at a sentence end, and no whole sentence fits in 4 tokens: no overlap; then the
+        # paragraph end: a chunk never spans two paragraphs
+        (2, 1, 90, 128, "An old captain counted his crew twice."),
+        # no sentence end in the last quarter: a word end, and the next chunk overlaps it by 4 words
+        (2, 2, 130, 213, "By noon the wind turned cold and grey. The boats came home early, heavy with silver"),
+        (2, 3, 189, 261, "early, heavy with silver fish. Children ran along the pier to meet them."),
+        (2, 4, 262, 288, "Nobody spoke of the storm."),
         (3, 0, 0, 9, "Last one."),
     ]
     for line, _, start, end, text in got:
         assert (DOCUMENT if line == 2 else text)[start:end] == text
         assert len(words(text)) <= 16
     doc_chunks = [t for line, *_, t in got if line == 2]
-    for before, after in zip(doc_chunks, doc_chunks[1:], strict=False):
-        assert words(after)[:4] == words(before)[-4:]  # the overlap: 4 tokens
+    assert words(doc_chunks[3])[:4] == words(doc_chunks[2])[-4:]  # the overlap: 4 tokens
     df = rows(store)
     assert df.id.tolist() == list(range(1, 8))  # unique and rising: a record's extra chunks shift later ids
     assert df.line.tolist() == [1, 2, 2, 2, 2, 2, 3]
     np.testing.assert_allclose(np.stack(df.embedding)[2], hash_embed(got[2][4], 64, max_tokens=2048), atol=1e-6)
+
+
+def test_a_chunk_never_spans_two_paragraphs_and_starts_the_next_without_overlap(tmp_path):
+    text = (
+        "One two three. Four five.\n\n"  # a blank line
+        "Six seven eight nine ten.\n"  # a line break after a sentence end: a paragraph end too
+        "Eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty twenty-one twenty-two"
+    )
+    store = tmp_path / "store"
+    result = encode(write_jsonl(tmp_path / "d.jsonl", text), "-o", store, "--chunk-size", "16", "--chunk-overlap", "4")
+    assert result.exit_code == 0, result.output
+    assert [t for *_, t in chunks(store)] == [
+        "One two three. Four five.",
+        "Six seven eight nine ten.",
+        "Eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty twenty-one twenty-two",
+    ]
+
+
+def test_hard_wrapped_lines_are_not_paragraphs(tmp_path):
+    """A line break inside a sentence (text wrapped at a width) is a cut only near the limit."""
+    text = "alpha beta gamma delta\nepsilon zeta eta theta\niota kappa lambda mu\nnu xi omicron pi\nrho sigma tau"
+    store = tmp_path / "store"
+    result = encode(write_jsonl(tmp_path / "d.jsonl", text), "-o", store, "--chunk-size", "10", "--chunk-overlap", "2")
+    assert result.exit_code == 0, result.output
+    got = [t for *_, t in chunks(store)]
+    # 10 tokens: the line end after "theta" (8) lies in the second half; the next chunk overlaps
+    # the cut (inside a sentence) by 2 words
+    assert got[0] == "alpha beta gamma delta\nepsilon zeta eta theta"
+    assert got[1].startswith("eta theta\niota")
+    assert all(len(words(t)) <= 10 for t in got)
+
+
+def test_after_a_sentence_end_the_overlap_is_whole_sentences(tmp_path):
+    text = "Alpha beta gamma delta epsilon zeta eta theta iota kappa. Go now. Lambda mu nu xi omicron pi rho sigma."
+    store = tmp_path / "store"
+    result = encode(write_jsonl(tmp_path / "d.jsonl", text), "-o", store, "--chunk-size", "14", "--chunk-overlap", "4")
+    assert result.exit_code == 0, result.output
+    got = [t for *_, t in chunks(store)]
+    # the cut after "now." (a sentence end in the last quarter); "Go now." fits in 4 tokens
+    assert got == [
+        "Alpha beta gamma delta epsilon zeta eta theta iota kappa. Go now.",
+        "Go now. Lambda mu nu xi omicron pi rho sigma.",
+    ]
 
 
 def test_no_overlap_chunks_tile_the_record(tmp_path):
@@ -96,10 +141,11 @@ def test_no_overlap_chunks_tile_the_record(tmp_path):
     assert [(c, s, e) for _, c, s, e, _ in got] == [
         (0, 0, 61),
         (1, 62, 116),
-        (2, 117, 168),
-        (3, 169, 219),
-        (4, 220, 261),
-        (5, 262, 288),
+        (2, 117, 128),  # "crew twice.": the paragraph ends there
+        (3, 130, 168),
+        (4, 169, 219),
+        (5, 220, 261),
+        (6, 262, 288),
     ]
     assert words(" ".join(t for *_, t in got)) == words(DOCUMENT)
     for (_, _, _, end, _), (_, _, start, _, _) in zip(got, got[1:], strict=False):
@@ -157,7 +203,7 @@ def test_truncate_keeps_one_row_and_says_what_it_dropped(tmp_path):
     assert chunks(store) == [(1, 0, 0, 6, "Short."), (2, 0, 0, 61, DOCUMENT)]  # the text stays whole
     assert DOCUMENT[:61] == "The harbour woke before dawn. Gulls circled the fishing boats"
     manifest = json.loads((store / "manifest.json").read_text())
-    assert manifest["chunking"] == {"mode": "truncate", "size": 10, "overlap": 0}
+    assert manifest["chunking"] == {"mode": "truncate", "size": 10, "overlap": 0, "whole": 0}
 
 
 def test_default_settings_are_recorded_and_an_append_inherits_them(tmp_path):
@@ -166,7 +212,7 @@ def test_default_settings_are_recorded_and_an_append_inherits_them(tmp_path):
     assert first.exit_code == 0, first.output
     manifest = json.loads((store / "manifest.json").read_text())
     # chunks of half the model's length; 32 tokens of overlap, or a quarter of a smaller chunk
-    assert (manifest["version"], manifest["chunking"]) == (3, {"mode": "chunk", "size": 10, "overlap": 2})
+    assert (manifest["version"], manifest["chunking"]) == (3, {"mode": "chunk", "size": 10, "overlap": 2, "whole": 20})
     assert manifest["has_chunks"] is True and manifest["kept_fields"] == []
     again = encode(write_jsonl(tmp_path / "b.jsonl", DOCUMENT), "-o", store)
     assert again.exit_code == 0, again.output
@@ -234,3 +280,42 @@ def test_token_ranges_cover_every_token_and_respect_the_budget():
             assert ranges[0][0] == 0 and ranges[-1][1] == len(spans)
             assert all(0 < e - s <= budget for s, e in ranges)
             assert all(s2 <= e1 and s2 > s1 for (s1, e1), (s2, _) in zip(ranges, ranges[1:], strict=False))
+
+
+def test_progress_and_summary_count_records_and_the_chunks_they_became(tmp_path):
+    source = write_jsonl(tmp_path / "doc.jsonl", "Short.", DOCUMENT, "Last one.")
+    result = encode(
+        source, "-o", tmp_path / "store", "--chunk-size", "16", "--chunk-overlap", "4", "--progress-interval", "0"
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    progress = [line for line in lines if line.startswith("sbert: encoding: ")]
+    assert progress and all(
+        re.match(r"sbert: encoding: [0-3]/3 records \(\d+%\)( as [1-7] chunks)?, ", p) for p in progress
+    )
+    assert "sbert: encoded 3 records as 7 chunks from 1 input(s) into 1 shard(s) in " in result.stderr
+    assert re.search(r"\(\d[\d,.]* chunks/s, ", result.stderr)
+    plain = write_jsonl(tmp_path / "plain.jsonl", "Short.", "Last one.")
+    result = encode(plain, "-o", tmp_path / "plain")
+    assert "sbert: encoded 2 texts from 1 input(s)" in result.stderr  # one row per record: as before
+
+
+def test_by_default_a_record_the_model_reads_whole_stays_one_row(tmp_path):
+    """max_seq_length 20: chunks of 10 for records over 20 tokens; a paragraph of 15 stays whole."""
+    paragraph = "One two three four five six seven eight nine ten. Eleven twelve thirteen fourteen fifteen."
+    store = tmp_path / "store"
+    result = encode(write_jsonl(tmp_path / "d.jsonl", paragraph, DOCUMENT), "-o", store, "--max-seq-length", "20")
+    assert result.exit_code == 0, result.output
+    assert "; chunked: 1 records into " in result.stderr
+    got = chunks(store)
+    assert got[0] == (1, 0, 0, len(paragraph), paragraph)
+    assert {line for line, *_ in got[1:]} == {2} and max(len(words(t)) for *_, t in got[1:]) <= 10
+    chunking = json.loads((store / "manifest.json").read_text())["chunking"]
+    assert chunking == {"mode": "chunk", "size": 10, "overlap": 2, "whole": 20}
+    # --chunk-size cuts every record longer than it, as asked
+    result = encode(write_jsonl(tmp_path / "e.jsonl", paragraph), "-o", tmp_path / "s2", "--chunk-size", "10")
+    assert result.exit_code == 0, result.output
+    assert [t for *_, t in chunks(tmp_path / "s2")] == [
+        "One two three four five six seven eight nine ten.",
+        "Eleven twelve thirteen fourteen fifteen.",
+    ]

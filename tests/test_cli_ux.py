@@ -77,7 +77,7 @@ def test_encode_to_a_log_prints_progress_and_one_summary_line(tmp_path, corpus):
     result = sbert("encode", corpus, "-o", tmp_path / "store", *HASH, "--progress-interval", "0")
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
-    assert any(re.fullmatch(r"sbert: encoding: \d+/60 texts \(\d+%\), .* texts/s, .*", line) for line in lines)
+    assert any(re.fullmatch(r"sbert: encoding: \d+/60 records \(\d+%\), .* records/s, .*", line) for line in lines)
     assert re.fullmatch(
         r"sbert: encoded 60 texts from 1 input\(s\) into 1 shard\(s\) in [\d.]+ s \(.*\); skipped blank: 0; "
         rf"truncated: \d+; store {re.escape(str(tmp_path / 'store'))} now has 60 rows; stages: read .*; bound by \w+",
@@ -296,7 +296,7 @@ def test_progress_comes_per_batch_not_per_window(tmp_path, monkeypatch):
     corpus.write_text("".join(f"four words text {i}\n" for i in range(200)), encoding="utf-8")
     result = sbert("encode", corpus, "-o", tmp_path / "store", *HASH, "--progress-interval", "0")
     assert result.exit_code == 0, result.output
-    done = re.findall(r"^sbert: encoding: (\d+)/200 texts", result.stderr, re.M)
+    done = re.findall(r"^sbert: encoding: (\d+)/200 records", result.stderr, re.M)
     assert done == ["64", "128", "192", "200"]
 
 
@@ -337,7 +337,7 @@ BENCH_DATA_ARGS = {
     "bench_sts": ["--data", f"{MISSING}/stsb/sts-dev.csv"],
     "bench_train": ["--train", f"{MISSING}/stsb/sts-train.csv", "--dev", f"{MISSING}/stsb/sts-dev.csv"],
     "bench_engine": ["--data", MISSING],
-    "bench_documents": ["--sts", f"{MISSING}/stsb/sts-dev.csv", "--books", f"{MISSING}/books"],
+    "bench_documents": ["--data", MISSING],
     "bench_chunk_overhead": ["--sts", f"{MISSING}/stsb/sts-train.csv"],
 }
 # These make their own data (random vectors, generated files) or use only sample_corpus/.

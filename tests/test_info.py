@@ -46,7 +46,7 @@ def test_info_json_of_a_fresh_store(store):
     }
     assert (data["model"], data["dim"], data["dtype"], data["storage_dtype"]) == ("hash:32", 32, "fp32", "float32")
     assert data["index"] is None and data["keyword_index"] is None and data["kept_fields"] == {}
-    assert data["chunking"] == {"mode": "chunk", "size": 1024, "overlap": 32}
+    assert data["chunking"] == {"mode": "chunk", "size": 1024, "overlap": 32, "whole": 2048}
     assert data["bytes"] == sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
     assert [i["source"] for i in data["input_list"]] == ["docs/a.txt", "docs/b.txt", "docs/c.txt"]
 

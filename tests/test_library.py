@@ -48,7 +48,7 @@ def test_encode_reports_progress_through_the_reporter(tmp_path, two_inputs, monk
     assert summary.rows == 120
     updates = reporter.updates
     assert len(updates) >= 6  # windows of at most 25 rows (aligned to shards), and the end of each input
-    assert all(u.task == "encoding" and u.unit == "texts" and u.total == 120 for u in updates)
+    assert all(u.task == "encoding" and u.unit == "records" and u.chunks is None and u.total == 120 for u in updates)
     done = [u.done for u in updates]
     assert done == sorted(done) and done[0] > 0 and done[-1] == 120
     assert 25 in done and 70 in done  # counted as rows are committed, input by input

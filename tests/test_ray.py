@@ -159,6 +159,49 @@ def test_a_killed_worker_is_retried_and_nothing_is_written_twice(tmp_path, corpo
     assert_same_store(on_ray, local)
 
 
+@pytest.fixture
+def documents(tmp_path, sample_texts) -> list[str]:
+    """JSON lines: records of 1 to 9 sentences (chunked at 12 words), a title and a year kept."""
+    path = tmp_path / "docs.jsonl"
+    rows = [
+        {"title": f"doc {i}", "year": 1990 + i % 30, "text": " ".join(sample_texts[i : i + 1 + i % 9])}
+        for i in range(0, 240, 3)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return [str(path)]
+
+
+@pytest.mark.slow
+def test_ray_chunks_and_keeps_fields_as_a_local_run_does(tmp_path, documents, ray_env):
+    from sbert_cli.distributed import RayOptions, encode_on_ray
+    from sbert_cli.inputs.reader import ReadOptions
+
+    def options() -> EncodeOptions:
+        read = ReadOptions(keep_fields=["title", "year"])
+        return EncodeOptions(model=HASH_MODEL, shard_size=25, chunk_size=12, chunk_overlap=3, read=read)
+
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    expected = encode_corpus(documents, local, options())
+    summary = encode_on_ray(documents, on_ray, options(), RayOptions(workers=2))
+    assert (summary.records, summary.rows) == (80, expected.rows) and expected.rows > 120  # many chunked
+    assert summary.chunking == expected.chunking
+    assert_same_store(on_ray, local)
+    a, b = read_store(on_ray), read_store(local)
+    columns = ["chunk", "start", "end", "title", "year", "record_hash"]
+    pd.testing.assert_frame_equal(a[columns], b[columns])
+    assert str(a["year"].dtype) == "int64"
+    manifest = Store.open(on_ray).manifest
+    assert manifest.chunking == Store.open(local).manifest.chunking
+    assert [e.records_done for e in manifest.inputs] == [80]
+    last_chunk = a.groupby("line")["chunk"].max()
+    for shard in read_store_shards(on_ray):  # a shard ends where a record ends, as a local run's
+        assert shard["chunk"].iloc[-1] == last_chunk[shard["line"].iloc[-1]]
+
+
+def read_store_shards(path: Path) -> list[pd.DataFrame]:
+    return [pd.read_parquet(path / s.file) for s in Store.open(path).shards]
+
+
 DRIVER = """
 import sys
 from test_ray import slow_factory
@@ -266,3 +309,18 @@ def test_partitioned_search_matches_exact_and_extends(tmp_path, ray_env):
     assert single.exit_code == 0 and "now one graph" in single.output
     recall, graph = recall_at_10(store)
     assert not isinstance(graph, PartitionedGraph) and recall >= 0.99
+
+
+@pytest.mark.slow
+def test_the_driver_tokenizes_as_the_encoder_without_loading_weights():
+    """The real model: the driver's token counter (tokenizer only) gives the encoder's ids and spans."""
+    from sbert_cli.distributed.tokens import driver_token_counter
+    from sbert_cli.encoding.loader import ModelSettings, cached_encoder
+
+    texts = ["A short one.", "  Spaces around.  ", " ".join(["A much longer sentence, about whales."] * 60)]
+    counter, name = driver_token_counter(ModelSettings(device="cpu", dtype="fp32"))
+    expected = cached_encoder(None, device="cpu", dtype="fp32").token_counter().tokenize(texts)
+    got = counter.tokenize(texts)
+    assert name == "all-MiniLM-L6-v2"
+    assert [t.ids for t in got] == [t.ids for t in expected] and got[2].count > 256
+    assert all(np.array_equal(a.spans, b.spans) for a, b in zip(got, expected, strict=True))

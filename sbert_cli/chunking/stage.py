@@ -1,8 +1,9 @@
 """The chunking stage, between reading and encoding: records in, chunk rows out.
 
-A record that fits the model (`max_seq_length` tokens, or `--chunk-size`, counting special
-tokens and the prompt) is one row, carrying the token ids the encoder will use, so it is
-tokenized once. A longer record becomes several rows cut by `split.token_ranges`; each chunk's
+A record that fits (the plan's `whole` tokens: by default the model's max_seq_length, with an
+explicit `--chunk-size` that size; special tokens and the prompt counted) is one row, carrying the token ids the encoder will use, so it is
+tokenized once. A longer record becomes several rows of at most `size` tokens, cut by
+`split.token_ranges`; each chunk's
 text is tokenized again and, should it not fit (a cut inside a word can tokenize differently),
 the record is cut again with a smaller budget. With `--truncate` a long record stays one row, as
 before, and what the model will not see is counted: no text is ever dropped silently.
@@ -51,11 +52,13 @@ class ChunkStats:
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """Resolved settings: `size` tokens per row (special tokens and prompt included)."""
+    """Resolved settings: `size` tokens per row (special tokens and prompt included); a record
+    of at most `whole` tokens (when larger than `size`) stays one row."""
 
     mode: str
     size: int
     overlap: int
+    whole: int = 0
 
 
 class Chunker:
@@ -78,7 +81,7 @@ class Chunker:
         tokenized = self.counter.tokenize([r.text for r in records])
         for record, tokens in zip(records, tokenized, strict=True):
             self.stats.records += 1
-            if tokens.count <= self.plan.size:
+            if tokens.count <= max(self.plan.size, self.plan.whole):
                 self.stats.rows += 1
                 yield _row(record, 0, 0, len(record.text), True, tokens.ids)
             elif self.plan.mode == TRUNCATE:

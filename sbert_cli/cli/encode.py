@@ -232,8 +232,12 @@ def _report(summary, say, sync: bool) -> None:
         say(f"nothing to do; {summary.store} has {summary.store_rows:,} rows")
         return
     rate = f"{summary.texts_per_s:,.1f} texts/s, {summary.tokens / max(summary.elapsed, 1e-9):,.0f} tokens/s"
+    encoded = f"{summary.rows:,} texts"
+    if summary.records and summary.records != summary.rows:  # chunked: records in, chunk rows out
+        encoded = f"{summary.records:,} records as {summary.rows:,} chunks"
+        rate = rate.replace("texts/s", "chunks/s")
     say(
-        f"encoded {summary.rows:,} texts from {summary.inputs_encoded} input(s) into {summary.shards} shard(s) "
+        f"encoded {encoded} from {summary.inputs_encoded} input(s) into {summary.shards} shard(s) "
         f"in {summary.elapsed:.1f} s ({rate}); skipped blank: {summary.blank:,}; "
         f"{_rows_text(summary)}; store {summary.store} now has {summary.store_rows:,} rows; "
         f"stages: {stage_text(summary.stages, summary.tokens)}"

@@ -53,6 +53,8 @@ def plain_line(update: ProgressUpdate) -> str:
     done = f"{update.done:,}" + (f"/{update.total:,}" if update.total else "") + f" {update.unit}"
     if update.total:
         done += f" ({100 * update.done / update.total:.0f}%)"
+    if update.chunks is not None:
+        done += f" as {update.chunks:,} chunks"
     rate = f"{update.rate:,.0f} {update.unit}/s"
     if update.tokens and update.elapsed:
         rate += f", {update.tokens / update.elapsed:,.0f} tokens/s"
@@ -142,6 +144,8 @@ class CliReporter:
             self._bar.start()
             self._task = self._bar.add_task(update.task, total=update.total, rate="")
         rate = f"{update.rate:,.0f} {update.unit}/s"
+        if update.chunks is not None:
+            rate = f"{update.unit} as {update.chunks:,} chunks, {update.rate:,.0f} {update.unit}/s"
         if update.tokens and update.elapsed:
             rate += f" {update.tokens / update.elapsed:,.0f} tok/s"
         self._bar.update(self._task, completed=update.done, total=update.total, rate=rate)

@@ -17,15 +17,16 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from sbert_cli.chunking import Chunker
 from sbert_cli.distributed.paths import check_visible
 from sbert_cli.distributed.session import check_address, import_ray, ray_session, worker_error
+from sbert_cli.distributed.tokens import driver_chunker
 from sbert_cli.distributed.worker import EncodeWorker, ShardResult, ShardTask, WorkerInfo, WorkerSpec
+from sbert_cli.encoding.chunk_settings import merge_kept_types
 from sbert_cli.encoding.devices import window_texts
 from sbert_cli.encoding.plan import PlannedInput
 from sbert_cli.encoding.runner import (
@@ -185,36 +186,42 @@ def _shard_tasks(
     store: Path,
     manifest: StoreManifest,
     device: str = "cpu",
+    chunker: Chunker | None = None,
 ) -> Iterator[tuple[PlannedInput, ShardTask | None]]:
-    """The windows a local run on the workers' `device` makes, grouped into its shards: (input,
-    task) per shard, in order, and (input, None) where an input ends."""
-    layout = ShardLayout.of(manifest)
+    """The windows a local run on the workers' `device` makes (chunk rows, when `chunker`),
+    grouped into its shards: (input, task) per shard, in order, and (input, None) where an input
+    ends. A shard ends where a local run's does: at a record's last row."""
     windows: list[list[Record]] = []
     rows = 0
     seq: dict[int, int] = {}
-    for (item, window), *_ in _windows(plan, options, stats, window_texts(device)):
+    offsets: dict[int, int] = {}
+    for (item, window), *_ in _windows(plan, options, stats, window_texts(device), chunker):
         if window is not None:
             windows.append(window)
             rows += len(window)
-        if windows and (window is None or rows >= options.shard_size):
+        shard_ends = window is not None and rows >= options.shard_size and getattr(window[-1], "last", True)
+        if windows and (window is None or shard_ends):
             entry = item.entry
             seq[entry.index] = seq.get(entry.index, entry.shards - 1) + 1
-            yield item, _task(store, item, seq[entry.index], windows, layout)
+            merge_kept_types(manifest, stats[entry.index].field_types, item.source.name)
+            # Ids count chunk rows (writer.row_ids): this shard's start where the earlier ones end.
+            start = offsets.get(entry.index, entry.id_offset)
+            yield item, _task(store, item, seq[entry.index], windows, ShardLayout.of(manifest), start)
+            offsets[entry.index] = start + sum(getattr(r, "chunk", 0) > 0 for w in windows for r in w)
             windows, rows = [], 0
         if window is None:
             yield item, None
 
 
-def _task(store: Path, item: PlannedInput, seq: int, windows: list[list[Record]], layout: ShardLayout) -> ShardTask:
-    records = [r for window in windows for r in window]
+def _task(
+    store: Path, item: PlannedInput, seq: int, windows: list[list[Record]], layout: ShardLayout, id_offset: int
+) -> ShardTask:
     return ShardTask(
         store=str(store),
         file=shard_file(item.entry.index, seq),
-        entry=item.entry,
+        entry=replace(item.entry, id_offset=id_offset),
         seq=seq,
-        texts=[r.text for r in records],
-        lines=np.fromiter((r.line for r in records), dtype=np.int64, count=len(records)),
-        keys=[r.key for r in records] if layout.has_key else None,
+        records=[r for window in windows for r in window],
         windows=[len(window) for window in windows],
         layout=layout,
     )
@@ -266,7 +273,8 @@ class _Driver:
 
     def run(self, plan: list[PlannedInput], options: EncodeOptions) -> None:
         device = self.pool.infos[0].device
-        tasks = _shard_tasks(plan, options, self.stats, self.store_path.absolute(), self.manifest, device)
+        chunker = driver_chunker(options.model_settings(), self.manifest.chunking, self.summary.chunking)
+        tasks = _shard_tasks(plan, options, self.stats, self.store_path.absolute(), self.manifest, device, chunker)
         for item, task in self.clock.timed("read", tasks):
             with self.clock.stage("wait"):
                 ref = self.pool.submit(task) if task is not None else None
@@ -331,9 +339,10 @@ class _Driver:
         final = self.store_path / result.shard.file
         os.replace(self.store_path / result.staged, final)
         fsync_dir(final.parent)
-        record_shard(self.manifest, item.entry, result.shard, result.last_line)
+        record_shard(self.manifest, item.entry, result.shard, result.last_line, result.records)
         summary = self.summary
         summary.rows += result.shard.rows
+        summary.records += result.records
         summary.tokens += result.tokens
         summary.truncated += result.truncated
         for stage, seconds in result.stages.items():  # workers' time, summed over workers

@@ -22,6 +22,7 @@ from sbert_cli.inputs.reader import Record
 from sbert_cli.progress import StageClock
 from sbert_cli.store.atomic import atomic_path, temp_path_for
 from sbert_cli.store.manifest import InputEntry, ModelRecord, ShardInfo
+from sbert_cli.store.writer import ShardLayout
 
 
 @dataclass(frozen=True)
@@ -47,17 +48,16 @@ class WorkerInfo:
 
 @dataclass
 class ShardTask:
-    """One shard's rows, split into the windows a local run makes (`windows`: their sizes)."""
+    """One shard's rows (records, or the driver's chunk rows with their token ids and kept
+    fields), split into the windows a local run makes (`windows`: their sizes)."""
 
     store: str  # absolute: a worker's working directory is not the driver's
     file: str
     entry: InputEntry  # its index and source name make the ids and the `source` column
     seq: int
-    texts: list[str]
-    lines: np.ndarray
-    keys: list[str | None] | None
+    records: list[Record]
     windows: list[int]
-    layout: tuple[str, bool, bool]  # the store's (storage_dtype, has_text, has_key)
+    layout: ShardLayout  # the store's columns, kept fields' types included
 
 
 @dataclass
@@ -65,6 +65,7 @@ class ShardResult:
     shard: ShardInfo
     staged: str  # the written file's path inside the store; the driver renames it to `shard.file`
     last_line: int
+    records: int  # whole records in the shard (its rows: their chunks)
     tokens: int
     truncated: int
     stages: dict[str, float]
@@ -101,14 +102,16 @@ class EncodeWorker:
 
         clock = StageClock()
         bounds = np.cumsum([0, *task.windows])
-        windows = ((None, task.texts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+        records = task.records
+        windows = (
+            (None, [r.text for r in records[a:b]], [getattr(r, "ids", None) for r in records[a:b]])
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        )
         parts, tokens, truncated = [], 0, 0
         for done in self.encoder.encode_windows(windows, clock=clock):
             parts.append(done.embeddings)
             tokens += done.tokens
             truncated += done.truncated
-        keys = task.keys if task.keys is not None else [None] * len(task.texts)
-        records = [Record(int(line), text, key) for line, text, key in zip(task.lines, task.texts, keys, strict=True)]
         final = Path(task.store) / task.file
         staged = temp_path_for(final)  # per process: a retried attempt never shares the dead one's file
         with clock.stage("write"):
@@ -116,4 +119,5 @@ class EncodeWorker:
             with atomic_path(staged) as tmp:
                 shard = write_shard(tmp, task.file, task.entry, task.seq, records, np.concatenate(parts), task.layout)
         staged_name = str(staged.relative_to(task.store))
-        return ShardResult(shard, staged_name, int(task.lines[-1]), tokens, truncated, clock.snapshot())
+        whole = sum(getattr(r, "last", True) for r in records)
+        return ShardResult(shard, staged_name, records[-1].line, whole, tokens, truncated, clock.snapshot())

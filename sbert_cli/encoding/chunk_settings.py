@@ -19,7 +19,9 @@ def resolve_chunking(
     """This run's chunking: the flags given, else the store's, else chunks of half the model's
     max_seq_length (128 tokens for all-MiniLM-L6-v2, the length it was trained on: in
     benchmarks/bench_documents.py, chunks of 128 found the document hiding a sentence as often
-    as encoding it paragraph by paragraph does, chunks of 256 far less often)."""
+    as encoding it paragraph by paragraph does, chunks of 256 far less often) for records longer
+    than max_seq_length, while a record the model reads whole stays one row, as before chunking
+    (a paragraph, a ticket). `--chunk-size` cuts every record longer than the size given."""
     if mode == TRUNCATE and (size is not None or overlap is not None):
         raise InputError("--truncate keeps one row per record; it does not take --chunk-size or --chunk-overlap")
     if size is not None and not 1 <= size <= model.max_seq_length:
@@ -27,7 +29,7 @@ def resolve_chunking(
     if overlap is not None and overlap < 0:
         raise InputError(f"--chunk-overlap {overlap}: must be 0 or more")
     size_default = max(1, model.max_seq_length // 2)
-    default = ChunkingRecord(CHUNK, size_default, default_overlap(size_default))
+    default = ChunkingRecord(CHUNK, size_default, default_overlap(size_default), model.max_seq_length)
     base = store.chunking if store is not None else default
     if mode is None:
         mode = CHUNK if (size is not None or overlap is not None) else base.mode
@@ -36,11 +38,12 @@ def resolve_chunking(
     else:
         inherited = base if base.mode == CHUNK else default
         if size is not None and base.mode != CHUNK or size is not None and store is None:
-            inherited = ChunkingRecord(CHUNK, size, default_overlap(size))
+            inherited = ChunkingRecord(CHUNK, size, default_overlap(size), size)
         wanted = ChunkingRecord(
             CHUNK,
             size if size is not None else inherited.size,
             overlap if overlap is not None else inherited.overlap,
+            size if size is not None else inherited.whole,
         )
     if store is not None and wanted != store.chunking:
         raise InputError(f"this store was made with {describe(store.chunking)}; this run asks for {describe(wanted)}")
@@ -55,7 +58,8 @@ def default_overlap(size: int) -> int:
 def describe(chunking: ChunkingRecord) -> str:
     if chunking.mode == TRUNCATE:
         return f"--truncate (at {chunking.size} tokens)"
-    return f"chunks of {chunking.size} tokens overlapping by {chunking.overlap}"
+    whole = f" (records up to {chunking.whole} tokens whole)" if chunking.whole > chunking.size else ""
+    return f"chunks of {chunking.size} tokens overlapping by {chunking.overlap}{whole}"
 
 
 def chunk_plan(chunking: ChunkingRecord) -> ChunkPlan:
@@ -102,9 +106,13 @@ def kept_layout(names: Sequence[str]) -> list[KeptField]:
 
 def chunker_for(encoder, chunking: ChunkingRecord, stats: ChunkStats) -> Chunker:
     """The chunking stage for `encoder`'s tokenizer, its settings checked against the prompt."""
-    counter = encoder.token_counter()
+    return chunker_from_counter(encoder.token_counter(), chunking, stats, encoder.describe().name)
+
+
+def chunker_from_counter(counter, chunking: ChunkingRecord, stats: ChunkStats, name: str) -> Chunker:
+    """`chunker_for` with a tokenizer alone (a Ray driver cuts records without loading the weights)."""
     if counter is None:
-        raise SbertError(f"{encoder.describe().name}: its tokenizer gives no character offsets, so it cannot chunk")
+        raise SbertError(f"{name}: its tokenizer gives no character offsets, so it cannot chunk")
     plan = chunk_plan(chunking)
     overhead = counter.tokenize([""])[0].count  # special tokens and the prompt
     if plan.mode == CHUNK and plan.size - overhead <= plan.overlap:
@@ -115,15 +123,12 @@ def chunker_for(encoder, chunking: ChunkingRecord, stats: ChunkStats) -> Chunker
     return Chunker(counter, plan, stats)
 
 
-def row_settings(options, manifest: StoreManifest, stored: StoreManifest | None, ray: bool) -> None:
+def row_settings(options, manifest: StoreManifest, stored: StoreManifest | None, ray: bool = False) -> None:
     """Chunking and kept fields (`options`: the run's EncodeOptions): this run's for a new store,
-    which also gets the record_hash column (--sync), and the store's (checked) for an append."""
-    if ray and (options.chunk_size or options.chunk_overlap is not None or options.read.keep_fields):
-        raise InputError("--ray runs do not chunk or keep fields yet; run without --ray, or with --truncate only")
-    mode = "truncate" if ray and stored is None else options.chunk_mode
-    chunking = resolve_chunking(mode, options.chunk_size, options.chunk_overlap, manifest.model, stored)
-    if ray and chunking.mode != "truncate":
-        raise InputError("--ray runs do not chunk long records yet; this store chunks them, so run without --ray")
+    which also gets the record_hash column (--sync), and the store's (checked) for an append.
+    Local and Ray runs make the same rows (distributed/ray_encode.py chunks in the driver), so
+    `ray` no longer changes anything; the runner still says which it is."""
+    chunking = resolve_chunking(options.chunk_mode, options.chunk_size, options.chunk_overlap, manifest.model, stored)
     options.read.keep_fields = resolve_kept(options.read.keep_fields, stored)
     if stored is None:
         manifest.chunking, manifest.kept_fields = chunking, kept_layout(options.read.keep_fields)

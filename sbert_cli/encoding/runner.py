@@ -300,10 +300,13 @@ def _run(
     chunker = chunker_for(encoder, manifest.chunking, summary.chunking)
     windows = clock.timed("read", _windows(plan, options, stats, size, chunker))
     # Progress per batch, not per window: a log gets its line every interval whatever the window.
-    meter = ProgressMeter(reporter, "encoding", total or None, clock, PROGRESS_EVERY_S)
+    meter = ProgressMeter(reporter, "encoding", total or None, clock, PROGRESS_EVERY_S, unit="records")
 
     def in_model(payload: tuple[PlannedInput, list[Record] | None], texts: int) -> None:
-        meter.in_work(payload[0].source.name, texts)
+        # rows (chunks) through the model, and about as many records: batches run in length order,
+        # so the records are estimated from the window's first rows; `advance` makes them exact
+        whole = sum(getattr(r, "last", True) for r in (payload[1] or ())[:texts])
+        meter.in_work(payload[0].source.name, whole, texts)
 
     batches = encoder.encode_windows(
         windows, clock=clock, workers=options.workers, say=reporter.message, on_batch=in_model
@@ -327,7 +330,9 @@ def _run(
             summary.records += sum(getattr(r, "last", True) for r in records or ())
             summary.tokens += done.tokens
             summary.truncated += done.truncated
-            meter.advance(len(records or ()), done.tokens, item.source.name)
+            meter.advance(
+                sum(getattr(r, "last", True) for r in records or ()), done.tokens, item.source.name, len(records or ())
+            )
     summary.elapsed = time.perf_counter() - started
     summary.stages = clock.snapshot()
     summary.store_rows = manifest.rows
@@ -352,6 +357,16 @@ def _finish_input(committer, item: PlannedInput, stats: ReadStats, manifest, sav
 
 
 def _update(summary: EncodeSummary, total: int, elapsed: float, clock: StageClock, current, final: bool):
+    chunks = summary.rows if summary.rows != summary.records else None
     return ProgressUpdate(
-        "encoding", summary.records, total or None, elapsed, summary.tokens, current, clock.snapshot(), final
+        "encoding",
+        summary.records,
+        total or None,
+        elapsed,
+        summary.tokens,
+        current,
+        clock.snapshot(),
+        final,
+        "records",
+        chunks,
     )

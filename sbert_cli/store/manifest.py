@@ -125,6 +125,7 @@ class ChunkingRecord:
     mode: str = "chunk"
     size: int = 0
     overlap: int = 0
+    whole: int = 0  # records of at most this many tokens stay one row (0, as stores before it: `size`)
 
 
 @dataclass
