@@ -285,3 +285,26 @@ def test_real_model_embeddings_and_search_equal_the_clis(real_sample_store, tmp_
         for query in QUERIES:
             served = client.get("/search", params={"q": query, "k": 5, "format": "jsonl"})
             assert served.text == sbert("search", store, query, "-k", "5", "--format", "jsonl").stdout
+
+
+@pytest.mark.parametrize(
+    ("recorded", "device", "installed", "expected"),
+    [
+        ("openvino", "auto", True, "openvino"),  # the engine `sbert encode` measured and recorded
+        ("onnx", "cpu", True, "onnx"),
+        ("openvino", "auto", False, "auto"),  # not installed here: the loader's choice for the dtype
+        ("openvino", "cuda", True, "auto"),  # a GPU asked for: not a CPU engine
+        ("torch", "auto", True, "auto"),
+    ],
+)
+def test_embeddings_use_the_engine_the_store_records(shared_store, monkeypatch, recorded, device, installed, expected):
+    from dataclasses import replace
+
+    from sbert_cli.encoding import onnx_backend, openvino_backend
+    from sbert_cli.encoding.loader import settings_for_record
+    from sbert_cli.serve.embeddings import store_engine
+
+    monkeypatch.setattr(openvino_backend, "available", lambda: installed)
+    monkeypatch.setattr(onnx_backend, "available", lambda: installed)
+    record = replace(Store.open(shared_store).model, dtype="bf16", backend=recorded)
+    assert store_engine(settings_for_record(record, device), record).backend == expected

@@ -150,13 +150,15 @@ def ensure_graph(fingerprint: str, variant: str, load_torch_model) -> Path:
 class OnnxTransformer:
     """Runs the exported transformer: numpy ids and mask in, float32 token vectors out."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, *, spin: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:  # idle pool threads sleep instead of spinning after each run
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

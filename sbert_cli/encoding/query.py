@@ -116,7 +116,11 @@ class QueryEncoder(WindowEncoder):
         self.tokenizer.enable_truncation(max_length=spec.max_seq_length)
         self.tokenizer.no_padding()  # a tokenizer.json may pad to a fixed length: batches pad themselves
         self.prompt_length = self._prompt_tokens()
-        self.graph = onnx_backend.OnnxTransformer(onnx_backend.graph_path(spec.fingerprint, graph_variant(dtype)))
+        # Queries come one short run at a time (a search, a server's request): ONNX Runtime's
+        # threads spinning after each run doubled the CPU a query costs (all-MiniLM-L6-v2, 2 cores
+        # under load: 23 -> 12 ms per query) and took the core from whoever needed it next.
+        path = onnx_backend.graph_path(spec.fingerprint, graph_variant(dtype))
+        self.graph = onnx_backend.OnnxTransformer(path, spin=False)
         log.debug("query encoder: ONNX Runtime, cached %s graph, no torch", graph_variant(dtype))
 
     def _prompt_tokens(self) -> int:
