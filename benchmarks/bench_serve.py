@@ -180,12 +180,11 @@ def phase(url: str, kind: str, make_request, total: int, clients: int, per_reque
 
 def encode_peer(model: str, texts: list[str]) -> float:
     """`sbert encode`'s model loop on the same texts, in this process (model loaded): texts/s."""
-    from sbert_cli.encoding.loader import load_encoder, settings_for_record
-    from sbert_cli.serve.embeddings import store_engine
+    from sbert_cli.encoding.loader import load_encoder, recorded_engine, settings_for_record
     from sbert_cli.store.store import Store
 
     record = Store.open(ARGS.store).model  # the engine the store records, as the server's; no prompt
-    encoder = load_encoder(replace(store_engine(settings_for_record(record), record), prompt=""))
+    encoder = load_encoder(replace(recorded_engine(settings_for_record(record), record), prompt=""))
     encoder.encode(texts[:64])  # warm
     started, cpu = time.perf_counter(), time.process_time()
     encoder.encode(texts)

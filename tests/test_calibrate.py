@@ -311,3 +311,21 @@ def test_a_small_job_takes_the_fastest_measured_engine_of_its_dtype(bf16_cpu, mo
     calibrate._remember(calibrate.cache_key(settings, None, 2048), measured)
     # fp32 (exact vectors) for small work, on the fastest fp32 engine measured: OpenVINO.
     assert calibrate.auto_engine(settings, 500, lambda n: [], print) == calibrate.Engine("openvino", "fp32", 1)
+
+
+@pytest.mark.parametrize(("installed", "expected"), [(True, "openvino"), (False, "auto")])
+def test_appending_encodes_on_the_engine_the_store_records(sample_store, monkeypatch, installed, expected):
+    """A store made on OpenVINO bf16 (measured fastest) takes appends on OpenVINO bf16, not torch,
+    where this machine has OpenVINO; an explicit --backend still wins."""
+    from dataclasses import replace
+
+    from sbert_cli.encoding import openvino_backend
+    from sbert_cli.encoding.runner import EncodeOptions, _inherit_settings
+    from sbert_cli.store.store import Store
+
+    monkeypatch.setattr(openvino_backend, "available", lambda: installed)
+    store = Store.open(sample_store)
+    store.manifest.model = replace(store.model, backend="openvino", dtype="bf16")
+    options = _inherit_settings(EncodeOptions(device="cpu"), store)
+    assert (options.backend, options.dtype) == (expected, "bf16")
+    assert _inherit_settings(EncodeOptions(device="cpu", backend="torch"), store).backend == "torch"

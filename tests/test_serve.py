@@ -301,10 +301,9 @@ def test_embeddings_use_the_engine_the_store_records(shared_store, monkeypatch, 
     from dataclasses import replace
 
     from sbert_cli.encoding import onnx_backend, openvino_backend
-    from sbert_cli.encoding.loader import settings_for_record
-    from sbert_cli.serve.embeddings import store_engine
+    from sbert_cli.encoding.loader import recorded_engine, settings_for_record
 
     monkeypatch.setattr(openvino_backend, "available", lambda: installed)
     monkeypatch.setattr(onnx_backend, "available", lambda: installed)
     record = replace(Store.open(shared_store).model, dtype="bf16", backend=recorded)
-    assert store_engine(settings_for_record(record, device), record).backend == expected
+    assert recorded_engine(settings_for_record(record, device), record).backend == expected

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 from sbert_cli.encoding.settings import ModelSettings
 from sbert_cli.encoding.windows import WindowEncoder
@@ -100,6 +102,23 @@ def settings_for_record(record: ModelRecord, device: str = "auto") -> ModelSetti
         max_seq_length=record.max_seq_length,
         prompt=record.prompt or "",  # "": the store's texts had no prompt, whatever the model's default
     )
+
+
+def recorded_engine(settings: ModelSettings, record: ModelRecord) -> ModelSettings:
+    """`settings` on the engine a store records (the one `sbert encode` measured fastest, e.g.
+    OpenVINO bf16) where this machine has it and runs on the CPU; else as they are (the loader's
+    choice for the dtype: torch). Appending to a store and serving it both encode this way."""
+    from importlib import import_module
+
+    on_cpu = settings.device == "cpu" or (settings.device == "auto" and not Path("/proc/driver/nvidia").exists())
+    if record.backend not in ("onnx", "openvino") or settings.backend != "auto" or settings.dtype != record.dtype:
+        return settings
+    if not on_cpu:
+        return settings
+    if not import_module(f"sbert_cli.encoding.{record.backend}_backend").available():
+        log.debug("%s is not installed here; the store's dtype on the default engine", record.backend)
+        return settings
+    return replace(settings, backend=record.backend)
 
 
 def encoder_for_store(record: ModelRecord, device: str = "auto") -> WindowEncoder:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sbert_cli.encoding.chunk_settings import chunker_for, merge_kept_types, merge_scanned_types, row_settings
 from sbert_cli.encoding.devices import window_texts
+from sbert_cli.encoding.loader import recorded_engine
 from sbert_cli.encoding.options import DEFAULT_SHARD_SIZE, EncodeLoop, EncodeOptions, EncodeSummary
 from sbert_cli.encoding.plan import PlannedInput, plan_inputs, reset_entry
 from sbert_cli.encoding.settings import ModelSettings
@@ -63,6 +64,8 @@ def _inherit_settings(options: EncodeOptions, existing: Store | None) -> EncodeO
     options.normalize = options.normalize if options.normalize is not None else model.normalize
     options.max_seq_length = options.max_seq_length or model.max_seq_length
     options.dtype = model.dtype if options.dtype == "auto" else options.dtype
+    if options.backend == "auto":  # the engine the store was made with, where this machine has it
+        options.backend = recorded_engine(options.model_settings(), model).backend
     if options.prompt is None and options.prompt_name is None:
         options.prompt = model.prompt or ""  # "": no prompt, even if the model has a default one
     return options

@@ -12,13 +12,11 @@ import asyncio
 import base64
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sbert_cli.encoding.loader import load_encoder, settings_for_record
-from sbert_cli.encoding.settings import ModelSettings
+from sbert_cli.encoding.loader import load_encoder, recorded_engine, settings_for_record
 from sbert_cli.encoding.windows import WindowEncoder
 from sbert_cli.errors import InputError
 from sbert_cli.serve.config import ApiError, ServeOptions
@@ -132,7 +130,7 @@ class Embedders:
         return self._loaded[input_type]
 
     def _load(self, input_type: str | None) -> WindowEncoder:
-        settings = store_engine(settings_for_record(self.record, self.device), self.record)  # the store's prompt
+        settings = recorded_engine(settings_for_record(self.record, self.device), self.record)  # the store's prompt
         if input_type is None:
             settings = replace(settings, prompt="")
         elif input_type != STORE_PROMPT:
@@ -148,20 +146,6 @@ class Embedders:
             encoder.batch_tokens = CPU_GROUP_BATCH_TOKENS
         log.debug("embeddings: encoder for input_type %s loaded", input_type)
         return encoder
-
-
-def store_engine(settings: ModelSettings, record: ModelRecord) -> ModelSettings:
-    """The engine the store records (`sbert encode` measured it fastest here, e.g. OpenVINO bf16)
-    where this machine has it; the loader's choice for the dtype otherwise (torch)."""
-    from importlib import import_module
-
-    on_cpu = settings.device == "cpu" or (settings.device == "auto" and not Path("/proc/driver/nvidia").exists())
-    if record.backend not in ("onnx", "openvino") or settings.backend != "auto" or not on_cpu:
-        return settings
-    if not import_module(f"sbert_cli.encoding.{record.backend}_backend").available():
-        log.debug("embeddings: %s is not installed here; the store's dtype on the default engine", record.backend)
-        return settings
-    return replace(settings, backend=record.backend)
 
 
 def _torch_threads() -> int | None:
