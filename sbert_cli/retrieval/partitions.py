@@ -6,7 +6,11 @@
 A shard is the unit: each lives in exactly one partition, so a partition is built from its own
 shards alone, in another process (or as a Ray task, distributed/ray_index.py), and extending the
 index adds each new shard to the partition with the fewest rows, rewriting only the graphs that
-grew. A build writes the new graph files, then index.json (the commit), then deletes what no
+change. After `sbert rm` or `encode --sync`, each partition marks deleted the rows of its inputs
+whose shards went away (retrieval/partition_build.py, build.py's `update_graph`); a rewritten
+input's new shards go to the partition that held its rows, where its kept rows already are, and
+a partition past the deleted fraction (or any holding deleted rows, with `--compact`) is rebuilt
+from its own shards. A build writes the new graph files, then index.json (the commit), then deletes what no
 longer is referenced, so a crash leaves the previous index usable, as for one graph.
 
 Search asks every partition for its top k and merges by score: the partitions hold disjoint rows,
