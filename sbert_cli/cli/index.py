@@ -33,8 +33,8 @@ def index(
         bool,
         typer.Option(
             "--compact",
-            help="Rebuild the HNSW graph without the rows marked deleted by --sync or sbert rm (done by itself "
-            "when they pass 20% of the graph).",
+            help="Rebuild the HNSW graph (each partition's) without the rows marked deleted by --sync or sbert rm "
+            "(done by itself when they pass 20% of a graph).",
         ),
     ] = False,
     quantize: Annotated[
@@ -79,7 +79,7 @@ def index(
     build = functools.partial(build_index, compact=compact)
     if partitions is not None or ray is not None or is_partitioned(store):
         build = functools.partial(
-            build_partitioned_index, partitions=partitions, executor=_executor(store, ray, partitions)
+            build_partitioned_index, partitions=partitions, executor=_executor(store, ray, partitions), compact=compact
         )
     with CliReporter(quiet=quiet, verbose=verbose, interval=progress_interval) as reporter:
         summary = build(

@@ -18,7 +18,7 @@ from typing import Any
 from sbert_cli.distributed.paths import answer_probe, check_visible
 from sbert_cli.distributed.session import check_address, import_ray, ray_session, worker_error
 from sbert_cli.retrieval.graph import index_dir
-from sbert_cli.retrieval.partitions import PartitionExecutor, PartitionJob, PartitionResult, build_partition
+from sbert_cli.retrieval.partition_build import PartitionExecutor, PartitionJob, PartitionResult, build_partition
 
 TASK_RETRIES = 3
 

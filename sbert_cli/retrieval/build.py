@@ -199,21 +199,20 @@ def _extend(store, base, old, params: IndexParams, threads: int, summary: BuildS
         graph.init_index(max_elements=new_rows, ef_construction=params.ef_construction, M=params.M)
     else:
         graph = load_graph(index_dir(store.path) / base.file, params.space, store.dim, base.count + deleted + new_rows)
-    deleted_before = summary.deleted
-    present = _delete_gone(graph, store, todo, gone, summary) if gone else np.empty(0, np.int64)
-    deleted += summary.deleted - deleted_before
     live = store_files(store)
     covered = [c for c in base.shards if c.file in live] if base else []
     started = time.perf_counter()
-    for shard, ids, vectors in iter_shard_vectors(store, todo):
-        fresh = ~np.isin(ids, present)  # rows kept by a rewrite are in the graph already
-        if fresh.any():
-            graph.add_items(vectors[fresh], ids[fresh].astype(np.uint64), num_threads=threads)
+
+    def shard_done(shard, added: int) -> None:
         covered.append(CoveredShard(shard.file, shard.sha256, shard.rows))
-        summary.added += int(fresh.sum())
+        summary.added += added
         summary.shards_added += 1
         elapsed = time.perf_counter() - started
         reporter.progress(ProgressUpdate("indexing", summary.added, new_rows, elapsed, unit="rows"))
+
+    removed, _ = update_graph(graph, store, todo, gone, threads, shard_done)
+    summary.deleted += removed
+    deleted += removed
     count = sum(c.rows for c in covered)
     if graph.get_current_count() != count + deleted:
         raise SbertError(
@@ -231,22 +230,40 @@ def store_files(store: Store) -> set[str]:
     return {s.file for s in store.shards}
 
 
-def _delete_gone(graph, store: Store, todo, gone: set[int], summary: BuildSummary) -> np.ndarray:
-    """Mark deleted the graph's rows of `gone` inputs that no new shard still holds (a row id
-    always names the same vector, so a kept row stays as it is); returns the labels of new
-    shards' rows that the graph already holds."""
+def update_graph(graph, store: Store, todo, gone: set[int], threads: int, shard_done=None) -> tuple[int, int]:
+    """Bring an hnswlib graph up to the store (one graph, or one partition's): mark deleted its
+    rows of `gone` inputs (removed, or rewritten by a sync) that no shard of `todo` still holds,
+    then add the rows of `todo` it lacks (a rewrite's kept rows, even under a new shard name, are
+    in it already: a row id always names the same vector, store/delete.py). `shard_done(shard,
+    rows added)` after each shard; returns (rows marked deleted now, rows added)."""
+    removed, present = _delete_gone(graph, store, todo, gone) if gone else (0, np.empty(0, np.int64))
+    added = 0
+    for shard, ids, vectors in iter_shard_vectors(store, todo):
+        fresh = ~np.isin(ids, present)
+        if fresh.any():
+            graph.add_items(vectors[fresh], ids[fresh].astype(np.uint64), num_threads=threads)
+        added += int(fresh.sum())
+        if shard_done is not None:
+            shard_done(shard, int(fresh.sum()))
+    return removed, added
+
+
+def _delete_gone(graph, store: Store, todo, gone: set[int]) -> tuple[int, np.ndarray]:
+    """Mark deleted the graph's rows of `gone` inputs that no new shard still holds; returns
+    (rows marked now, labels of new shards' rows that the graph already holds)."""
     new_ids = np.concatenate(
         [store.read_shard(s, ["id"]).column("id").to_numpy() for s in todo] or [np.empty(0, np.int64)]
     )
     labels = np.asarray(graph.get_ids_list(), dtype=np.int64)
     stale = labels[np.isin(labels >> LINE_BITS, np.array(sorted(gone), dtype=np.int64)) & ~np.isin(labels, new_ids)]
+    removed = 0
     for label in stale.tolist():
         try:
             graph.mark_deleted(label)
-            summary.deleted += 1
+            removed += 1
         except RuntimeError:  # marked in an earlier update (hnswlib keeps deleted labels)
             pass
-    return labels[np.isin(labels, new_ids)]
+    return removed, labels[np.isin(labels, new_ids)]
 
 
 def _commit(

@@ -6,7 +6,11 @@
 A shard is the unit: each lives in exactly one partition, so a partition is built from its own
 shards alone, in another process (or as a Ray task, distributed/ray_index.py), and extending the
 index adds each new shard to the partition with the fewest rows, rewriting only the graphs that
-grew. A build writes the new graph files, then index.json (the commit), then deletes what no
+change. After `sbert rm` or `encode --sync`, each partition marks deleted the rows of its inputs
+whose shards went away (retrieval/partition_build.py, build.py's `update_graph`); a rewritten
+input's new shards go to the partition that held its rows, where its kept rows already are, and
+a partition past the deleted fraction (or any holding deleted rows, with `--compact`) is rebuilt
+from its own shards. A build writes the new graph files, then index.json (the commit), then deletes what no
 longer is referenced, so a crash leaves the previous index usable, as for one graph.
 
 Search asks every partition for its top k and merges by score: the partitions hold disjoint rows,
@@ -16,12 +20,10 @@ recall at a given ef is at least that of one graph over everything.
 
 from __future__ import annotations
 
-import multiprocessing
+import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,95 +34,24 @@ from sbert_cli.progress import NullReporter, ProgressUpdate, Reporter
 from sbert_cli.retrieval.build import BuildSummary, _check_params, _params, _read_old, build_index
 from sbert_cli.retrieval.graph import (
     IndexParams,
-    check_graph_written,
     check_index_file,
+    gone_inputs,
     index_dir,
-    iter_shard_vectors,
     load_graph,
     resolve_space,
     staleness,
     uncovered_shards,
 )
 from sbert_cli.retrieval.keyword import build_keyword_index
-from sbert_cli.store.atomic import atomic_path
+from sbert_cli.retrieval.partition_build import (
+    PartitionExecutor,
+    PartitionJob,
+    PartitionResult,
+    local_executor,
+)
 from sbert_cli.store.integrity import DamagedFileError
 from sbert_cli.store.manifest import INDEX_MANIFEST, CoveredShard, IndexFile, IndexManifest, IndexPartition, ShardInfo
 from sbert_cli.store.store import Store, store_lock
-
-
-@dataclass(frozen=True)
-class PartitionJob:
-    """Build or extend one partition's graph; runs in another process or on a Ray worker."""
-
-    store: str  # absolute: the worker's working directory is not the driver's
-    part: int
-    base: str | None  # the graph file to extend; None: a new graph
-    base_count: int
-    shards: list[ShardInfo]  # to add, in store order
-    target: str  # the file to write, in STORE/index/
-    params: IndexParams
-    dim: int
-    threads: int
-
-
-@dataclass(frozen=True)
-class PartitionResult:
-    part: int
-    file: str
-    bytes: int
-    sha256: str
-    count: int
-    seconds: float
-    xxh3: str | None = None
-
-
-# (jobs, called with each result as it comes) -> all results: local processes, or Ray tasks.
-PartitionExecutor = Callable[[list[PartitionJob], Callable[[PartitionResult], None]], list[PartitionResult]]
-
-
-def build_partition(job: PartitionJob) -> PartitionResult:
-    """Add a partition's new shards to its graph (or a new one) and write it as `job.target`."""
-    import hnswlib
-
-    started = time.perf_counter()
-    store = Store.open(job.store)
-    folder = index_dir(store.path)
-    count = job.base_count + sum(s.rows for s in job.shards)
-    p = job.params
-    if job.base is None:
-        graph = hnswlib.Index(space=p.space, dim=job.dim)
-        graph.init_index(max_elements=count, ef_construction=p.ef_construction, M=p.M)
-    else:
-        graph = load_graph(folder / job.base, p.space, job.dim, count)
-    for _shard, ids, vectors in iter_shard_vectors(store, job.shards):
-        graph.add_items(vectors, ids.astype(np.uint64), num_threads=job.threads)
-    if graph.get_current_count() != count:
-        raise SbertError(
-            f"{store.path}: partition {job.part} holds {graph.get_current_count():,} rows, its shards {count:,}; "
-            "are ids repeated across shards? (rebuild with: sbert index --rebuild)"
-        )
-    path = folder / job.target
-    with atomic_path(path) as tmp:
-        graph.save_index(str(tmp))
-        digest = check_graph_written(tmp, path, count, job.dim)
-    seconds = time.perf_counter() - started
-    return PartitionResult(job.part, job.target, digest.bytes, digest.sha256, count, seconds, digest.xxh3)
-
-
-def local_executor(jobs: list[PartitionJob], done: Callable[[PartitionResult], None]) -> list[PartitionResult]:
-    """Each job in its own process (at most one per CPU); a single job runs here."""
-    if len(jobs) == 1:
-        results = [build_partition(jobs[0])]
-        done(results[0])
-        return results
-    # spawn, not fork: the caller may hold torch's or hnswlib's threads, which fork cannot copy.
-    context = multiprocessing.get_context("spawn")
-    results = []
-    with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1), mp_context=context) as pool:
-        for future in as_completed([pool.submit(build_partition, job) for job in jobs]):
-            results.append(future.result())
-            done(results[-1])
-    return results
 
 
 def _peek(store_path: str | Path) -> IndexManifest | None:
@@ -139,7 +70,7 @@ def _why_rebuild(store: Store, old: IndexManifest, params: IndexParams, partitio
     """Why `old` cannot be extended into `partitions` graphs with `params` (None when it can)."""
     if rebuild:
         return "asked with --rebuild"
-    reason = staleness(store, old)
+    reason = staleness(store, old, removed_ok=True)  # removed and rewritten inputs: followed
     if reason is None and not old.partitions:
         reason = (
             f"it is one {'graph' if old.quantize == 'none' else old.quantize + ' index'}; now {partitions} partitions"
@@ -158,15 +89,44 @@ def _why_rebuild(store: Store, old: IndexManifest, params: IndexParams, partitio
     return reason
 
 
-def _assign(todo: Sequence[ShardInfo], counts: list[int]) -> list[list[ShardInfo]]:
-    """New shards per partition: each to the one with the fewest rows so far (ties: the first)."""
-    counts = list(counts)
-    added: list[list[ShardInfo]] = [[] for _ in counts]
-    for shard in todo:
-        part = counts.index(min(counts))
-        added[part].append(shard)
-        counts[part] += shard.rows
-    return added
+@dataclass
+class _Plan:
+    """What a partition keeps, loses and gets in this build."""
+
+    kept: list[ShardInfo] = field(default_factory=list)  # its shards still in the store
+    gone: set[int] = field(default_factory=set)  # inputs whose shards it held went away
+    held: dict[int, int] = field(default_factory=dict)  # rows it held per gone input
+    new: list[ShardInfo] = field(default_factory=list)  # shards it gets
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in [*self.kept, *self.new])
+
+
+def _plan(store: Store, base: IndexManifest | None, partitions: int) -> list[_Plan]:
+    """Each partition keeps its shards still in the store; a new shard of a rewritten input goes
+    where most of that input's rows were (its kept rows are there: nothing to add again), any
+    other to the partition with the fewest rows so far (ties: the first)."""
+    plans = [_Plan() for _ in range(partitions)]
+    current = {s.file: s for s in store.shards}
+    covered = {c.file: c for c in base.shards} if base else {}
+    for plan, part in zip(plans, base.partitions if base else (), strict=False):
+        for name in part.shards:
+            if name in current:
+                plan.kept.append(current[name])
+                continue
+            for gone in gone_inputs(store, [covered[name]]):
+                plan.gone.add(gone)
+                plan.held[gone] = plan.held.get(gone, 0) + covered[name].rows
+    for shard in uncovered_shards(store, base):
+        homes = [plan.held.get(shard.input, 0) for plan in plans]
+        if max(homes) > 0:
+            part = homes.index(max(homes))
+        else:
+            rows = [plan.rows for plan in plans]
+            part = rows.index(min(rows))
+        plans[part].new.append(shard)
+    return plans
 
 
 def _generation(folder: Path, old: IndexManifest | None) -> int:
@@ -176,47 +136,52 @@ def _generation(folder: Path, old: IndexManifest | None) -> int:
     return generation
 
 
-def _jobs(
-    store: Store, base: IndexManifest | None, params: IndexParams, partitions: int, threads: int, generation: int
-):
-    """(jobs for the partitions that grow, the shards each gets)."""
-    old_parts = base.partitions if base else [IndexPartition("", 0, "", 0) for _ in range(partitions)]
-    added = _assign(uncovered_shards(store, base), [p.count for p in old_parts])
-    if base is None and not all(added):
+def _jobs(store: Store, base: IndexManifest | None, params: IndexParams, plans: list[_Plan], options: dict):
+    """Jobs for the partitions that change: new shards, removed rows, or a compaction asked for."""
+    partitions, threads, generation = len(plans), options["threads"], options["generation"]
+    if base is None and not all(plan.new for plan in plans):
         raise InputError(
             f"--partitions {partitions}: the store has {len(store.shards)} shard(s), and a shard is the unit of "
             f"a partition; use at most {len(store.shards)} (or encode with a smaller --shard-size)"
         )
-    growing = [p for p in range(partitions) if added[p]]
-    per_job = max(1, threads // max(1, min(len(growing), threads)))
-    jobs = [
+    old = base.partitions if base else [IndexPartition("", 0, "", 0) for _ in plans]
+    changing = [p for p, plan in enumerate(plans) if plan.new or plan.gone or (options["compact"] and old[p].deleted)]
+    per_job = max(1, threads // max(1, min(len(changing), threads)))
+    return [
         PartitionJob(
             str(store.path.absolute()),
             p,
-            old_parts[p].file or None,
-            old_parts[p].count,
-            added[p],
+            old[p].file or None,
+            old[p].count,
+            plans[p].new,
             f"hnsw-{generation:06d}-p{p:03d}.bin",
             params,
             store.dim,
             per_job,
+            base_deleted=old[p].deleted,
+            gone=sorted(plans[p].gone),
+            kept=plans[p].kept,
+            compact=options["compact"],
         )
-        for p in growing
+        for p in changing
     ]
-    return jobs, added
 
 
-def _commit(store: Store, base, params: IndexParams, added, results: list[PartitionResult], generation: int) -> int:
+def _commit(store: Store, base, params: IndexParams, plans: list[_Plan], results, generation: int) -> int:
     """index.json lists the new partitions (the commit), then unreferenced files go."""
-    parts = list(base.partitions) if base else [IndexPartition("", 0, "", 0) for _ in added]
-    covered = list(base.shards) if base else []
-    for result in results:
-        new = added[result.part]
-        files = [*parts[result.part].shards, *(s.file for s in new)]
-        parts[result.part] = IndexPartition(
-            result.file, result.bytes, result.sha256, result.count, files, xxh3=result.xxh3
+    parts = list(base.partitions) if base else [IndexPartition("", 0, "", 0) for _ in plans]
+    for p, plan in enumerate(plans):  # an unchanged partition: only names of its shards
+        parts[p] = dataclasses.replace(parts[p], shards=[s.file for s in [*plan.kept, *plan.new]])
+    for r in results:
+        parts[r.part] = dataclasses.replace(
+            parts[r.part], file=r.file, bytes=r.bytes, sha256=r.sha256, count=r.count, xxh3=r.xxh3, deleted=r.deleted
         )
-        covered += [CoveredShard(s.file, s.sha256, s.rows) for s in new]
+    count = sum(p.count for p in parts)
+    if count != store.rows:  # each worker checked its own; this catches a shard no partition got
+        raise SbertError(
+            f"{store.path}: the partitions hold {count:,} live rows, the store {store.rows:,}; "
+            "nothing was committed (rebuild with: sbert index --rebuild)"
+        )
     first, rest = parts[0], parts[1:]
     manifest = IndexManifest(
         generation=generation,
@@ -228,11 +193,12 @@ def _commit(store: Store, base, params: IndexParams, added, results: list[Partit
         M=params.M,
         ef_construction=params.ef_construction,
         dim=store.dim,
-        count=sum(p.count for p in parts),
+        count=count,
         model=store.model,
-        shards=covered,
+        shards=[CoveredShard(s.file, s.sha256, s.rows) for s in store.shards],
         parts=[IndexFile(p.file, p.bytes, p.sha256, p.xxh3) for p in rest],
         partitions=parts,
+        deleted=sum(p.deleted for p in parts),
     )
     manifest.save(store.path)
     keep = {p.file for p in parts} | {INDEX_MANIFEST}
@@ -277,6 +243,7 @@ def _build(
     threads: int | None = None,
     rebuild: bool = False,
     bm25: bool = True,
+    compact: bool = False,
     reporter: Reporter | None = None,
 ) -> BuildSummary:
     reporter = reporter or NullReporter()
@@ -294,17 +261,29 @@ def _build(
         summary = BuildSummary(str(index_dir(store_path)), rebuilt=old is not None and base is None, reason=reason)
         summary.params = {**asdict(params), "partitions": count}
         index_dir(store_path).mkdir(exist_ok=True)
-        generation = _generation(index_dir(store_path), old)
-        jobs, added = _jobs(store, base, params, count, threads or os.cpu_count() or 1, generation)
-        new_rows = sum(s.rows for shards in added for s in shards)
+        plans = _plan(store, base, count)
+        options = {"threads": threads or os.cpu_count() or 1, "generation": _generation(index_dir(store_path), old)}
+        jobs = _jobs(store, base, params, plans, {**options, "compact": compact})
+        finished: list[PartitionResult] = []
 
         def done(result: PartitionResult) -> None:
-            summary.added += sum(s.rows for s in added[result.part])
-            summary.shards_added += len(added[result.part])
-            elapsed, final = time.perf_counter() - started, summary.added == new_rows
-            reporter.progress(ProgressUpdate("indexing", summary.added, new_rows, elapsed, final=final, unit="rows"))
+            finished.append(result)
+            summary.added += result.added
+            summary.shards_added += result.shards_added
+            summary.deleted += result.removed
+            if result.compacted:
+                reporter.message(f"compacted partition {result.part}: dropped its {result.compacted:,} deleted rows")
+            final = len(finished) == len(jobs)
+            elapsed = time.perf_counter() - started
+            reporter.progress(ProgressUpdate("indexing", len(finished), len(jobs), elapsed, final=final, unit="graphs"))
 
-        summary.count = _commit(store, base, params, added, executor(jobs, done), generation) if jobs else base.count
+        if jobs:
+            summary.count = _commit(store, base, params, plans, executor(jobs, done), options["generation"])
+        else:
+            summary.count = base.count
+        if any(r.compacted for r in finished):
+            summary.reason = summary.reason or f"compacted {sum(1 for r in finished if r.compacted)} partition(s)"
+        summary.deleted_in_graph = IndexManifest.load(store_path).deleted
         if bm25:
             summary.keyword = build_keyword_index(store, rebuild=rebuild, reporter=reporter)
     summary.elapsed = time.perf_counter() - started
@@ -312,24 +291,32 @@ def _build(
 
 
 class PartitionedGraph:
-    """Several hnswlib graphs answering as one: what `Index` asks of a graph."""
+    """Several hnswlib graphs answering as one: what `Index` asks of a graph. `live`: each
+    graph's rows not marked deleted (hnswlib's count includes those, and a graph cannot return
+    more than its live rows: asking for more raises)."""
 
-    def __init__(self, graphs: list) -> None:
+    def __init__(self, graphs: list, live: list[int] | None = None) -> None:
         self.graphs = graphs
+        self.live = live if live is not None else [graph.get_current_count() for graph in graphs]
 
     def set_ef(self, ef: int) -> None:
         for graph in self.graphs:
             graph.set_ef(ef)
 
     def get_current_count(self) -> int:
-        return sum(graph.get_current_count() for graph in self.graphs)
+        return sum(self.live)
 
     def knn_query(self, queries: np.ndarray, k: int, **options) -> tuple[np.ndarray, np.ndarray]:
         """Each partition's top k, merged: (labels, distances), closest first, ties by label.
-        `options` go to each graph's knn_query (a `--where` filter)."""
-        labels, distances = [], []
-        for graph in self.graphs:
-            found, dist = graph.knn_query(queries, k=min(k, graph.get_current_count()), **options)
+        `options` go to each graph's knn_query (a `--where` filter); hnswlib never returns a
+        row marked deleted, filtered or not."""
+        queries = np.asarray(queries)
+        labels = [np.empty((len(queries), 0), np.int64)]
+        distances = [np.empty((len(queries), 0), np.float32)]
+        for graph, live in zip(self.graphs, self.live, strict=True):
+            if live == 0 or k == 0:  # every row of it removed: nothing to ask
+                continue
+            found, dist = graph.knn_query(queries, k=min(k, live), **options)
             labels.append(found.astype(np.int64))
             distances.append(dist)
         labels_all, dist_all = np.concatenate(labels, axis=1), np.concatenate(distances, axis=1)
@@ -343,11 +330,12 @@ def open_partitions(store_path: Path, manifest: IndexManifest) -> PartitionedGra
     graphs = []
     for part in manifest.partitions:
         path = index_dir(store_path) / part.file
-        graph = load_graph(path, manifest.space, manifest.dim, part.count)
-        if graph.get_current_count() != part.count:
+        total = part.count + part.deleted  # hnswlib counts rows marked deleted too
+        graph = load_graph(path, manifest.space, manifest.dim, total)
+        if graph.get_current_count() != total:
             raise InputError(
-                f"{path}: holds {graph.get_current_count():,} rows, index.json says {part.count:,}; "
+                f"{path}: holds {graph.get_current_count():,} rows, index.json says {total:,}; "
                 f"rebuild it with: sbert index {store_path} --rebuild"
             )
         graphs.append(graph)
-    return PartitionedGraph(graphs)
+    return PartitionedGraph(graphs, [part.count for part in manifest.partitions])

@@ -207,6 +207,7 @@ class IndexPartition:
     count: int
     shards: list[str] = field(default_factory=list)  # shard files, as the store's manifest names them
     xxh3: str | None = None  # what a read verifies (store/integrity.py); None: written before, sha256 is
+    deleted: int = 0  # rows marked deleted in this graph (removed from the store); `count` is the live ones
 
 
 @dataclass
