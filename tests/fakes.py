@@ -185,3 +185,16 @@ def save_tiny_bert(folder: Path) -> None:
     BertModel(config).save_pretrained(folder)
     torch.random.set_rng_state(state)
     tokenizer.save_pretrained(folder)
+
+
+class Messages:
+    """A Reporter that keeps its messages (`lines`) and ignores progress."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+    def progress(self, update: object) -> None:
+        pass

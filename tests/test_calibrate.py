@@ -9,7 +9,7 @@ import types
 
 import numpy as np
 import pytest
-from fakes import HASH_MODEL
+from fakes import HASH_MODEL, Messages
 
 from sbert_cli.encoding import calibrate, timing
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
@@ -17,17 +17,6 @@ from sbert_cli.encoding.windows import Batch, PreparedWindow
 from sbert_cli.store.store import Store
 
 WORDS = "the cat sat on a mat while seven quiet dogs watched every passing cloud drift east".split()
-
-
-class Messages:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.lines.append(text)
-
-    def progress(self, update) -> None:
-        pass
 
 
 # -- --dtype auto: calibration ------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import HASH_MODEL, HashEncoder
+from fakes import HASH_MODEL, HashEncoder, Messages
 from typer.testing import CliRunner
 
 from sbert_cli.cli import app
@@ -47,17 +47,6 @@ def same_store(a: Path, b: Path) -> None:
     assert ids_a == ids_b
     assert np.array_equal(vec_a, vec_b)
     assert sha_a == sha_b  # byte-identical shards
-
-
-class Messages:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.lines.append(text)
-
-    def progress(self, update) -> None:
-        pass
 
 
 # -- parallel feeding --------------------------------------------------------------------------
