@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sbert_cli.store.integrity import DamagedFileError, check_present, verify_file
 from sbert_cli.store.manifest import ShardInfo
 from sbert_cli.store.store import Store
 
@@ -162,52 +161,20 @@ class KeptRows:
 
     def _groups_of(self, shard: ShardInfo) -> _Groups:
         if shard.file not in self._groups:
-            metadata = self._parquet(shard).metadata
-            column = metadata.schema.names.index("id")
-            stats = [metadata.row_group(g).column(column).statistics for g in range(metadata.num_row_groups)]
-            self._groups[shard.file] = _Groups(
-                np.array([s.min for s in stats], np.int64), np.array([s.max for s in stats], np.int64)
-            )
+            self._groups[shard.file] = _Groups(*self.store.row_group_id_ranges(shard))
         return self._groups[shard.file]
 
     def _group(self, shard: ShardInfo, group: int):
+        """One row group's kept columns (verified by `Store.read_row_group`), the LRU kept to budget."""
         key = (shard.file, group)
         table = self._lru.get(key)
         if table is not None:
             self._lru.move_to_end(key)
             return table
-        import pyarrow as pa
-
-        try:
-            table = self._parquet(shard).read_row_group(group, columns=list(self.columns))
-        except (OSError, pa.ArrowException) as exc:
-            expected = self.store.shard_expected(shard)
-            detail = "its page checksums differ" if "CRC" in str(exc) else str(exc)
-            raise DamagedFileError(
-                f"{self.store.shard_path(shard)}: shard is damaged ({detail}); {expected.fix}"
-            ) from exc
+        table = self.store.read_row_group(shard, group, list(self.columns))
         self._lru[key] = table
         self._lru_bytes += table.nbytes
         while self._lru_bytes > self.budget and len(self._lru) > 1:
             _, dropped = self._lru.popitem(last=False)
             self._lru_bytes -= dropped.nbytes
         return table
-
-    def _parquet(self, shard: ShardInfo):
-        """The shard opened for verified partial reads (as `Store.read_rows` reads): its pages'
-        CRCs are checked as they are read; an older shard without them is hashed whole, once."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        path, expected = self.store.shard_path(shard), self.store.shard_expected(shard)
-        try:
-            if shard.page_checksums:
-                check_present(path, expected)
-            else:
-                verify_file(path, expected)
-            return pq.ParquetFile(path, page_checksum_verification=True)
-        except (DamagedFileError, FileNotFoundError) as exc:
-            self.store._raise_if_gone(shard, exc)  # ShardGone: a writer committed since (search reopens)
-            raise
-        except (OSError, pa.ArrowException) as exc:
-            raise DamagedFileError(f"{path}: shard is damaged ({exc}); {expected.fix}") from exc

@@ -180,28 +180,54 @@ class Store:
                 f"{self.shard_path(shard)}: shard is missing; {self.shard_expected(shard).fix}"
             ) from None
 
-    def read_rows(self, shard: ShardInfo, columns: list[str], row_ids):
-        """Some rows of a shard (`row_ids`: a list or an Arrow array of ids), verified at the cost
-        of reading them: their Parquet pages' CRCs (older shards, without page CRCs, are hashed
-        whole, once per process). Every partial read of a shard goes through here."""
+    @contextlib.contextmanager
+    def _partial_read(self, shard: ShardInfo, hash_old: bool = True) -> Iterator[Path]:
+        """The shard's path for a read of part of it, verified at the cost of that read: its
+        Parquet pages' CRCs (checked as pages are read: open it with page_checksum_verification);
+        an older shard without them is hashed whole, once per process, when `hash_old`. A failed
+        read is `DamagedFileError` naming the shard, or `ShardGone` (store/store.py)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         path, expected = self.shard_path(shard), self.shard_expected(shard)
         try:
-            if shard.page_checksums:
+            if shard.page_checksums or not hash_old:
                 check_present(path, expected)
             else:
                 verify_file(path, expected)
-            return pq.read_table(
-                path, columns=columns, filters=[("id", "in", row_ids)], page_checksum_verification=True
-            )
+            yield path
         except (DamagedFileError, FileNotFoundError) as exc:
             self._raise_if_gone(shard, exc)
             raise
         except (OSError, pa.ArrowException) as exc:
             detail = "its page checksums differ" if "CRC" in str(exc) else str(exc)
             raise DamagedFileError(f"{path}: shard is damaged ({detail}); {expected.fix}") from exc
+
+    def read_rows(self, shard: ShardInfo, columns: list[str], row_ids):
+        """Some rows of a shard (`row_ids`: a list or an Arrow array of ids), verified at the cost
+        of reading them. Every partial read of a shard goes through `_partial_read`."""
+        import pyarrow.parquet as pq
+
+        with self._partial_read(shard) as path:
+            return pq.read_table(
+                path, columns=columns, filters=[("id", "in", row_ids)], page_checksum_verification=True
+            )
+
+    def read_row_group(self, shard: ShardInfo, group: int, columns: list[str]):
+        """One row group of a shard, verified as `read_rows` is."""
+        import pyarrow.parquet as pq
+
+        with self._partial_read(shard) as path:
+            return pq.ParquetFile(path, page_checksum_verification=True).read_row_group(group, columns=columns)
+
+    def row_group_id_ranges(self, shard: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
+        """(lowest ids, highest ids) of a shard's row groups, from its footer's statistics."""
+        import pyarrow.parquet as pq
+
+        with self._partial_read(shard) as path:
+            metadata = pq.ParquetFile(path).metadata
+        column = metadata.schema.names.index("id")
+        stats = [metadata.row_group(g).column(column).statistics for g in range(metadata.num_row_groups)]
+        return np.array([s.min for s in stats], np.int64), np.array([s.max for s in stats], np.int64)
 
     def iter_embeddings(self, with_ids: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, float32 embeddings) shard by shard: memory is one shard, whatever the store size."""
@@ -247,18 +273,10 @@ class Store:
 
     def shard_columns(self, shard: ShardInfo) -> list[str]:
         """The columns one shard holds, from its footer (shards of older stores lack some)."""
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        path, expected = self.shard_path(shard), self.shard_expected(shard)
-        try:
-            check_present(path, expected)
+        with self._partial_read(shard, hash_old=False) as path:
             return pq.read_schema(path).names
-        except (DamagedFileError, FileNotFoundError) as exc:
-            self._raise_if_gone(shard, exc)
-            raise
-        except (OSError, pa.ArrowException) as exc:
-            raise DamagedFileError(f"{path}: shard is damaged ({exc}); {expected.fix}") from exc
 
     def columns(self) -> list[str]:
         """Every shard's columns, in the writer's order (store/writer.py `shard_schema`)."""
