@@ -7,7 +7,9 @@ count records), so it can run while a writer works and reports the last committe
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sbert_cli.errors import InputError
 from sbert_cli.store.manifest import IndexManifest, InputEntry, KeywordManifest
@@ -60,13 +62,18 @@ def _state(store: Store, covered_shards) -> str:
     return f"stale by {new_rows:,} rows" + (f" and {gone} removed shard(s)" if gone else "")
 
 
-def _index_info(store: Store) -> dict | None:
+def _loaded(load: Callable[[Path], Any], store: Store) -> tuple[Any, dict | None]:
+    """(an index's manifest or None, None), or (None, its state) when the manifest is damaged."""
     try:
-        manifest = IndexManifest.load(store.path)
+        return load(store.path), None
     except InputError as exc:
-        return {"state": f"damaged: {exc}"}
+        return None, {"state": f"damaged: {exc}"}
+
+
+def _index_info(store: Store) -> dict | None:
+    manifest, damaged = _loaded(IndexManifest.load, store)
     if manifest is None:
-        return None
+        return damaged
     state = _state(store, manifest.shards)
     total = manifest.count + manifest.deleted
     return {
@@ -82,12 +89,9 @@ def _index_info(store: Store) -> dict | None:
 
 
 def _keyword_info(store: Store) -> dict | None:
-    try:
-        manifest = KeywordManifest.load(store.path)
-    except InputError as exc:
-        return {"state": f"damaged: {exc}"}
+    manifest, damaged = _loaded(KeywordManifest.load, store)
     if manifest is None:
-        return None
+        return damaged
     state = _state(store, manifest.shards)
     return {"rows": manifest.docs, "terms": manifest.terms, "state": state, "updated": manifest.updated}
 
