@@ -84,3 +84,11 @@ def test_info_text(store):
 def test_info_on_no_store_exits_2(tmp_path):
     result = runner.invoke(app, ["info", os.fspath(tmp_path / "nothing")])
     assert result.exit_code == 2 and "no such store" in result.stderr
+
+
+def test_info_names_a_damaged_index_manifest_as_its_state(store):
+    sbert("index", "store", "-q")
+    (store / "index" / "index.json").write_text("{not json")
+    data = info()
+    assert data["index"]["state"].startswith("damaged: ") and "index.json" in data["index"]["state"]
+    assert data["keyword_index"]["state"] == "up to date"

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fakes import HASH_MODEL, HashEncoder
+from fakes import HASH_MODEL, HashEncoder, Messages
 
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
-from sbert_cli.progress import ProgressUpdate
 from sbert_cli.store.atomic import sha256_file
 from sbert_cli.store.store import Store
 
@@ -36,19 +35,6 @@ def committed_shards(store: Path) -> int:
         return len(json.loads((store / "manifest.json").read_text())["shards"])
     except (FileNotFoundError, ValueError):
         return 0
-
-
-class Messages:
-    """A Reporter that keeps the messages."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.messages.append(text)
-
-    def progress(self, update: ProgressUpdate) -> None:
-        pass
 
 
 class DiesOnWindow(HashEncoder):
@@ -79,7 +65,7 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path, sample_texts):
 
     reporter = Messages()
     summary = encode_corpus([str(corpus)], broken, EncodeOptions(model=HASH_MODEL, shard_size=30), reporter=reporter)
-    assert reporter.messages == [f"{corpus}: resuming after line 60 (60 rows done)"]
+    assert reporter.lines == [f"{corpus}: resuming after line 60 (60 rows done)"]
     assert (summary.rows, summary.store_rows, summary.inputs_resumed) == (40, 100, [str(corpus)])
 
     clean = tmp_path / "clean"
