@@ -40,7 +40,7 @@ def test_a_rare_word_match_wins_when_dense_is_flat():
     d = (0.40 - np.mean(dense_scores)) / 0.40  # peakedness from the floor 0
     k = (5.0 - 5.0 / 10) / 5.0  # BM25 padded to 10 places with zeros
     alpha = d / (d + k)
-    assert adaptive_alpha([(i, s) for i, s in zip(*dense, strict=True)], [(8, 5.0)], 0.0) == pytest.approx(alpha)
+    assert adaptive_alpha(dense[1], np.array([5.0]), 0.0) == pytest.approx(alpha)
     ranked = fuse(dense, keyword, k=3)
     padded = np.array([5.0] + [0.0] * 9)
     dense_values = np.array(dense_scores)
@@ -70,8 +70,8 @@ def test_peakedness_and_its_edges():
     assert peakedness(np.array([-0.2, -0.3]), 2, 0.0) == 0.0  # best under the floor: no confidence
     # l2 scores are negative distances, with no floor: the list's least score stands in.
     assert peakedness(np.array([-1.0, -2.0, -3.0]), 3, None) == pytest.approx(0.5)
-    assert adaptive_alpha([], [], 0.0) == 0.5  # neither list says anything
-    assert adaptive_alpha([(1, 0.5), (2, 0.1)], [], 0.0) == 1.0  # no text shares a term: dense alone
+    assert adaptive_alpha(np.array([]), np.array([]), 0.0) == 0.5  # neither list says anything
+    assert adaptive_alpha(np.array([0.5, 0.1]), np.array([]), 0.0) == 1.0  # no text shares a term: dense alone
 
 
 def test_other_normalizations_as_documented():

@@ -109,49 +109,51 @@ def check_fusion(mode: str, rrf_k: float | None, alpha: float | None, fusion: st
     return Fusion(method, DEFAULT_ALPHA if alpha is None else alpha, DEFAULT_RRF_K if rrf_k is None else rrf_k)
 
 
-def _valid(ids: np.ndarray, scores: np.ndarray) -> list[tuple[int, float]]:
-    """A search's row for one query as (id, score) pairs, best first, padding dropped."""
-    return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0 and np.isfinite(s)]
+def _valid(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A search's row for one query as (ids, float64 scores), best first, padding dropped."""
+    ids = np.asarray(ids, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    keep = (ids >= 0) & np.isfinite(scores)
+    return ids[keep], scores[keep]
 
 
 def single(ids: np.ndarray, scores: np.ndarray, k: int, which: str) -> list[Ranked]:
     """One list as results: dense or keyword mode."""
     field = "dense" if which == "dense" else "keyword"
+    ids, scores = _valid(ids, scores)
     return [
         Ranked(i, s, **{f"{field}_rank": rank, f"{field}_score": s})
-        for rank, (i, s) in enumerate(_valid(ids, scores)[:k], start=1)
+        for rank, (i, s) in enumerate(zip(ids[:k].tolist(), scores[:k].tolist(), strict=True), start=1)
     ]
 
 
-def normalized(pairs: list[tuple[int, float]], floor: float | None) -> dict[int, float]:
-    """Each document's score mapped to [0, 1] within its list: from `floor` (None: the list's
-    least score; a score under the floor lowers it) to the list's best."""
-    if not pairs:
-        return {}
-    values = np.array([s for _, s in pairs], dtype=np.float64)
+def normalized(values: np.ndarray, floor: float | None) -> np.ndarray:
+    """A list's scores mapped to [0, 1]: from `floor` (None: the list's least score; a score
+    under the floor lowers it) to the list's best."""
+    if not len(values):
+        return values
     low = values.min() if floor is None else min(floor, values.min())
     span = values.max() - low
-    return {i: (1.0 if span <= 0 else float((s - low) / span)) for i, s in pairs}
+    return np.ones_like(values) if span <= 0 else (values - low) / span
 
 
-def standardized(pairs: list[tuple[int, float]], slots: int, zero_floor: bool, dbsf: bool) -> tuple[dict, float]:
+def standardized(values: np.ndarray, slots: int, zero_floor: bool, dbsf: bool) -> tuple[np.ndarray, float]:
     """z-scores (Montague & Aslam 2001) or, with `dbsf`, Qdrant's distribution-based score fusion
-    scale ((s - mean + 3 sd) / 6 sd, clipped to [0, 1]) of a list, and the value of a document
-    missing from it. With `zero_floor` (BM25) a list shorter than `slots` is padded with the 0
-    that every text without a query term scores, and a missing document scores that 0."""
-    if not pairs:
-        return {}, 0.0
-    values = np.array([s for _, s in pairs], dtype=np.float64)
+    scale ((s - mean + 3 sd) / 6 sd, clipped to [0, 1]) of a list's scores, and the value of a
+    document missing from it. With `zero_floor` (BM25) a list shorter than `slots` is padded with
+    the 0 that every text without a query term scores, and a missing document scores that 0."""
+    if not len(values):
+        return values, 0.0
     short = zero_floor and len(values) < slots
     stats = np.concatenate([values, np.zeros(slots - len(values))]) if short else values
     mean, sd = float(stats.mean()), float(stats.std())
     sd = sd if sd > 0 else 1.0
-    missing = 0.0 if short else float(values.min())
+    missing = np.array([0.0 if short else float(values.min())])
 
-    def scale(x: float) -> float:
-        return min(1.0, max(0.0, (x - mean + 3 * sd) / (6 * sd))) if dbsf else (x - mean) / sd
+    def scale(x: np.ndarray) -> np.ndarray:
+        return np.minimum(1.0, np.maximum(0.0, (x - mean + 3 * sd) / (6 * sd))) if dbsf else (x - mean) / sd
 
-    return {i: scale(s) for i, s in pairs}, scale(missing)
+    return scale(values), float(scale(missing)[0])
 
 
 def peakedness(values: np.ndarray, slots: int, floor: float | None) -> float:
@@ -166,35 +168,65 @@ def peakedness(values: np.ndarray, slots: int, floor: float | None) -> float:
     return 0.0 if span <= 0 else max(0.0, (float(values.max()) - float(padded.mean())) / span)
 
 
-def adaptive_alpha(
-    dense: list[tuple[int, float]], keyword: list[tuple[int, float]], dense_floor: float | None
-) -> float:
-    """The dense weight for one query: each list's peakedness as its confidence, alpha =
-    dense / (dense + keyword). A rare word matches a few texts and BM25 peaks (its other places
-    score 0) while a lone word's cosines are flat; a sentence's cosines peak at its paraphrase
-    while BM25 spreads over every text sharing a common word. 0.5 when both lists are flat."""
+def adaptive_alpha(dense: np.ndarray, keyword: np.ndarray, dense_floor: float | None) -> float:
+    """The dense weight for one query, from its lists' scores: each list's peakedness as its
+    confidence, alpha = dense / (dense + keyword). A rare word matches a few texts and BM25 peaks
+    (its other places score 0) while a lone word's cosines are flat; a sentence's cosines peak at
+    its paraphrase while BM25 spreads over every text sharing a common word. 0.5 when both lists
+    are flat."""
     slots = max(len(dense), len(keyword))
-    d = peakedness(np.array([s for _, s in dense], dtype=np.float64), slots, dense_floor)
-    k = peakedness(np.array([s for _, s in keyword], dtype=np.float64), slots, KEYWORD_FLOOR)
+    d = peakedness(np.asarray(dense, dtype=np.float64), slots, dense_floor)
+    k = peakedness(np.asarray(keyword, dtype=np.float64), slots, KEYWORD_FLOOR)
     return 0.5 if d + k <= 0 else d / (d + k)
 
 
-def _convex(lists: dict, fusion: Fusion, dense_floor: float | None, keyword_best: float | None) -> dict[int, float]:
+@dataclass(frozen=True)
+class _Lists:
+    """One query's two lists over the union of their documents (`docs`, sorted ids): each list's
+    scores best first, and where each of its documents sits in `docs`."""
+
+    docs: np.ndarray
+    dense: np.ndarray
+    keyword: np.ndarray
+    dense_at: np.ndarray
+    keyword_at: np.ndarray
+
+    @classmethod
+    def of(cls, dense: tuple[np.ndarray, np.ndarray], keyword: tuple[np.ndarray, np.ndarray]) -> _Lists:
+        (dense_ids, dense_scores), (keyword_ids, keyword_scores) = _valid(*dense), _valid(*keyword)
+        docs = np.union1d(dense_ids, keyword_ids)
+        at = (np.searchsorted(docs, dense_ids), np.searchsorted(docs, keyword_ids))
+        return cls(docs, dense_scores, keyword_scores, *at)
+
+    def spread(self, values: np.ndarray, at: np.ndarray, missing: float) -> np.ndarray:
+        """A list's per-document values over `docs`, `missing` where the list lacks a document."""
+        out = np.full(len(self.docs), missing, dtype=np.float64)
+        out[at] = values
+        return out
+
+    def ranks(self, at: np.ndarray) -> np.ndarray:
+        """Each document's 1-based rank in a list over `docs` (0 where the list lacks it)."""
+        return self.spread(np.arange(1, len(at) + 1, dtype=np.float64), at, 0.0).astype(np.int64)
+
+
+def _convex(lists: _Lists, fusion: Fusion, dense_floor: float | None, keyword_best: float | None) -> np.ndarray:
     """Each document's convex score: alpha x dense' + (1 - alpha) x keyword'."""
-    a = adaptive_alpha(lists["dense"], lists["keyword"], dense_floor) if fusion.alpha is None else fusion.alpha
+    dense, keyword = lists.dense, lists.keyword
+    a = adaptive_alpha(dense, keyword, dense_floor) if fusion.alpha is None else fusion.alpha
     dense_missing = keyword_missing = 0.0
     if fusion.norm in ("z", "dbsf"):
-        slots = max(len(lists["dense"]), len(lists["keyword"]))
+        slots = max(len(dense), len(keyword))
         dbsf = fusion.norm == "dbsf"
-        dense_n, dense_missing = standardized(lists["dense"], slots, False, dbsf)
-        keyword_n, keyword_missing = standardized(lists["keyword"], slots, True, dbsf)
+        dense_n, dense_missing = standardized(dense, slots, False, dbsf)
+        keyword_n, keyword_missing = standardized(keyword, slots, True, dbsf)
     else:
-        dense_n = normalized(lists["dense"], DENSE_FLOOR if fusion.norm == "tmm" else None)
-        keyword_n = normalized(lists["keyword"], None if fusion.norm == "minmax" else KEYWORD_FLOOR)
+        dense_n = normalized(dense, DENSE_FLOOR if fusion.norm == "tmm" else None)
+        keyword_n = normalized(keyword, None if fusion.norm == "minmax" else KEYWORD_FLOOR)
         if fusion.norm == "mm+best" and keyword_best:  # BM25 / the query's best possible score
-            keyword_n = {i: s / keyword_best for i, s in lists["keyword"]}
-    docs = set(dense_n) | set(keyword_n)
-    return {d: a * dense_n.get(d, dense_missing) + (1 - a) * keyword_n.get(d, keyword_missing) for d in docs}
+            keyword_n = keyword / keyword_best
+    dense_all = lists.spread(dense_n, lists.dense_at, dense_missing)
+    keyword_all = lists.spread(keyword_n, lists.keyword_at, keyword_missing)
+    return a * dense_all + (1 - a) * keyword_all
 
 
 def fuse(
@@ -214,18 +246,31 @@ def fuse(
     `keyword_best`: the query's best possible BM25 score (KeywordIndex.best_scores), for mm+best."""
     if fusion is None:
         fusion = check_fusion("hybrid", rrf_k, alpha)
-    lists = {"dense": _valid(*dense), "keyword": _valid(*keyword)}
-    ranks = {name: {i: r for r, (i, _) in enumerate(pairs, start=1)} for name, pairs in lists.items()}
-    raw = {name: dict(pairs) for name, pairs in lists.items()}
-    docs = set(ranks["dense"]) | set(ranks["keyword"])
+    lists = _Lists.of(dense, keyword)
+    dense_rank, keyword_rank = lists.ranks(lists.dense_at), lists.ranks(lists.keyword_at)
     if fusion.method == "rrf":
         c = fusion.rrf_k
-        fused = {d: sum(1.0 / (c + r[d]) for r in ranks.values() if d in r) for d in docs}
+        fused = np.zeros(len(lists.docs))
+        for ranks in (dense_rank, keyword_rank):  # in this order, as a sum over the lists
+            held = ranks > 0
+            fused[held] += 1.0 / (c + ranks[held])
     else:
         fused = _convex(lists, fusion, dense_floor, keyword_best)
-    best_rank = {d: min(r.get(d, np.inf) for r in ranks.values()) for d in docs}
-    order = sorted(docs, key=lambda d: (-fused[d], best_rank[d], d))[:k]
+    missing = len(lists.docs) + 1  # a rank past every list's end
+    best_rank = np.minimum(
+        np.where(dense_rank > 0, dense_rank, missing), np.where(keyword_rank > 0, keyword_rank, missing)
+    )
+    order = np.lexsort((lists.docs, best_rank, -fused))[:k]  # by score, then the better rank, then id
+    dense_raw = lists.spread(lists.dense, lists.dense_at, np.nan)
+    keyword_raw = lists.spread(lists.keyword, lists.keyword_at, np.nan)
     return [
-        Ranked(d, fused[d], ranks["dense"].get(d), raw["dense"].get(d), ranks["keyword"].get(d), raw["keyword"].get(d))
-        for d in order
+        Ranked(
+            int(lists.docs[j]),
+            float(fused[j]),
+            int(dense_rank[j]) or None,
+            None if dense_rank[j] == 0 else float(dense_raw[j]),
+            int(keyword_rank[j]) or None,
+            None if keyword_rank[j] == 0 else float(keyword_raw[j]),
+        )
+        for j in order
     ]

@@ -94,7 +94,9 @@ def _count(pair: tuple[np.ndarray, np.ndarray]) -> int:
 def _combine(request: Request, dense, kw, depth: int, floor: float | None, best) -> tuple[list[Ranked], bool]:
     """One query's ranked rows, and whether its lists ran out before `depth`."""
     if dense is not None and kw is not None:
-        ranked = fuse(dense, kw, 2 * depth, fusion=request.fusion, dense_floor=floor, keyword_best=best)
+        # k rows are kept, or every fused row when records are ranked by their best chunk
+        wanted = 2 * depth if request.grouped else request.k
+        ranked = fuse(dense, kw, wanted, fusion=request.fusion, dense_floor=floor, keyword_best=best)
     elif dense is not None:
         ranked = single(*dense, depth, "dense")
     else:
