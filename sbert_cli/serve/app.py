@@ -176,7 +176,7 @@ def routes(server: Server) -> list[Route]:
         await server.embedders.get(parsed.input_type)
         cost = embeddings.estimated_tokens(parsed.texts)
         vectors, tokens = await server.submit(("embed", parsed.input_type), parsed.texts, cost)
-        return JSON(embeddings.response(record, vectors, tokens, parsed.base64))
+        return Response(embeddings.response(record, vectors, tokens, parsed.base64), media_type="application/json")
 
     async def models(request: Request) -> Response:
         data = [{"id": server.live.model.name, "object": "model", "owned_by": "sbert"}]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import orjson
 
 from sbert_cli.encoding.loader import load_encoder, recorded_engine, settings_for_record
 from sbert_cli.encoding.windows import WindowEncoder
@@ -167,22 +168,25 @@ def embed_group(encoder: WindowEncoder, payloads: list[list[str]]) -> list[tuple
     return list(zip(np.split(vectors, bounds), tokens, strict=True))
 
 
-def response(record: ModelRecord, vectors: np.ndarray, tokens: int, as_base64: bool) -> dict:
+def response(record: ModelRecord, vectors: np.ndarray, tokens: int, as_base64: bool) -> bytes:
+    """The response body. Floats are written from the float32 vectors as the shortest text that
+    reads back to the same float32 (orjson), so a client's float32 equals `sbert encode`'s."""
     vectors = np.asarray(vectors, dtype="<f4")
     data = [
         {
             "object": "embedding",
             "index": n,
-            "embedding": base64.b64encode(v.tobytes()).decode("ascii") if as_base64 else v.tolist(),
+            "embedding": base64.b64encode(v.tobytes()).decode("ascii") if as_base64 else v,
         }
         for n, v in enumerate(vectors)
     ]
-    return {
+    body = {
         "object": "list",
         "data": data,
         "model": record.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def estimated_tokens(texts: list[str]) -> int:
