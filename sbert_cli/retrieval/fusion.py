@@ -71,6 +71,50 @@ class Ranked:
 
 
 @dataclass(frozen=True)
+class Fused:
+    """One query's ranking as arrays, best first: a row's score and its rank and score in each
+    list (rank 0 and score NaN where that list did not hold it). `Ranked` objects are made only
+    for the rows a search keeps (`ranked`), not for every candidate."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    dense_rank: np.ndarray
+    dense_score: np.ndarray
+    keyword_rank: np.ndarray
+    keyword_score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def single(cls, ids: np.ndarray, scores: np.ndarray, which: str) -> Fused:
+        """One list as a ranking: dense or keyword mode."""
+        ids, scores = _valid(ids, scores)
+        ranks, absent = np.arange(1, len(ids) + 1), np.zeros(len(ids), dtype=np.int64)
+        missing = np.full(len(ids), np.nan)
+        if which == "dense":
+            return cls(ids, scores, ranks, scores, absent, missing)
+        return cls(ids, scores, absent, missing, ranks, scores)
+
+    def ranked(self, positions) -> list[Ranked]:
+        """The rows at `positions` (a range or a list of places in the ranking) as `Ranked`."""
+        return [
+            Ranked(
+                int(self.ids[j]),
+                float(self.scores[j]),
+                int(self.dense_rank[j]) or None,
+                None if self.dense_rank[j] == 0 else float(self.dense_score[j]),
+                int(self.keyword_rank[j]) or None,
+                None if self.keyword_rank[j] == 0 else float(self.keyword_score[j]),
+            )
+            for j in positions
+        ]
+
+    def top(self, k: int) -> list[Ranked]:
+        return self.ranked(range(min(k, len(self))))
+
+
+@dataclass(frozen=True)
 class Fusion:
     """How hybrid mode fuses: `convex` (alpha, None for the adaptive weight; norm) or `rrf` (rrf_k)."""
 
@@ -119,12 +163,7 @@ def _valid(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def single(ids: np.ndarray, scores: np.ndarray, k: int, which: str) -> list[Ranked]:
     """One list as results: dense or keyword mode."""
-    field = "dense" if which == "dense" else "keyword"
-    ids, scores = _valid(ids, scores)
-    return [
-        Ranked(i, s, **{f"{field}_rank": rank, f"{field}_score": s})
-        for rank, (i, s) in enumerate(zip(ids[:k].tolist(), scores[:k].tolist(), strict=True), start=1)
-    ]
+    return Fused.single(ids, scores, which).top(k)
 
 
 def normalized(values: np.ndarray, floor: float | None) -> np.ndarray:
@@ -229,6 +268,45 @@ def _convex(lists: _Lists, fusion: Fusion, dense_floor: float | None, keyword_be
     return a * dense_all + (1 - a) * keyword_all
 
 
+def fused(
+    dense: tuple[np.ndarray, np.ndarray],
+    keyword: tuple[np.ndarray, np.ndarray],
+    *,
+    fusion: Fusion,
+    dense_floor: float | None = PEAK_FLOOR,
+    keyword_best: float | None = None,
+) -> Fused:
+    """One query's dense and keyword lists fused as the module says, every document of either list
+    in order. `dense_floor`: the dense scores' floor for the adaptive weight (None for l2
+    distances); `keyword_best`: the query's best possible BM25 score (KeywordIndex.best_scores),
+    for mm+best."""
+    lists = _Lists.of(dense, keyword)
+    dense_rank, keyword_rank = lists.ranks(lists.dense_at), lists.ranks(lists.keyword_at)
+    if fusion.method == "rrf":
+        c = fusion.rrf_k
+        scores = np.zeros(len(lists.docs))
+        for ranks in (dense_rank, keyword_rank):  # in this order, as a sum over the lists
+            held = ranks > 0
+            scores[held] += 1.0 / (c + ranks[held])
+    else:
+        scores = _convex(lists, fusion, dense_floor, keyword_best)
+    missing = len(lists.docs) + 1  # a rank past every list's end
+    best_rank = np.minimum(
+        np.where(dense_rank > 0, dense_rank, missing), np.where(keyword_rank > 0, keyword_rank, missing)
+    )
+    order = np.lexsort((lists.docs, best_rank, -scores))  # by score, then the better rank, then id
+    dense_score = lists.spread(lists.dense, lists.dense_at, np.nan)
+    keyword_score = lists.spread(lists.keyword, lists.keyword_at, np.nan)
+    return Fused(
+        lists.docs[order],
+        scores[order],
+        dense_rank[order],
+        dense_score[order],
+        keyword_rank[order],
+        keyword_score[order],
+    )
+
+
 def fuse(
     dense: tuple[np.ndarray, np.ndarray],
     keyword: tuple[np.ndarray, np.ndarray],
@@ -240,37 +318,8 @@ def fuse(
     dense_floor: float | None = PEAK_FLOOR,
     keyword_best: float | None = None,
 ) -> list[Ranked]:
-    """The k best documents of one query's dense and keyword lists, fused as the module says
-    (`fusion`, or the older keywords: `rrf_k` alone fuses by rank, `alpha` by score).
-    `dense_floor`: the dense scores' floor for the adaptive weight (None for l2 distances);
-    `keyword_best`: the query's best possible BM25 score (KeywordIndex.best_scores), for mm+best."""
+    """The k best documents of `fused` (`fusion`, or the older keywords: `rrf_k` alone fuses by
+    rank, `alpha` by score)."""
     if fusion is None:
         fusion = check_fusion("hybrid", rrf_k, alpha)
-    lists = _Lists.of(dense, keyword)
-    dense_rank, keyword_rank = lists.ranks(lists.dense_at), lists.ranks(lists.keyword_at)
-    if fusion.method == "rrf":
-        c = fusion.rrf_k
-        fused = np.zeros(len(lists.docs))
-        for ranks in (dense_rank, keyword_rank):  # in this order, as a sum over the lists
-            held = ranks > 0
-            fused[held] += 1.0 / (c + ranks[held])
-    else:
-        fused = _convex(lists, fusion, dense_floor, keyword_best)
-    missing = len(lists.docs) + 1  # a rank past every list's end
-    best_rank = np.minimum(
-        np.where(dense_rank > 0, dense_rank, missing), np.where(keyword_rank > 0, keyword_rank, missing)
-    )
-    order = np.lexsort((lists.docs, best_rank, -fused))[:k]  # by score, then the better rank, then id
-    dense_raw = lists.spread(lists.dense, lists.dense_at, np.nan)
-    keyword_raw = lists.spread(lists.keyword, lists.keyword_at, np.nan)
-    return [
-        Ranked(
-            int(lists.docs[j]),
-            float(fused[j]),
-            int(dense_rank[j]) or None,
-            None if dense_rank[j] == 0 else float(dense_raw[j]),
-            int(keyword_rank[j]) or None,
-            None if keyword_rank[j] == 0 else float(keyword_raw[j]),
-        )
-        for j in order
-    ]
+    return fused(dense, keyword, fusion=fusion, dense_floor=dense_floor, keyword_best=keyword_best).top(k)

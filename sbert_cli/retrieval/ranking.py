@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 
 from sbert_cli.retrieval.filter import RowFilter
-from sbert_cli.retrieval.fusion import FUSION_DEPTH, PEAK_FLOOR, Fusion, Ranked, fuse, single
+from sbert_cli.retrieval.fusion import FUSION_DEPTH, PEAK_FLOOR, Fused, Fusion, Ranked, fused
 from sbert_cli.retrieval.keyword import KeywordIndex
-from sbert_cli.retrieval.records import Layout, best_per_record, record_keys
+from sbert_cli.retrieval.records import Layout, first_per_record
 from sbert_cli.store.store import Store
 
 GROW = 4  # each deeper search asks for this many times the candidates of the one before
@@ -91,18 +91,11 @@ def _count(pair: tuple[np.ndarray, np.ndarray]) -> int:
     return int(np.count_nonzero((ids >= 0) & np.isfinite(scores)))
 
 
-def _combine(request: Request, dense, kw, depth: int, floor: float | None, best) -> tuple[list[Ranked], bool]:
-    """One query's ranked rows, and whether its lists ran out before `depth`."""
+def _combine(request: Request, dense, kw, floor: float | None, best) -> Fused:
+    """One query's ranking: its lists fused, or the one list its mode uses."""
     if dense is not None and kw is not None:
-        # k rows are kept, or every fused row when records are ranked by their best chunk
-        wanted = 2 * depth if request.grouped else request.k
-        ranked = fuse(dense, kw, wanted, fusion=request.fusion, dense_floor=floor, keyword_best=best)
-    elif dense is not None:
-        ranked = single(*dense, depth, "dense")
-    else:
-        ranked = single(*kw, depth, "keyword")
-    exhausted = all(_count(pair) < depth for pair in (dense, kw) if pair is not None)
-    return ranked, exhausted
+        return fused(dense, kw, fusion=request.fusion, dense_floor=floor, keyword_best=best)
+    return Fused.single(*dense, "dense") if dense is not None else Fused.single(*kw, "keyword")
 
 
 def rank_records(index: DenseIndex, keyword: KeywordIndex | None, request: Request) -> list[list[Ranked]]:
@@ -117,18 +110,15 @@ def rank_records(index: DenseIndex, keyword: KeywordIndex | None, request: Reque
         dense, kw, best = _lists(index, keyword, request, todo, depth)
         short = []
         for j, q in enumerate(todo):
-            ranked, exhausted = _combine(
-                request,
-                None if dense is None else (dense[0][j], dense[1][j]),
-                None if kw is None else (kw[0][j], kw[1][j]),
-                depth,
-                floor,
-                None if best is None else float(best[j]),
-            )
-            if request.grouped:
-                ranked = best_per_record(ranked, record_keys(index.store, index.layout, [r.id for r in ranked]))
-            out[q] = ranked[: request.k]
-            if len(ranked) < request.k and not exhausted and depth < total:
+            lists = [None if found is None else (found[0][j], found[1][j]) for found in (dense, kw)]
+            ranking = _combine(request, *lists, floor, None if best is None else float(best[j]))
+            if request.grouped:  # max-sim: a record ranks by its best chunk
+                picks = first_per_record(index.store, index.layout, ranking.ids, request.k)
+            else:
+                picks = range(min(request.k, len(ranking)))
+            out[q] = ranking.ranked(picks)
+            exhausted = all(_count(pair) < depth for pair in lists if pair is not None)
+            if len(picks) < request.k and not exhausted and depth < total:
                 short.append(q)
         todo, depth = short, min(total, depth * GROW)
     return out

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sbert_cli.retrieval.fusion import Ranked
 from sbert_cli.retrieval.kept import NOT_KEPT, kept_for
 from sbert_cli.store.store import LINE_BITS, Store
 
@@ -102,16 +101,23 @@ def record_keys(store: Store, layout: Layout, ids: Sequence[int]) -> dict[int, t
     return {i: (i >> LINE_BITS, rows[i]["line"] if i in rows else i) for i in ids}
 
 
-def best_per_record(ranked: list[Ranked], keys: dict[int, tuple[int, int]]) -> list[Ranked]:
-    """The first (best) row of each record, in ranking order: no record twice."""
+def first_per_record(store: Store, layout: Layout, ids: np.ndarray, k: int) -> list[int]:
+    """Places in `ids` (a ranking, best first) of the first k records' first (best) rows: no
+    record twice. Rows' records are looked up a block at a time, only as far as k records need."""
     seen: set[tuple[int, int]] = set()
-    out = []
-    for r in ranked:
-        record = keys[r.id]
-        if record not in seen:
-            seen.add(record)
-            out.append(r)
-    return out
+    picks: list[int] = []
+    start, block = 0, 4 * k
+    while start < len(ids) and len(picks) < k:
+        part = [int(i) for i in ids[start : start + block]]
+        keys = record_keys(store, layout, part)
+        for offset, row in enumerate(part):
+            if keys[row] not in seen:
+                seen.add(keys[row])
+                picks.append(start + offset)
+                if len(picks) == k:
+                    break
+        start, block = start + len(part), block * 4
+    return picks
 
 
 def plain(value):
