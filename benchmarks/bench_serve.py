@@ -49,10 +49,18 @@ sys.path.insert(0, {tests!r})
 import fakes
 from sbert_cli.encoding.loader import ENCODER_FACTORIES
 ENCODER_FACTORIES["hash"] = fakes.hash_factory
+import os
+if os.environ.get("SBERT_BENCH_QUERY_VECTORS"):  # --precomputed-queries: look query vectors up
+    import numpy as np
+    from sbert_cli.retrieval.search import Index
+    saved = np.load(os.environ["SBERT_BENCH_QUERY_VECTORS"])
+    table = dict(zip(saved["texts"].tolist(), saved["vectors"]))
+    Index.encode = lambda self, queries: np.stack([table[q] for q in queries])
 from sbert_cli.cli import main
 sys.argv = ["sbert", "serve", *sys.argv[1:]]
 main()
 """
+FIRST_QUERY = "a first question"
 ARGS = argparse.Namespace()
 SERVER_PID = 0  # the server process, whose CPU time each phase reads
 
@@ -80,18 +88,24 @@ def sentences(limit: int) -> list[str]:
     return rows
 
 
-def build_store(work: Path, model: str, rows: int) -> tuple[Path, list[str]]:
+def build_store(
+    work: Path, model: str, rows: int, backend: str = "auto", dtype: str = "auto"
+) -> tuple[Path, list[str]]:
+    """The benchmark's store, built once per model, rows, engine asked for and sbert version."""
+    from sbert_cli import __version__
     from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
     from sbert_cli.retrieval import build_index
 
     texts = sentences(rows + 4000)
-    store = work / f"{model.replace(':', '-')}-{rows}"
+    engine = "" if model.startswith("hash") else f"-{backend}-{dtype}"
+    store = work / f"{model.replace(':', '-')}-{rows}{engine}-sbert{__version__}"
     corpus = work / f"rows-{rows}.txt"
     if not corpus.exists():
         corpus.write_text("".join(t + "\n" for t in texts[:rows]), encoding="utf-8")
     if not (store / "index" / "index.json").exists():
         started = time.perf_counter()
-        encode_corpus([str(corpus)], store, EncodeOptions(model=None if model == "default" else model))
+        options = EncodeOptions(model=None if model == "default" else model, backend=backend, dtype=dtype)
+        encode_corpus([str(corpus)], store, options)
         build_index(store)
         print(f"built {store} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         if model == "default":  # the fast query encoder's graph, as `sbert index` prepares it
@@ -101,11 +115,28 @@ def build_store(work: Path, model: str, rows: int) -> tuple[Path, list[str]]:
     return store, texts[rows:]  # texts not in the store: queries and inputs
 
 
+def precompute_queries(store: Path, queries: list[str]) -> Path:
+    """--precomputed-queries: the store's query vectors for the benchmark's queries, made once by
+    the query encoder `sbert search` uses, saved for the server to look up (LAUNCHER)."""
+    import numpy as np
+
+    from sbert_cli.retrieval.search import Index
+
+    path = ARGS.work / f"query-vectors-{store.name}.npz"
+    texts = [FIRST_QUERY, *queries]
+    if not path.exists():
+        np.savez(path, texts=np.array(texts), vectors=Index.open(store).encode(texts))
+    return path
+
+
 def start_server(store: Path, extra: list[str]) -> tuple[subprocess.Popen, str, float]:
     """The server process, its URL, and seconds from launch to the first answered search."""
     command = [sys.executable, "-c", LAUNCHER.format(tests=str(ROOT / "tests")), str(store), "--port", "0", *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if ARGS.query_vectors is not None:
+        env["SBERT_BENCH_QUERY_VECTORS"] = str(ARGS.query_vectors)
     started = time.perf_counter()
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     url = ""
     for line in process.stderr:
         match = re.search(r"serving .* on (http://\S+)", line)
@@ -115,7 +146,7 @@ def start_server(store: Path, extra: list[str]) -> tuple[subprocess.Popen, str, 
     if not url:
         raise SystemExit(f"the server did not start: {process.wait()}")
     threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()  # keep the pipe empty
-    answer = httpx.get(f"{url}/search", params={"q": "a first question", "k": 10}, timeout=60)
+    answer = httpx.get(f"{url}/search", params={"q": FIRST_QUERY, "k": 10}, timeout=60)
     answer.raise_for_status()
     return process, url, time.perf_counter() - started
 
@@ -228,14 +259,23 @@ def main() -> None:
     parser.add_argument("--embed-requests", type=int, default=128, help="requests of --texts texts each")
     parser.add_argument("--texts", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="encode/serve alternations; the best of each")
+    parser.add_argument("--backend", default="auto", help="the store's engine, as `sbert encode --backend`")
+    parser.add_argument("--dtype", default="auto", help="the store's dtype, as `sbert encode --dtype`")
+    parser.add_argument(
+        "--precomputed-queries",
+        action="store_true",
+        help="the server looks each query's vector up (made beforehand by the store's query encoder) "
+        "instead of encoding it: what serving costs on a real store without the model's cost",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/sbert-bench-serve"))
     global ARGS
     ARGS = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     register_hash()
     ARGS.work.mkdir(parents=True, exist_ok=True)
-    ARGS.store, spare = build_store(ARGS.work, ARGS.model, ARGS.rows)
+    ARGS.store, spare = build_store(ARGS.work, ARGS.model, ARGS.rows, ARGS.backend, ARGS.dtype)
     queries, inputs = spare[:2000], spare[2000:]
+    ARGS.query_vectors = precompute_queries(ARGS.store, queries) if ARGS.precomputed_queries else None
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}")
     process, url, first = start_server(ARGS.store, [])
     process.terminate()
@@ -262,7 +302,8 @@ def run(url: str, startup: float, queries: list[str], inputs: list[str]) -> None
     while httpx.get(f"{url}/health").json()["engine"]["embeddings"] is None and time.perf_counter() < deadline:
         time.sleep(0.2)
     health = httpx.get(f"{url}/health").json()
-    print(f"\nstore: {health['rows']:,} rows, model {ARGS.model}; kept rows: {health['kept_rows']}")
+    looked_up = "; query vectors looked up, not encoded (--precomputed-queries)" if ARGS.query_vectors else ""
+    print(f"\nstore: {health['rows']:,} rows, model {ARGS.model}; kept rows: {health['kept_rows']}{looked_up}")
 
     def search_request(n: int):
         return "GET", "/search", {"params": {"q": queries[n % len(queries)], "k": 10}}
@@ -285,8 +326,8 @@ def run(url: str, startup: float, queries: list[str], inputs: list[str]) -> None
     table(f"Embeddings ({ARGS.texts} texts a request), {os.getloadavg()[0]:.1f} load", [alone, best])
     wall, cpu = max(p[0] for p in peer), max(p[1] for p in peer)
     print(f"\nengine: {httpx.get(f'{url}/health').json()['engine']}")
-    peer_policy = os.environ.get("OMP_WAIT_POLICY", "unset: OpenMP's default, threads spin between batches")
-    print(f"OMP_WAIT_POLICY: server PASSIVE (sbert serve sets it), `sbert encode`'s loop here {peer_policy}")
+    peer_policy = os.environ.get("OMP_WAIT_POLICY", "unset: libgomp's default, threads spin 300,000 rounds")
+    print(f"OpenMP: server GOMP_SPINCOUNT=10000 (sbert serve sets it), `sbert encode`'s loop here {peer_policy}")
     print(
         f"\n`sbert encode`'s model loop on the same {len(texts):,} texts (best of {ARGS.rounds}): {wall:,.1f} "
         f"texts/s wall, {cpu:,.1f} texts/CPU s; served with {ARGS.clients} clients: "

@@ -142,6 +142,7 @@ def test_a_request_alone_does_not_wait_for_company(store):
 # -- the command line -------------------------------------------------------------------------------
 def test_cli_refuses_what_it_cannot_serve(store, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     missing = sbert("serve", tmp_path / "nope")
     assert missing.exit_code == 2 and "no such store" in missing.stderr and "Traceback" not in missing.output
     monkeypatch.delenv("SBERT_TEST_KEY", raising=False)
@@ -152,7 +153,8 @@ def test_cli_refuses_what_it_cannot_serve(store, tmp_path, monkeypatch):
         taken.listen()
         busy = sbert("serve", store, "--port", str(taken.getsockname()[1]))
     assert busy.exit_code == 1 and "cannot listen on 127.0.0.1" in busy.stderr
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # set by `sbert serve` (undone by monkeypatch)
+    # set by `sbert serve` (undone by monkeypatch): a short spin, and no wait policy that would override it
+    assert os.environ["GOMP_SPINCOUNT"] == "10000" and "OMP_WAIT_POLICY" not in os.environ
     bad_host = sbert("serve", store, "--host", "no-such-host.invalid")
     assert bad_host.exit_code == 2 and "--host no-such-host.invalid" in bad_host.stderr
 
