@@ -9,6 +9,7 @@ asked share a term with the query; a dense one when it holds every row the filte
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,7 +22,7 @@ from sbert_cli.retrieval.records import Layout, first_per_record
 from sbert_cli.store.store import Store
 
 GROW = 4  # each deeper search asks for this many times the candidates of the one before
-CHUNKS_PER_RECORD = 4  # a record-level search's first depth: k x this many chunk rows
+CHUNKS_PER_RECORD = 4  # a record-level search's first depth: at most k x this many chunk rows
 
 
 class DenseIndex(Protocol):
@@ -63,10 +64,13 @@ class Request:
     grouped: bool  # rank records (the store has chunk rows and `chunks` was not asked)
 
 
-def _first_depth(request: Request, total: int) -> int:
+def _first_depth(request: Request, total: int, rows_per_record: float) -> int:
+    """Candidate rows a list holds at first: k (or FUSION_DEPTH for a fusion) records' worth, by
+    the store's rows per record, at most CHUNKS_PER_RECORD times that (deeper searches follow
+    for queries whose records' rows crowd each other out)."""
     depth = max(request.k, FUSION_DEPTH) if request.mode == "hybrid" else request.k
     if request.grouped:
-        depth *= CHUNKS_PER_RECORD
+        depth = math.ceil(depth * min(CHUNKS_PER_RECORD, rows_per_record))
     return min(total, depth)
 
 
@@ -102,7 +106,7 @@ def rank_records(index: DenseIndex, keyword: KeywordIndex | None, request: Reque
     """Each query's k best rows, or with `request.grouped` the best row of each of its k best
     records (max-sim: a record ranks by its best chunk), best first."""
     total = index.rows if request.row_filter is None else len(request.row_filter.ids)
-    depth = _first_depth(request, total)
+    depth = _first_depth(request, total, index.layout.rows_per_record)
     out: list[list[Ranked]] = [[] for _ in request.queries]
     todo = list(range(len(request.queries)))
     floor = None if index.space == "l2" else PEAK_FLOOR

@@ -66,16 +66,20 @@ class Layout:
 
     chunked: bool
     extra: tuple[str, ...]  # chunk columns present, then kept fields, in shard order
+    rows_per_record: float = 1.0  # over the store's inputs: how many candidate rows make a record
 
     @classmethod
     def of(cls, store: Store) -> Layout:
         names = store.columns()  # the manifest's layout: every shard of a store has the same columns
         chunk = tuple(c for c in CHUNK_COLUMNS if c in names)
         kept = tuple(n for n in names if n not in _BUILT_IN)
+        inputs = store.manifest.inputs
         # The writer counts, per input, the rows beyond one a record (`id_offset`): where every
         # input's is 0, each row is its own record and the search needs no grouping.
-        several = any(getattr(entry, "id_offset", 1) > 0 for entry in store.manifest.inputs)
-        return cls("chunk" in names and several, chunk + kept)
+        several = any(getattr(entry, "id_offset", 1) > 0 for entry in inputs)
+        records = sum(getattr(entry, "records_done", 0) for entry in inputs)
+        rows = sum(getattr(entry, "rows_done", 0) for entry in inputs)
+        return cls("chunk" in names and several, chunk + kept, max(1.0, rows / records) if records else 1.0)
 
     def columns(self, mode: str) -> tuple[str, ...]:
         return HIT_COLUMNS + self.extra + (FUSION_COLUMNS if mode != "dense" else ())
