@@ -63,6 +63,7 @@ class KeptRows:
         self.columns = tuple(c for c in store.columns() if c not in NOT_KEPT)
         reuse = previous._tables if previous is not None and previous.columns == self.columns else {}
         self._tables: dict[tuple, object] = {}  # shard key -> its columns (all in memory)
+        self._all = None  # in-memory mode: every shard's columns, one table (shards in order)
         self._groups: dict[str, _Groups] = {}  # row-group mode: shard file -> its groups' id ranges
         self._lru: OrderedDict[tuple[str, int], object] = OrderedDict()
         self._lru_bytes = 0
@@ -79,39 +80,44 @@ class KeptRows:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self._tables.values()) if self.in_memory else self._lru_bytes
+        if not self.in_memory:
+            return self._lru_bytes
+        return 0 if self._all is None else self._all.nbytes
 
     def _load_all(self, reuse: dict) -> bool:
-        """Every shard's columns, while they fit the budget (False, nothing kept, when not)."""
-        total = 0
+        """Every shard's columns, while they fit the budget (False, nothing kept, when not), as one
+        table of one chunk (`take` is then one gather); each shard's part stays a view of it."""
+        import pyarrow as pa
+
+        total, tables = 0, []
         for shard in self.store.shards:
-            key = _shard_key(shard)
-            table = reuse.get(key)
+            # Verified (whole file) when first read; a shard the previous state kept is not read again.
+            table = reuse.get(_shard_key(shard))
             if table is None:
-                # Verified (whole file); one chunk, so that `take` is one gather.
-                table = self.store.read_shard(shard, list(self.columns)).combine_chunks()
-            self._tables[key] = table
+                table = self.store.read_shard(shard, list(self.columns))
+            tables.append(table)
             total += table.nbytes
             if total > self.budget:
-                self._tables.clear()
                 return False
+        if not tables:
+            return True  # nothing to keep: every fetch finds nothing
+        self._all = pa.concat_tables(tables).combine_chunks()
+        start = 0
+        for shard, table in zip(self.store.shards, tables, strict=True):
+            self._tables[_shard_key(shard)] = self._all.slice(start, table.num_rows)
+            start += table.num_rows
         return True
 
     def _build_lookup(self) -> None:
-        """Sorted row ids with the shard and offset of each (in-memory mode)."""
-        parts = []
-        if self.in_memory:
-            parts = [(n, self._tables[_shard_key(s)].column("id").to_numpy()) for n, s in enumerate(self.store.shards)]
-            parts = [(n, ids) for n, ids in parts if len(ids)]
-        if not parts:
-            self._ids = np.empty(0, np.int64)
-            self._shard_of = self._offset_of = np.empty(0, np.int32)
+        """Sorted row ids with the place of each in the kept table (in-memory mode)."""
+        if self._all is None:
+            self._ids = self._places = np.empty(0, np.int64)
+            self._lines = np.empty(0, np.int64) if "line" in self.columns else None
             return
-        ids = np.concatenate([ids for _, ids in parts])
-        shard_of = np.concatenate([np.full(len(ids), n, np.int32) for n, ids in parts])
-        offset_of = np.concatenate([np.arange(len(ids), dtype=np.int32) for _, ids in parts])
+        ids = self._all.column("id").to_numpy()
         order = np.argsort(ids, kind="stable")
-        self._ids, self._shard_of, self._offset_of = ids[order], shard_of[order], offset_of[order]
+        self._ids, self._places = ids[order], order
+        self._lines = self._all.column("line").to_numpy() if "line" in self.columns else None
 
     def fetch(self, ids: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
         """Rows by id, as `Store.fetch` returns them: {id: {"id": id, column: value, ...}} with
@@ -122,19 +128,28 @@ class KeptRows:
             return self._fetch_kept(unique, wanted)
         return self._fetch_groups(unique, wanted)
 
-    def _fetch_kept(self, ids: np.ndarray, columns: list[str]) -> dict[int, dict]:
+    def lines_of(self, ids: np.ndarray) -> np.ndarray | None:
+        """Each row's input line (-1 for an id not in the store), straight from memory; None where
+        the rows are not all kept or have no line column (`fetch` then)."""
+        if not self.in_memory or self._lines is None:
+            return None
+        found, places = self._places_of(ids)
+        return np.where(found, self._lines[places], -1)
+
+    def _places_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # The last equal id: ids are unique in a committed store, the last shard listed wins if not.
         at = np.searchsorted(self._ids, ids, side="right") - 1
+        if not len(self._ids):
+            return np.zeros(len(ids), dtype=bool), np.zeros(len(ids), dtype=np.int64)
         found = (at >= 0) & (self._ids[np.maximum(at, 0)] == ids)
-        ids, at = ids[found], at[found]
-        shards = self.store.shards
-        out: dict[int, dict] = {}
-        for n in np.unique(self._shard_of[at]):
-            mine = self._shard_of[at] == n
-            table = self._tables[_shard_key(shards[n])].select(["id", *columns])
-            for row in table.take(self._offset_of[at][mine]).to_pylist():
-                out[row["id"]] = row
-        return out
+        return found, self._places[np.maximum(at, 0)]
+
+    def _fetch_kept(self, ids: np.ndarray, columns: list[str]) -> dict[int, dict]:
+        found, places = self._places_of(ids)
+        if not found.any():
+            return {}
+        rows = self._all.select(["id", *columns]).take(places[found]).to_pylist()
+        return {row["id"]: row for row in rows}
 
     # -- row-group mode: stores whose columns do not fit the budget ------------------------------
     def _fetch_groups(self, ids: np.ndarray, columns: list[str]) -> dict[int, dict]:

@@ -101,6 +101,10 @@ def record_keys(store: Store, layout: Layout, ids: Sequence[int]) -> dict[int, t
     ids = [int(i) for i in ids]
     if not layout.chunked:
         return {i: (i >> LINE_BITS, i) for i in ids}
+    kept = kept_for(store)
+    lines = None if kept is None else kept.lines_of(np.asarray(ids, dtype=np.int64))
+    if lines is not None:  # a server's rows in memory: no row dicts made
+        return {i: (i >> LINE_BITS, line if line >= 0 else i) for i, line in zip(ids, lines.tolist(), strict=True)}
     rows = fetch_rows(store, ids, ("line",))
     return {i: (i >> LINE_BITS, rows[i]["line"] if i in rows else i) for i in ids}
 
