@@ -134,7 +134,9 @@ class KeptRows:
         if not self.in_memory or self._lines is None:
             return None
         found, places = self._places_of(ids)
-        return np.where(found, self._lines[places], -1)
+        lines = np.full(len(ids), -1, dtype=np.int64)
+        lines[found] = self._lines[places[found]]
+        return lines
 
     def _places_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # The last equal id: ids are unique in a committed store, the last shard listed wins if not.
