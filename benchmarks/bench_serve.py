@@ -6,7 +6,9 @@
     python benchmarks/bench_serve.py --rows 5000                     # embeddings vs `sbert encode`, the real model
 
 Every figure is printed with the load average it was measured at (the machine may be shared),
-and with the server's CPU seconds, which depend less on the load than wall-clock time.
+the share of the CPUs' time the hypervisor stole meanwhile (`steal %`: on a virtual machine, other
+guests' load, which this machine's load average does not show), and the server's CPU seconds,
+which depend less on either than wall-clock time.
 Start-up is measured twice, the second time after the first run's one-time caches (the OS page
 cache, the calibration and ONNX caches): the second is the target's figure.
 
@@ -193,16 +195,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stolen_seconds() -> float:
+    """CPU time the hypervisor gave to other guests while this machine's CPUs wanted it (/proc/stat
+    `steal`, all CPUs): a phase with much of it ran on a slower machine than its neighbours."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def phase(url: str, kind: str, make_request, total: int, clients: int, per_request: int) -> dict:
     before = batch_stats(url).get(kind, (0.0, 0.0))
-    cpu_before, client_before = cpu_seconds(SERVER_PID), time.process_time()
+    cpu_before, client_before, stolen_before = cpu_seconds(SERVER_PID), time.process_time(), stolen_seconds()
     seconds, latencies, errors = asyncio.run(load(url, make_request, total, clients))
     cpu = cpu_seconds(SERVER_PID) - cpu_before
     client_cpu = time.process_time() - client_before
     after = batch_stats(url).get(kind, (0.0, 0.0))
     latencies.sort()
+    stolen = stolen_seconds() - stolen_before
     return {
         "load": os.getloadavg()[0],
+        "steal %": 100 * stolen / (seconds * (os.cpu_count() or 1)),
         "clients": clients,
         "requests": total,
         "errors": errors,
