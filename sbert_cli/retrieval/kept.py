@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sbert_cli.store.manifest import ShardInfo
-from sbert_cli.store.store import Store
+from sbert_cli.store.store import Store, arrow_ids
 
 NOT_KEPT = ("embedding", "record_hash")  # the vectors live in the index; the hash is for --sync
 DEFAULT_BUDGET = 1 << 30
@@ -155,7 +155,6 @@ class KeptRows:
 
     # -- row-group mode: stores whose columns do not fit the budget ------------------------------
     def _fetch_groups(self, ids: np.ndarray, columns: list[str]) -> dict[int, dict]:
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         out: dict[int, dict] = {}
@@ -166,7 +165,7 @@ class KeptRows:
             groups = self._groups_of(shard)
             for group in self._groups_holding(groups, inside):
                 table = self._group(shard, group).select(["id", *columns])
-                table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(inside, type=pa.int64())))
+                table = table.filter(pc.is_in(table.column("id"), value_set=arrow_ids(inside)))
                 for row in table.to_pylist():
                     out[row["id"]] = row
         return out

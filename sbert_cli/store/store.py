@@ -17,8 +17,12 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow
 
 from sbert_cli.errors import InputError, SbertError
 from sbert_cli.store.integrity import (
@@ -203,13 +207,13 @@ class Store:
             raise DamagedFileError(f"{path}: shard is damaged ({detail}); {expected.fix}") from exc
 
     def read_rows(self, shard: ShardInfo, columns: list[str], row_ids):
-        """Some rows of a shard (`row_ids`: a list or an Arrow array of ids), verified at the cost
-        of reading them. Every partial read of a shard goes through `_partial_read`."""
+        """Some rows of a shard (`row_ids`: ids in a list, numpy or Arrow array), verified at the
+        cost of reading them. Every partial read of a shard goes through `_partial_read`."""
         import pyarrow.parquet as pq
 
         with self._partial_read(shard) as path:
             return pq.read_table(
-                path, columns=columns, filters=[("id", "in", row_ids)], page_checksum_verification=True
+                path, columns=columns, filters=[("id", "in", arrow_ids(row_ids))], page_checksum_verification=True
             )
 
     def read_row_group(self, shard: ShardInfo, group: int, columns: list[str]):
@@ -250,7 +254,6 @@ class Store:
     ) -> dict[int, dict]:
         """Rows by id without scanning the store: the manifest's id ranges pick the shards, and
         Parquet row-group statistics skip the rest of each shard."""
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         # Id ranges of one input's shards overlap once `--sync` rewrote it (kept rows keep their
@@ -266,7 +269,7 @@ class Store:
         out: dict[int, dict] = {}
         for pos, row_ids in by_shard.items():
             table = self.read_rows(shards[pos], ["id", *present], row_ids)
-            table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(row_ids, type=pa.int64())))
+            table = table.filter(pc.is_in(table.column("id"), value_set=arrow_ids(row_ids)))
             for row in table.to_pylist():
                 out[row["id"]] = row
         return out
@@ -286,6 +289,17 @@ class Store:
         cols += ["chunk", "start", "end"] if manifest.has_chunks else []
         cols += [kept.name for kept in manifest.kept_fields] + ["embedding"]
         return cols + (["record_hash"] if manifest.has_record_hash else [])
+
+
+def arrow_ids(ids) -> pyarrow.Array:
+    """Row ids as an int64 Arrow array that owns its memory. An array over a numpy buffer (what
+    pa.array makes of one, without copying) in a Parquet filter is released later by one of
+    Arrow's threads, which must take the GIL to do so: once the interpreter is exiting, that
+    aborts the process ("terminate called without an active exception", after `sbert search`
+    had printed its hits, about 1 run in 13 on a loaded machine)."""
+    import pyarrow as pa
+
+    return pa.array(np.asarray(ids, dtype=np.int64).tolist(), type=pa.int64())
 
 
 def embeddings_to_numpy(column, dim: int) -> np.ndarray:
