@@ -158,6 +158,8 @@ def test_search_parameters_follow_the_librarys_search(client, store):
     assert "no query given" in error_of(client.get("/search"), 422)
     assert "choose json or jsonl" in error_of(client.get("/search", params={"q": "x", "format": "csv"}), 422)
     assert "not valid JSON" in error_of(client.post("/search", content=b"{not json"), 400)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert "nested too deeply" in error_of(client.post("/v1/embeddings", content=deep), 400)
 
 
 # -- health, metrics ------------------------------------------------------------------------------

@@ -94,6 +94,37 @@ def test_follows_appends_and_reindexing_without_a_failed_or_mixed_answer(store, 
     assert health["index"]["indexed_rows"] == 540 and health["index"]["keyword"]["docs"] == 540
 
 
+def test_a_commit_it_cannot_open_keeps_the_previous_state_and_health_says_why(store):
+    from sbert_cli.retrieval.graph import IndexManifest
+
+    with client_for(store, poll_s=0.05) as client:
+        before = client.get("/search", params={"q": "a whale hunt", "k": 3}).json()
+        graph = store / "index" / IndexManifest.load(store).file
+        damaged = bytearray(graph.read_bytes())
+        damaged[4096:4196] = bytes(b ^ 0xFF for b in damaged[4096:4196])
+        graph.with_suffix(".tmp").write_bytes(damaged)
+        os.replace(graph.with_suffix(".tmp"), graph)
+        os.utime(IndexManifest.path_in(store))  # as a commit would: the server looks again
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and client.get("/health").json()["status"] == "ok":
+            time.sleep(0.05)
+        health = client.get("/health").json()
+        during = client.get("/search", params={"q": "a whale hunt", "k": 3})
+        build_index(store, rebuild=True)  # the repair the error names
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and client.get("/health").json()["status"] != "ok":
+            time.sleep(0.05)
+        repaired = client.get("/health").json()
+        after = client.get("/search", params={"q": "a whale hunt", "k": 3}).json()
+
+    assert health["status"] == "stale" and health["generation"] == 1
+    assert f"{graph.name}: index file is damaged" in health["stale"]["error"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", health["stale"]["since"])
+    assert during.status_code == 200 and during.json() == before  # the previous state, whole
+    assert repaired["status"] == "ok" and "stale" not in repaired and repaired["generation"] == 2
+    assert after["results"] == before["results"] and after["store"]["generation"] == 2
+
+
 # -- batching across requests -------------------------------------------------------------------------
 def test_concurrent_requests_share_model_batches_and_get_their_own_answers(store):
     texts = [[f"request {n} asks about whales", f"and {n} more words about the sea"] for n in range(8)]

@@ -160,6 +160,8 @@ async def read_json(request: Request, limit: int) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON ({exc})") from None
+    except RecursionError:  # [[[[...: the decoder's recursion is the interpreter's
+        raise ApiError(400, "the body is not valid JSON (nested too deeply)") from None
 
 
 class JSON(JSONResponse):
@@ -197,7 +199,10 @@ def routes(server: Server) -> list[Route]:
     async def health(request: Request) -> Response:
         snapshot = server.live.current
         engine = {"embeddings": server.embedders.engine(), "queries": type(snapshot.index.encoder()).__name__}
-        return JSON({"status": "ok", "store": options.store, **snapshot.health(), "engine": engine})
+        # "stale": the store's newest commit could not be opened (damaged, another model...); the
+        # state before it is still served, and `stale` says why and since when.
+        status = {"status": "stale", "stale": server.live.stale} if server.live.stale else {"status": "ok"}
+        return JSON({**status, "store": options.store, **snapshot.health(), "engine": engine})
 
     async def metrics(request: Request) -> Response:
         server.metrics.queued.set(server.batcher.queued if server.batcher else 0)

@@ -142,6 +142,8 @@ class LiveStore:
         self._seen = marks
         # Told of every attempt to follow a change: ("ok", the new Snapshot) or ("failed", None).
         self.listeners: list[Callable[[str, Snapshot | None], None]] = []
+        # Why the store's newest commit is not served (health says so), until a later one is.
+        self.stale: dict[str, str] | None = None
 
     @property
     def model(self):
@@ -159,18 +161,23 @@ class LiveStore:
                 index, keyword, rows = await asyncio.to_thread(open_index, self.options, self.current)
                 self._check_model(index)
             except SbertError as exc:
-                self._tell("failed", None)
+                self._failed(str(exc))
                 log.warning("the store changed but cannot be served yet (%s); still serving the previous state", exc)
                 continue
-            except Exception:
-                self._tell("failed", None)
+            except Exception as exc:
+                self._failed(f"reopening it failed: {type(exc).__name__} (the server's log has the traceback)")
                 log.exception("the store changed but reopening it failed; still serving the previous state")
                 continue
             self.swap(Snapshot(index, keyword, rows, self.current.generation + 1, marks, time.time()))
 
+    def _failed(self, error: str) -> None:
+        since = self.stale["since"] if self.stale else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.stale = {"error": error, "since": since}
+        self._tell("failed", None)
+
     def swap(self, snapshot: Snapshot) -> None:
         before = self.current.rows
-        self.current = snapshot
+        self.current, self.stale = snapshot, None
         log.info("the store changed: now serving %s rows (was %s)", f"{snapshot.rows:,}", f"{before:,}")
         self._tell("ok", snapshot)
 
