@@ -222,6 +222,41 @@ def test_server_logs_requests_and_finishes_in_flight_work_on_sigterm(store, tmp_
     assert "sbert: stopped\n" in log and "Traceback" not in log
 
 
+def _closed_after(sock: socket.socket, limit_s: float) -> float | None:
+    """Seconds until the server closed `sock` without answering; None if it answered or kept it."""
+    sock.settimeout(limit_s)
+    started = time.monotonic()
+    try:
+        return time.monotonic() - started if sock.recv(4096) == b"" else None
+    except TimeoutError:
+        return None
+
+
+def test_a_connection_whose_request_never_completes_is_closed_at_the_timeout(store):
+    with running_server(store, "-v", "--timeout", "1") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        silent = socket.create_connection((host, int(port)))
+        trickling = socket.create_connection((host, int(port)))
+        trickling.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        slow_body = socket.create_connection((host, int(port)))
+        slow_body.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        reused = socket.create_connection((host, int(port)))
+        reused.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = reused.recv(65536)
+        time.sleep(0.5)  # a keep-alive connection's next request, within the deadline, is answered
+        reused.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = reused.recv(65536)
+        silent_s, trickling_s = _closed_after(silent, 10), _closed_after(trickling, 10)
+        slow_body.settimeout(10)
+        refused = slow_body.recv(65536)
+        still = httpx.get(f"{server.url}/health", timeout=10)
+    assert refused.startswith(b"HTTP/1.1 503") and b"the request took longer than 1 s" in refused
+    assert silent_s is not None and 0.3 < silent_s < 5 and trickling_s is not None and trickling_s < 5
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 200")
+    assert still.status_code == 200
+    assert "no complete request within 1 s; connection closed" in "".join(server.stderr)
+
+
 def test_the_readmes_serve_examples_work(store):
     """The README shows the server in ```sh blocks (tests/test_readme.py would wait on it forever):
     its curl lines, and the OpenAI client example where `openai` is installed, run here instead,

@@ -43,7 +43,13 @@ MaxTextCharsOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[
-    float, typer.Option(metavar="SECONDS", min=0.001, help="Answer 503 to a request not done by then.")
+    float,
+    typer.Option(
+        metavar="SECONDS",
+        min=0.001,
+        help="Answer 503 to a request not done by then; close a connection whose request headers "
+        "have not all arrived by then.",
+    ),
 ]
 BatchWaitMsOpt = Annotated[
     float,

@@ -65,7 +65,7 @@ class Guard:
         self.api_key = api_key
         # The engine's wait is bounded by the request timeout (batcher.py); this bounds the rest,
         # a body that trickles in included, with a second's grace so the engine's answer comes first.
-        self.timeout_s = timeout_s + 1.0
+        self.timeout_s, self.grace_s = timeout_s, 1.0
         self.traffic = traffic
 
     def _authorized(self, scope: dict) -> bool:
@@ -92,7 +92,7 @@ class Guard:
         try:
             if self.api_key is not None and route not in OPEN_ROUTES and not self._authorized(scope):
                 raise ApiError(401, "a valid API key is required: Authorization: Bearer <key>", "authentication_error")
-            await asyncio.wait_for(self.app(scope, receive, watched), self.timeout_s)
+            await asyncio.wait_for(self.app(scope, receive, watched), self.timeout_s + self.grace_s)
         except asyncio.CancelledError:  # the connection went away (or the server is being stopped)
             if not state["started"]:
                 state["status"] = 499  # nginx's "client closed request", so metrics do not count a 500

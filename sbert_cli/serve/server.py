@@ -53,6 +53,7 @@ def serve(options: ServeOptions, host: str, port: int, verbose: bool) -> None:
     import uvicorn
 
     from sbert_cli.serve.app import create_app
+    from sbert_cli.serve.protocol import with_header_deadline
 
     sock, url = bind(host, port)
     try:
@@ -63,6 +64,7 @@ def serve(options: ServeOptions, host: str, port: int, verbose: bool) -> None:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=max(1, int(options.timeout_s)),
+            http=with_header_deadline(options.timeout_s),  # a request's headers: within --timeout too
         )
         server = uvicorn.Server(config)
         _run(server, sock, verbose)
