@@ -6,6 +6,7 @@
     embeddings.py, search.py   the two APIs: parsing, checks, answers
     guard.py     API key, errors as JSON, metrics and the log line per request
     server.py    uvicorn: the socket, graceful shutdown
+    protocol.py  uvicorn's HTTP protocol with a deadline for a request's headers
 
 It calls the library the CLI calls (`retrieval.search.Index`, `encoding.loader`), nothing else.
 """
