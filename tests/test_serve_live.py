@@ -125,6 +125,14 @@ def test_a_commit_it_cannot_open_keeps_the_previous_state_and_health_says_why(st
     assert after["results"] == before["results"] and after["store"]["generation"] == 2
 
 
+def test_a_served_state_searches_as_opened_when_the_store_moves_away(store, tmp_path):
+    with client_for(store) as client:  # not following the store (poll 0)
+        before = client.get("/search", params={"q": "a whale hunt", "k": 3}).json()
+        store.rename(tmp_path / "moved")
+        during = client.get("/search", params={"q": "a whale hunt", "k": 3})
+    assert before["mode"] == "hybrid" and during.status_code == 200 and during.json() == before
+
+
 # -- batching across requests -------------------------------------------------------------------------
 def test_concurrent_requests_share_model_batches_and_get_their_own_answers(store):
     texts = [[f"request {n} asks about whales", f"and {n} more words about the sea"] for n in range(8)]
@@ -232,6 +240,19 @@ def _closed_after(sock: socket.socket, limit_s: float) -> float | None:
         return None
 
 
+def _response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (headers and Content-Length bytes of body) read from `sock`."""
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def test_a_connection_whose_request_never_completes_is_closed_at_the_timeout(store):
     with running_server(store, "-v", "--timeout", "1") as server:
         host, port = server.url.removeprefix("http://").split(":")
@@ -242,13 +263,12 @@ def test_a_connection_whose_request_never_completes_is_closed_at_the_timeout(sto
         slow_body.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         reused = socket.create_connection((host, int(port)))
         reused.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        first = reused.recv(65536)
+        first = _response(reused)
         time.sleep(0.5)  # a keep-alive connection's next request, within the deadline, is answered
         reused.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        second = reused.recv(65536)
+        second = _response(reused)
         silent_s, trickling_s = _closed_after(silent, 10), _closed_after(trickling, 10)
-        slow_body.settimeout(10)
-        refused = slow_body.recv(65536)
+        refused = _response(slow_body)
         still = httpx.get(f"{server.url}/health", timeout=10)
     assert refused.startswith(b"HTTP/1.1 503") and b"the request took longer than 1 s" in refused
     assert silent_s is not None and 0.3 < silent_s < 5 and trickling_s is not None and trickling_s < 5

@@ -58,6 +58,7 @@ class Index:
         self.gone = gone_inputs(store, manifest.shards) if manifest else set()
         self._encoder = None
         self._keyword: KeywordIndex | None = None
+        self._has_keyword: bool | None = None  # as at the first search: an Index is one state
         self._layout: Layout | None = None
 
     @classmethod
@@ -151,8 +152,9 @@ class Index:
         keyword index and dense where it has none (a --no-text store, or `sbert index --no-bm25`)."""
         if mode is not None:
             return mode
-        has_keyword = self.store.has_text and KeywordManifest.path_in(self.store.path).is_file()
-        return DEFAULT_MODE if has_keyword else "dense"
+        if self._has_keyword is None:
+            self._has_keyword = self.store.has_text and KeywordManifest.path_in(self.store.path).is_file()
+        return DEFAULT_MODE if self._has_keyword else "dense"
 
     @property
     def layout(self) -> Layout:
@@ -340,7 +342,6 @@ class Index:
         return results
 
     def _hit(self, query: str, rank: int, r: Ranked, row: dict, cosine: float, mode: str) -> Hit:
-        fused = (r.dense_rank, r.dense_score, r.keyword_rank, r.keyword_score)
         return Hit(
             query,
             rank,
@@ -349,7 +350,7 @@ class Index:
             row.get("text"),
             row.get("source"),
             row.get("line"),
-            *fused,
+            *(r.dense_rank, r.dense_score, r.keyword_rank, r.keyword_score),  # how it was fused
             cosine=cosine,
             key=row.get("key"),
             extra={c: plain(row.get(c)) for c in self.layout.extra},
