@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ ROUTES = ("/", "/page.js", "/v1/embeddings", "/v1/models", "/search", "/health",
 OPEN_ROUTES = ("/", "/page.js")  # the page's files hold no data: it asks for the key itself
 BATCHED_ROUTES = ("/v1/embeddings", "/search")
 Send = Callable[[dict], Awaitable[None]]
+_LEADING_OPTION = re.compile(r"^--?([a-z][a-z-]*)(?= )")
 
 
 def json_bytes(body: object) -> bytes:
@@ -37,6 +39,12 @@ async def send_json(send: Send, status: int, body: dict, headers: list[tuple[byt
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": payload})
+
+
+def as_parameter(message: str) -> str:
+    """The library's message names the command line's option (`--min-score x: ...`, `-k 0: ...`);
+    a client sent the request parameter (`min_score`, `k`), so that is the name it reads."""
+    return _LEADING_OPTION.sub(lambda m: m.group(1).replace("-", "_"), message, count=1)
 
 
 def _bearer(scope: dict) -> str | None:
@@ -121,7 +129,7 @@ class Guard:
             if exc.status == 401:
                 headers.append((b"www-authenticate", b"Bearer"))
         elif isinstance(exc, InputError):
-            status, body = 422, error_body(str(exc), "invalid_request_error")
+            status, body = 422, error_body(as_parameter(str(exc)), "invalid_request_error")
         else:
             error_id = uuid.uuid4().hex[:12]
             known = isinstance(exc, SbertError)
