@@ -318,3 +318,68 @@ def test_appending_encodes_on_the_engine_the_store_records(sample_store, monkeyp
     options = _inherit_settings(EncodeOptions(device="cpu"), store)
     assert (options.backend, options.dtype) == (expected, "bf16")
     assert _inherit_settings(EncodeOptions(device="cpu", backend="torch"), store).backend == "torch"
+
+
+# -- a verdict measured on a busy machine ----------------------------------------------------------
+def test_machine_seconds_count_busy_time_and_steal_from_proc_stat(tmp_path, monkeypatch):
+    from sbert_cli.encoding import contention
+
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 10 50 1000 20 5 5 30 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n", encoding="ascii")
+    monkeypatch.setattr(contention, "PROC_STAT", stat)
+    assert contention.machine_seconds() == pytest.approx(200 / contention.os.sysconf("SC_CLK_TCK"))
+    monkeypatch.setattr(contention, "PROC_STAT", tmp_path / "missing")
+    assert contention.machine_seconds() is None
+
+
+def test_others_are_the_machines_busy_time_less_this_process(monkeypatch):
+    from sbert_cli.encoding import contention
+
+    machine, own, wall = iter([10.0, 14.0]), iter([2.0, 5.0, 5.0, 6.0]), iter([100.0, 102.0, 102.0, 103.0])
+    monkeypatch.setattr(contention, "machine_seconds", lambda: next(machine))
+    monkeypatch.setattr(contention, "own_seconds", lambda: next(own))
+    monkeypatch.setattr(contention, "time", types.SimpleNamespace(perf_counter=lambda: next(wall)))
+    with contention.Others() as others:
+        pass
+    assert others.cores == pytest.approx(0.5)  # 4 s busy, 3 of them ours, over 2 s
+    monkeypatch.setattr(contention, "machine_seconds", lambda: None)
+    with contention.Others() as unknown:
+        pass
+    assert unknown.cores is None
+
+
+@pytest.mark.parametrize(
+    ("recorded", "now", "measured_again"),
+    [
+        (1.2, 0.0, True),  # measured while others ran, quiet now: measured again
+        (1.2, 1.5, False),  # still busy: the verdict stands
+        (None, 0.0, True),  # measured before sbert recorded it: measured again once quiet
+        (0.1, 0.0, False),  # measured on a quiet machine: kept
+    ],
+)
+def test_a_verdict_measured_while_others_ran_is_measured_again_once_quiet(
+    bf16_cpu, monkeypatch, recorded, now, measured_again
+):
+    calls, said = [], []
+    monkeypatch.setattr(calibrate, "calibrate", fake_calibration(calls, "bf16"))
+    monkeypatch.setattr("sbert_cli.encoding.contention.others_now", lambda: now)
+    settings = calibrate.ModelSettings(device="cpu")
+    texts = [f"text {i}" for i in range(600)]
+    calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], said.append)
+    entry = calibrate.cache_file()
+    data = calibrate.json.loads(entry.read_text())
+    for verdict in data.values():
+        verdict.pop("others_cores")
+        if recorded is not None:
+            verdict["others_cores"] = recorded
+    entry.write_text(calibrate.json.dumps(data))
+    calibrate.auto_engine(settings, 10_000, lambda n: texts[:n], said.append)
+    assert len(calls) == (2 if measured_again else 1)
+
+
+def test_the_line_says_when_others_took_the_cpus():
+    result = calibrate.Calibration("torch", "bf16", {"torch bf16": 0.8, "torch fp32": 1.0}, 0.01, 1, 16, 100, "now")
+    assert "other processes" not in calibrate.describe(result)
+    busy = calibrate.describe(calibrate.replace(result, others_cores=1.3))
+    assert "; other processes took 1.3 cores meanwhile: measured again when it is quiet" in busy

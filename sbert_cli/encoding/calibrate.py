@@ -26,6 +26,10 @@ the dtype and backend it used in the store (appending keeps the dtype).
   SBERT_CACHE: per user, not per store), keyed by the model's fingerprint, the CPU and its bf16
   flags, the threads, the batch budget, the backend and dtype asked, and the torch, transformers
   and OpenVINO versions, so it is measured once per machine and model, not once per run.
+- Unless other processes took the CPUs while it was measured (`others_cores`, encoding/
+  contention.py): such a verdict compares them, not the engines, so the next job that can
+  afford a measurement measures again once the machine is quiet (a verdict cached before this
+  was recorded too); on a machine that stays busy the verdict stands.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from sbert_cli.encoding import contention
 from sbert_cli.encoding.settings import ModelSettings
 from sbert_cli.encoding.timing import BF16_MIN_GAIN, Measure, choose_dtype, choose_engine, engine_order
 
@@ -71,6 +76,7 @@ class Calibration:
     measured: str  # when (UTC)
     complete: bool = True  # every candidate measured (else the job could not afford them all)
     cost_s: float = 0.0  # what measuring took, loads included
+    others_cores: float = 0.0  # the cores other processes took meanwhile (encoding/contention.py)
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,7 @@ def auto_engine(
     cached = read_cache().get(key)
     if total is not None and total <= SMALL_JOB_TEXTS:
         return fastest_measured(cached, fallback, candidates(settings))
-    if usable(cached, total, candidates(settings)):
+    if usable(cached, total, candidates(settings)) and not measure_again(cached):
         return Engine(cached["backend"], cached["dtype"], int(cached.get("workers") or 1))
     texts = sample(SAMPLE_FROM)
     if len(texts) < SAMPLE_TEXTS:  # stdin only, or too little to measure: the exact engine
@@ -215,6 +221,17 @@ def auto_engine(
     _remember(key, result)
     say(describe(result, len(candidates(settings))))
     return Engine(result.backend, result.dtype, result.workers)
+
+
+def measure_again(cached: dict) -> bool:
+    """Whether a verdict measured while other processes took the CPUs (or before sbert recorded
+    that) is measured again: yes once the machine is quiet; on a machine that stays busy it stands,
+    as a new measurement would be as doubtful."""
+    others = cached.get("others_cores")
+    if isinstance(others, (int, float)) and others <= contention.CONTENDED_CORES:
+        return False
+    now = contention.others_now()
+    return now is not None and now <= contention.CONTENDED_CORES
 
 
 def fastest_measured(cached: object, fallback: Engine, engines: list[tuple[str, str]]) -> Engine:
@@ -238,6 +255,8 @@ def describe(result: Calibration, engines: int | None = None) -> str:
         if result.complete
         else f"; {len(result.seconds)} of {engines or '?'} engines, what a job this size affords, a bigger job measures on"
     )
+    if result.others_cores > contention.CONTENDED_CORES:
+        partial += f"; other processes took {result.others_cores:.1f} cores meanwhile: measured again when it is quiet"
     return (
         f"engine: {result.backend} {result.dtype} (time on {result.texts} of this run's texts, relative "
         f"to it: {times}; tokenizing {share:.0%} of its time: {result.workers} worker"
@@ -296,7 +315,7 @@ def calibrate(
     engines = engine_order(candidates(settings))
     run = Measure(settings, batch_tokens)
     started = time.perf_counter()
-    with torch_threads(threads):
+    with torch_threads(threads), contention.Others() as others:
         first = run.load(engines[0])
         tokenizing = time.perf_counter()
         prepared = _prepare(first, texts, batch_tokens)
@@ -317,6 +336,7 @@ def calibrate(
         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         complete=len(run.seconds) == len(engines),
         cost_s=time.perf_counter() - started,
+        others_cores=round(others.cores or 0.0, 2),  # None: not to be told here, so not doubted
     )
 
 
