@@ -15,12 +15,13 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from fakes import hash_embed
-from serve_support import MODEL, ROOT, make_store, running_server, sbert
+from serve_support import MODEL, ROOT, SAMPLE_CORPUS, make_store, running_server, sbert
 from test_serve import client_for
 
 from sbert_cli.encoding.runner import EncodeOptions, encode_corpus
@@ -131,6 +132,27 @@ def test_a_served_state_searches_as_opened_when_the_store_moves_away(store, tmp_
         store.rename(tmp_path / "moved")
         during = client.get("/search", params={"q": "a whale hunt", "k": 3})
     assert before["mode"] == "hybrid" and during.status_code == 200 and during.json() == before
+
+
+def test_a_shard_removed_under_a_served_state_moves_it_to_the_next_generation(store):
+    """`sbert rm` deletes shards that the served state reads rows from (none kept in memory here,
+    and the server not following the store): the search that finds one gone is answered from the
+    new commit, under its own generation, which /health then reports too."""
+    params = {"q": "the whale and the sea", "k": 5, "mode": "dense"}
+    with client_for(store, keep_rows_bytes=0) as client:
+        before = client.get("/search", params=params).json()
+        assert sbert("rm", store, SAMPLE_CORPUS / "moby_dick.txt", "-q").exit_code == 0
+        after = client.get("/search", params=params)
+        health = client.get("/health").json()
+
+    def sources(body: dict) -> set[str]:
+        return {Path(h["source"]).name for h in body["results"][0]["hits"]}
+
+    assert before["store"] == {"rows": 500, "generation": 1} and "moby_dick.txt" in sources(before)
+    assert after.status_code == 200, after.text
+    left = after.json()["store"]
+    assert left["generation"] == 2 and left["rows"] < 500 and "moby_dick.txt" not in sources(after.json())
+    assert (health["generation"], health["rows"], health["status"]) == (2, left["rows"], "ok")
 
 
 # -- batching across requests -------------------------------------------------------------------------

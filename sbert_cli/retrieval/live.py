@@ -56,6 +56,8 @@ def reopening(search: Callable[..., T]) -> Callable[..., T]:
                     self._reopen()  # may itself find a shard gone: the next writer committed meanwhile
                 return search(self, *args, **kwargs)
             except ShardGone:
+                if not self.reopens_itself:  # a served state: its server opens the new commit
+                    raise
                 continue
         self._reopen()
         return search(self, *args, **kwargs)

@@ -59,6 +59,7 @@ class Index:
         self._encoder = None
         self._keyword: KeywordIndex | None = None
         self._has_keyword: bool | None = None  # as at the first search: an Index is one state
+        self.reopens_itself = True  # on a shard gone under it (live.reopening); a server's do not
         self._layout: Layout | None = None
 
     @classmethod
@@ -288,12 +289,11 @@ class Index:
     ) -> list[list[Hit]]:
         """The k best records per query (`chunks=True`: chunk rows), best first.
 
-        `mode`: dense, keyword or hybrid (None: see `resolve_mode`); hybrid fuses by a convex
-        combination of normalized scores (`alpha`, None: set per query) or by reciprocal rank (`fusion="rrf"`,
-        `rrf_k`): retrieval/fusion.py. `where`: a SQL boolean expression over the stored columns
-        (retrieval/filter.py); every hit satisfies it. `min_score` drops hits under the mode's
-        score (cosine, BM25, fused: 0 to 1 for convex), `min_cosine` under their cosine. Fewer
-        than k hits come back only when fewer records match (or the thresholds drop them)."""
+        `mode`: dense, keyword or hybrid (None: see `resolve_mode`); hybrid fuses by a convex combination of
+        normalized scores (`alpha`, None: per query) or by reciprocal rank (`fusion="rrf"`, `rrf_k`): fusion.py.
+        `where`: a SQL boolean expression over the stored columns (filter.py), which every hit satisfies.
+        `min_score` drops hits under the mode's score (cosine, BM25, fused: 0 to 1 for convex), `min_cosine`
+        under their cosine. Fewer than k hits come back only when fewer records match or thresholds drop them."""
         queries = _check_queries(queries)
         _check_k(k)
         _check_threshold("--min-score", min_score)

@@ -17,12 +17,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sbert_cli.errors import SbertError
+from sbert_cli.retrieval.live import READ_RETRIES
 from sbert_cli.serve import embeddings, search
 from sbert_cli.serve.batcher import Batcher, Job
 from sbert_cli.serve.config import ApiError, ServeOptions, error_body
 from sbert_cli.serve.guard import Guard, Traffic, json_bytes
 from sbert_cli.serve.metrics import Metrics
 from sbert_cli.serve.state import LiveStore, Snapshot
+from sbert_cli.store.store import ShardGone
 
 log = logging.getLogger("sbert")
 # The page may load only its own script and call only this server; nothing from elsewhere.
@@ -48,12 +51,19 @@ class Engine:
         if kind == "embed":
             encoder = self.embedders.loaded(detail)
             return self._each(payloads, lambda group: embeddings.embed_group(encoder, group))
-        snapshot = self.live.current  # one state for the whole group
         params = dict(detail)
 
         def run(group: list[list[str]]) -> list[tuple[Snapshot, str, list]]:
-            mode, hits = search.search_group(snapshot.index, params, group)
-            return [(snapshot, mode, h) for h in hits]
+            for _ in range(READ_RETRIES):
+                snapshot = self.live.current  # one state for the whole group
+                try:
+                    mode, hits = search.search_group(snapshot.index, params, group)
+                except ShardGone:  # a writer committed: answer from its commit (state.py's docstring)
+                    if self.live.catch_up() is snapshot:
+                        raise
+                    continue
+                return [(snapshot, mode, h) for h in hits]
+            raise SbertError(f"{self.live.path}: writers kept committing; try again")
 
         return self._each(payloads, run)
 

@@ -5,6 +5,9 @@ a manifest's (inode, size, mtime) names a committed state. `LiveStore.follow` lo
 manifests every `poll_s` seconds; when one changed, it opens the store afresh in a thread of its
 own (the engine keeps answering from the old one), warms it, and swaps one reference. A group of
 requests takes `current` once and uses that `Snapshot` throughout, so no answer mixes two states.
+A served `Index` never reopens itself: when a writer removed a shard it reads (`sbert rm`,
+`--sync`), the engine asks `catch_up` for the new commit at once and answers from that, under the
+next generation.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +121,7 @@ def open_index(options: ServeOptions, previous: Snapshot | None = None) -> tuple
         index.encoder()
         keyword = index.keyword_index() if index.resolve_mode(None) != "dense" else None
         rows = kept.result().for_store(index.store)  # a writer may have committed between the two opens
+    index.reopens_itself = False  # a state is one commit: the next is `catch_up`'s (module docstring)
     keep(index.store, rows)
     # One search's worth of reading (the graph, a row's vector, the keyword postings), so the first
     # request after start-up or a swap is as fast as the rest. No query is encoded: the encoder
@@ -144,6 +149,7 @@ class LiveStore:
         self.listeners: list[Callable[[str, Snapshot | None], None]] = []
         # Why the store's newest commit is not served (health says so), until a later one is.
         self.stale: dict[str, str] | None = None
+        self._opening = threading.Lock()  # the poller's thread and the engine's may both catch up
 
     @property
     def model(self):
@@ -153,22 +159,31 @@ class LiveStore:
         """Poll the manifests and swap to each newly committed state (runs until cancelled)."""
         while True:
             await asyncio.sleep(self.options.poll_s)
+            if identity(self.path) != self._seen:
+                await asyncio.to_thread(self.catch_up)
+
+    def catch_up(self) -> Snapshot:
+        """Open and swap in the store's newest commit if the manifests changed (any thread, one at a
+        time); the state then served. One that cannot be opened leaves the current state served,
+        with the reason in the log and /health."""
+        with self._opening:
             marks = identity(self.path)
             if marks == self._seen:
-                continue
+                return self.current
             self._seen = marks
             try:
-                index, keyword, rows = await asyncio.to_thread(open_index, self.options, self.current)
+                index, keyword, rows = open_index(self.options, self.current)
                 self._check_model(index)
             except SbertError as exc:
                 self._failed(str(exc))
                 log.warning("the store changed but cannot be served yet (%s); still serving the previous state", exc)
-                continue
+                return self.current
             except Exception as exc:
                 self._failed(f"reopening it failed: {type(exc).__name__} (the server's log has the traceback)")
                 log.exception("the store changed but reopening it failed; still serving the previous state")
-                continue
+                return self.current
             self.swap(Snapshot(index, keyword, rows, self.current.generation + 1, marks, time.time()))
+            return self.current
 
     def _failed(self, error: str) -> None:
         since = self.stale["since"] if self.stale else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
