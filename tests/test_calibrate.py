@@ -326,9 +326,21 @@ def test_machine_seconds_count_busy_time_and_steal_from_proc_stat(tmp_path, monk
 
     stat = tmp_path / "stat"
     # user nice system idle iowait irq softirq steal guest guest_nice
-    stat.write_text("cpu  100 10 50 1000 20 5 5 30 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n", encoding="ascii")
+    stat.write_text(
+        "cpu  201 12 53 2004 25 11 12 38 0 0\n"
+        "cpu0 100 10 50 1000 20 5 5 30 0 0\n"
+        "cpu1 101 2 3 1004 5 6 7 8 0 0\n"
+        "intr 12345\n",
+        encoding="ascii",
+    )
     monkeypatch.setattr(contention, "PROC_STAT", stat)
-    assert contention.machine_seconds() == pytest.approx(200 / contention.os.sysconf("SC_CLK_TCK"))
+    tick = contention.os.sysconf("SC_CLK_TCK")
+    monkeypatch.setattr(contention.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert contention.machine_seconds() == pytest.approx(200 / tick)  # cpu0's busy and steal, not idle/iowait
+    monkeypatch.setattr(contention.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert contention.machine_seconds() == pytest.approx((200 + 127) / tick)
+    monkeypatch.setattr(contention.os, "sched_getaffinity", lambda pid: {7})  # no such line: the total
+    assert contention.machine_seconds() == pytest.approx((201 + 12 + 53 + 11 + 12 + 38) / tick)
     monkeypatch.setattr(contention, "PROC_STAT", tmp_path / "missing")
     assert contention.machine_seconds() is None
 

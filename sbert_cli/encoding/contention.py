@@ -22,15 +22,22 @@ PROBE_S = 0.25  # how long `others_now` watches
 
 
 def machine_seconds() -> float | None:
-    """CPU seconds the machine spent busy, or running other guests (steal), since boot; None
-    where /proc/stat cannot be read (not Linux)."""
+    """CPU seconds the CPUs this process may run on spent busy, or running other guests (steal),
+    since boot; None where /proc/stat cannot be read (not Linux). Only those CPUs: in a container
+    pinned to a few of a large host's, the rest of the host is not this process's competition."""
     try:
-        first = PROC_STAT.read_text(encoding="ascii").split("\n", 1)[0].split()
-        ticks = [int(v) for v in first[1:]]
-    except (OSError, ValueError, IndexError):
+        allowed = {f"cpu{n}" for n in os.sched_getaffinity(0)}
+    except AttributeError:  # no affinity to read: the machine's total line
+        allowed = {"cpu"}
+    try:
+        lines = [line.split() for line in PROC_STAT.read_text(encoding="ascii").splitlines()]
+        rows = [[int(v) for v in line[1:]] for line in lines if line and line[0] in allowed]
+    except (OSError, ValueError):
         return None
-    steal = ticks[STEAL_FIELD] if len(ticks) > STEAL_FIELD else 0
-    return (sum(ticks[i] for i in BUSY_FIELDS if i < len(ticks)) + steal) / os.sysconf("SC_CLK_TCK")
+    if not rows:  # per-CPU lines missing: the machine's total
+        rows = [[int(v) for v in line[1:]] for line in lines if line and line[0] == "cpu"]
+    ticks = sum(sum(row[i] for i in (*BUSY_FIELDS, STEAL_FIELD) if i < len(row)) for row in rows)
+    return ticks / os.sysconf("SC_CLK_TCK") if rows else None
 
 
 def own_seconds() -> float:
