@@ -222,7 +222,8 @@ def test_api_key_is_required_where_set(store):
 
 
 def test_limits_are_refused_with_json(store):
-    with client_for(store, max_body_bytes=2000, max_batch=4, max_k=20, max_text_chars=100) as client:
+    limits = {"max_body_bytes": 2000, "max_batch": 4, "max_k": 20, "max_hits": 50, "max_text_chars": 100}
+    with client_for(store, **limits) as client:
         big = {"input": ["word " * 19] * 30}
         assert "at most 2,000" in error_of(client.post("/v1/embeddings", json=big), 413)
         chunks = (b'{"input": "' + b"x" * 500 for _ in range(6))  # no content-length: counted as read
@@ -233,6 +234,12 @@ def test_limits_are_refused_with_json(store):
         assert "at most 100" in error_of(client.get("/search", params={"q": "y" * 101}), 422)
         assert "at most 4 per request" in error_of(client.post("/search", json={"queries": ["a"] * 5}), 422)
         assert client.get("/search", params={"q": "whale", "k": 20}).status_code == 200
+        many = {"queries": ["a", "b", "c"], "k": 17}
+        assert error_of(client.post("/search", json=many), 422) == "3 queries x k 17 = 51 hits; at most 50 a request"
+        assert client.post("/search", json={**many, "k": 16}).status_code == 200
+        four = [("q", q) for q in "abcd"]
+        assert client.get("/search", params=four).status_code == 200  # k 10 when not given: 40 hits
+        assert "= 52 hits" in error_of(client.get("/search", params=[*four, ("k", "13")]), 422)
 
 
 def test_failures_are_json_with_an_id_and_the_server_carries_on(client, monkeypatch, caplog):

@@ -36,6 +36,9 @@ MaxBatchOpt = Annotated[
     typer.Option(metavar="N", min=1, help="Most texts per /v1/embeddings request and queries per POST /search."),
 ]
 MaxKOpt = Annotated[int, typer.Option(metavar="K", min=1, help="Most hits per query a search may ask for.")]
+MaxHitsOpt = Annotated[
+    int, typer.Option(metavar="HITS", min=1, help="Most hits one search request may ask for: its queries x k.")
+]
 MaxTextCharsOpt = Annotated[
     int,
     typer.Option(
@@ -90,6 +93,7 @@ def serve(
     max_body_bytes: MaxBodyBytesOpt = 4 * 1024 * 1024,
     max_batch: MaxBatchOpt = 2048,
     max_k: MaxKOpt = 1000,
+    max_hits: MaxHitsOpt = 100_000,
     max_text_chars: MaxTextCharsOpt = 65_536,
     timeout: TimeoutOpt = 30.0,
     batch_wait_ms: BatchWaitMsOpt = 5.0,
@@ -128,6 +132,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         max_batch=max_batch,
         max_k=max_k,
+        max_hits=max_hits,
         max_text_chars=max_text_chars,
         timeout_s=timeout,
         batch_wait_ms=batch_wait_ms,

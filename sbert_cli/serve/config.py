@@ -15,6 +15,7 @@ class ServeOptions:
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch: int = 2048  # texts per /v1/embeddings request, queries per POST /search
     max_k: int = 1000
+    max_hits: int = 100_000  # queries x k in one search request: what one answer may hold
     max_text_chars: int = 65_536  # one input or query
     timeout_s: float = 30.0  # per request, queueing included
     max_queue: int = 4096  # requests waiting for the model; more are answered 429

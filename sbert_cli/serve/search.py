@@ -28,6 +28,7 @@ def _search_parameters() -> dict[str, str]:
 
 
 SEARCH_PARAMETERS = _search_parameters()
+DEFAULT_K = inspect.signature(Index.search).parameters["k"].default  # a search that does not say k
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,14 @@ def parse_get(query_params, options: ServeOptions) -> SearchRequest:
 
 
 def build_request(fields: Mapping[str, Any], queries: Any, options: ServeOptions) -> SearchRequest:
-    return SearchRequest(
-        check_queries(queries, options), parse_params(fields, options), _wants_jsonl(fields.get("format"))
-    )
+    queries, params = check_queries(queries, options), parse_params(fields, options)
+    k = dict(params).get("k", DEFAULT_K)
+    if len(queries) * k > options.max_hits:  # one answer's size (and the server's memory for it)
+        raise ApiError(
+            422,
+            f"{len(queries):,} queries x k {k:,} = {len(queries) * k:,} hits; at most {options.max_hits:,} a request",
+        )
+    return SearchRequest(queries, params, _wants_jsonl(fields.get("format")))
 
 
 def parse_post(body: Any, options: ServeOptions) -> SearchRequest:
