@@ -25,7 +25,7 @@ import numpy as np
 
 from sbert_cli.errors import InputError, SbertError
 from sbert_cli.store.manifest import ShardInfo
-from sbert_cli.store.store import Store, arrow_ids, embeddings_to_numpy
+from sbert_cli.store.store import Store, embeddings_to_numpy
 
 # A predicate matching at most this share of the store's rows is searched exactly over the
 # matching rows' vectors; broader ones through the index with hnswlib's filter. Measured with
@@ -127,16 +127,12 @@ def matching_vectors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, float32 vectors) of the given rows (sorted ids), read from the store's shards (or
     the given ones) by id: only shards whose id range holds some of them are read."""
-    import pyarrow.compute as pc
-
     found_ids, vectors = [], []
-    wanted = arrow_ids(ids)
     for shard in store.shards if shards is None else shards:
         inside = ids[(ids >= shard.id_min) & (ids <= shard.id_max)]
         if not len(inside):
             continue
-        table = store.read_rows(shard, ["id", "embedding"], inside)  # verified (store/integrity.py)
-        table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
+        table = store.read_rows(shard, ["id", "embedding"], inside)  # those rows, verified (store/integrity.py)
         if table.num_rows:
             found_ids.append(table.column("id").to_numpy())
             vectors.append(embeddings_to_numpy(table.column("embedding"), store.dim))

@@ -207,8 +207,9 @@ class Store:
             raise DamagedFileError(f"{path}: shard is damaged ({detail}); {expected.fix}") from exc
 
     def read_rows(self, shard: ShardInfo, columns: list[str], row_ids):
-        """Some rows of a shard (`row_ids`: ids in a list, numpy or Arrow array), verified at the
-        cost of reading them. Every partial read of a shard goes through `_partial_read`."""
+        """The rows of a shard with these ids (`row_ids`: a list, numpy or Arrow array) and no
+        others (the Parquet filter is applied row by row, not only to skip row groups), verified at
+        the cost of reading them. Every partial read of a shard goes through `_partial_read`."""
         import pyarrow.parquet as pq
 
         with self._partial_read(shard) as path:
@@ -254,8 +255,6 @@ class Store:
     ) -> dict[int, dict]:
         """Rows by id without scanning the store: the manifest's id ranges pick the shards, and
         Parquet row-group statistics skip the rest of each shard."""
-        import pyarrow.compute as pc
-
         # Id ranges of one input's shards overlap once `--sync` rewrote it (kept rows keep their
         # ids, new ones get ids above them), so a row is looked for in every shard whose range holds it.
         shards = self.shards
@@ -268,8 +267,7 @@ class Store:
         present = [c for c in columns if c in self.columns()]
         out: dict[int, dict] = {}
         for pos, row_ids in by_shard.items():
-            table = self.read_rows(shards[pos], ["id", *present], row_ids)
-            table = table.filter(pc.is_in(table.column("id"), value_set=arrow_ids(row_ids)))
+            table = self.read_rows(shards[pos], ["id", *present], row_ids)  # exactly those rows
             for row in table.to_pylist():
                 out[row["id"]] = row
         return out
